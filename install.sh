@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs speechprune on a fresh Debian machine: the Debian packages it reads (real speech), then a virtual
+# environment with the package and its pinned dependencies. Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DEBS=(asterisk-core-sounds-en-wav asterisk-core-sounds-en)
+missing=()
+for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel; an unpinned torch would pull a CUDA build.
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "installed: $(.venv/bin/speechprune --help >/dev/null && echo ok) ($(.venv/bin/python -c 'import speechprune; print(speechprune.__version__)'))"

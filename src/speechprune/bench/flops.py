@@ -1,0 +1,110 @@
+"""Decode-aware FLOPs of an encoder-decoder, derived analytically from its per-layer shape.
+
+One multiply-add counts 2 FLOPs. Counted: the conv stem, every projection, attention scores (Q K^T) and the
+weighted sum (A V), FFN matmuls, and the vocabulary projection of each generated token. Not counted: norms,
+softmax, activations, biases and embedding look-ups (each under 1 % here). Attention is counted from the
+shapes rather than with ``torch.utils.flop_counter``, which can miss CPU scaled-dot-product attention; a
+test cross-checks these formulas against the counter on an eager-attention model.
+
+Whisper tiny.en, one 30 s window: encoder 36.9 GFLOP (FFN 38 %, attention scores 37 %, projections 19 %,
+convs 5 %); decoder first step ~3.6 GFLOP (cross-attention K/V over 1500 frames), then ~66 MFLOP per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..models.structure import AttentionShape, EncoderDecoderShape, LayerShape
+
+
+def _mm(m: int, k: int, n: int) -> int:
+    """FLOPs of an [m, k] x [k, n] matmul."""
+    return 2 * m * k * n
+
+
+@dataclass(frozen=True)
+class EncoderFlops:
+    conv: int
+    attn_proj: int
+    attn_scores: int
+    ffn: int
+
+    @property
+    def total(self) -> int:
+        return self.conv + self.attn_proj + self.attn_scores + self.ffn
+
+
+def encoder_flops(s: EncoderDecoderShape) -> EncoderFlops:
+    """FLOPs of one encoder window."""
+    t, d = s.n_audio_ctx, s.d_model
+    conv = 0
+    if s.conv_kernel:
+        conv = _mm(s.n_frames, s.n_mels * s.conv_kernel, d) + _mm(t, d * s.conv_kernel, d)
+    proj = scores = ffn = 0
+    for layer in s.encoder:
+        if layer.self_attn is not None:
+            a = layer.self_attn.dim
+            proj += _mm(t, d, 3 * a) + _mm(t, a, d)
+            scores += 2 * _mm(t, a, t)  # Q K^T and A V
+        ffn += 2 * _mm(t, d, layer.ffn_dim)
+    return EncoderFlops(conv, proj, scores, ffn)
+
+
+def _self_attn_token(a: AttentionShape | None, d: int, context: int) -> int:
+    if a is None:
+        return 0
+    return _mm(1, d, 3 * a.dim) + _mm(1, a.dim, d) + 2 * _mm(1, a.dim, context)
+
+
+def decoder_token_flops(s: EncoderDecoderShape, context: int) -> int:
+    """FLOPs of one decoder token at a position that attends to ``context`` tokens (itself included),
+    with cross-attention K/V already cached, vocabulary projection included."""
+    d = s.d_dec
+    total = _mm(1, d, s.vocab_size)
+    for layer in s.decoder:
+        total += _self_attn_token(layer.self_attn, d, context)
+        if layer.cross_attn is not None:
+            c = layer.cross_attn.dim
+            total += _mm(1, d, c) + _mm(1, c, d) + 2 * _mm(1, c, s.n_audio_ctx)
+        total += 2 * _mm(1, d, layer.ffn_dim)
+    return total
+
+
+def cross_kv_flops(s: EncoderDecoderShape) -> int:
+    """FLOPs of projecting the encoder output to cross-attention keys and values (once per utterance)."""
+    return sum(_mm(s.n_audio_ctx, s.d_model, 2 * l.cross_attn.dim) for l in s.decoder if l.cross_attn is not None)
+
+
+def decoder_first_step_flops(s: EncoderDecoderShape, prompt_len: int) -> int:
+    """Cross-attention K/V plus the prompt tokens; only the last prompt position is projected to the vocabulary.
+
+    The prompt's self-attention is counted as the full ``prompt_len x prompt_len`` matrix that kernels compute
+    (the causal mask hides half of it but does not skip it).
+    """
+    vocab = _mm(1, s.d_dec, s.vocab_size)
+    return cross_kv_flops(s) + prompt_len * (decoder_token_flops(s, prompt_len) - vocab) + vocab
+
+
+def decode_flops(s: EncoderDecoderShape, prompt_len: int, n_generated: int) -> int:
+    """Decoder FLOPs of one utterance: the first step, then one step per further token.
+
+    ``n_generated`` counts the tokens the first step and later steps emitted, end-of-text included.
+    """
+    later = sum(decoder_token_flops(s, prompt_len + i + 1) for i in range(max(n_generated - 1, 0)))
+    return decoder_first_step_flops(s, prompt_len) + later
+
+
+def utterance_flops(s: EncoderDecoderShape, prompt_len: int, n_generated: int) -> int:
+    """One window's encoder plus its decode."""
+    return encoder_flops(s).total + decode_flops(s, prompt_len, n_generated)
+
+
+def uniform_shape(d_model: int, n_heads: int, ffn: int, enc_layers: int, dec_layers: int, vocab: int,
+                  n_mels: int = 80, n_audio_ctx: int = 1500) -> EncoderDecoderShape:
+    """The shape of an unpruned Whisper-like model (handy for tests and back-of-envelope checks)."""
+    att = AttentionShape(n_heads, d_model // n_heads)
+    return EncoderDecoderShape(
+        d_model=d_model, n_mels=n_mels, n_frames=2 * n_audio_ctx, n_audio_ctx=n_audio_ctx, vocab_size=vocab,
+        encoder=tuple(LayerShape(att, ffn) for _ in range(enc_layers)),
+        decoder=tuple(LayerShape(att, ffn, att) for _ in range(dec_layers)),
+    )

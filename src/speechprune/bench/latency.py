@@ -1,0 +1,166 @@
+"""Latency of one backend on real utterances, split into front end, encoder and decoder.
+
+Batch size 1, as a user transcribing one clip sees it. Each utterance is timed ``repeats`` times and its
+per-stage median kept; the report gives medians and 90th percentiles over utterances. Audio file reading is
+not timed (it is the same for every backend); the log-mel front end is.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.audio import load_audio
+from ..data.manifest import Utterance
+from ..errors import AudioError, ConfigError
+from ..evaluate.backends import Backend
+from ..evaluate.decoding import DecodeOptions
+from ..evaluate.frontend import WINDOW_SECONDS, FeatureFrontend
+from . import flops as F
+from .environment import ResourceMonitor, environment
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    warmup: int = 2  # untimed runs before measuring
+    repeats: int = 3  # timed runs per utterance; the median is kept
+    max_utterances: int = 20  # utterances timed (the first ones of the data set, in order)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeats < 1 or self.max_utterances < 1:
+            raise ConfigError("bench needs warmup >= 0, repeats >= 1 and max_utterances >= 1")
+
+
+def _time_once(backend: Backend, frontend: FeatureFrontend, audio: np.ndarray, utt: Utterance,
+               options: DecodeOptions) -> dict:
+    t0 = time.perf_counter()
+    feats = frontend([audio])
+    t1 = time.perf_counter()
+    enc = backend.encode(feats)
+    backend.synchronize()
+    t2 = time.perf_counter()
+    kw = {"time_first_step": True} if backend.name.startswith("faster-whisper") else {}
+    dec = backend.decode(enc, [utt.language], [utt.task], options, **kw)
+    st = dec.stats
+    decoder_s = st.first_step_s + st.later_steps_s
+    return {
+        "features_ms": (t1 - t0) * 1e3,
+        "encoder_ms": (t2 - t1) * 1e3,
+        "decoder_ms": decoder_s * 1e3,
+        "decoder_first_step_ms": st.first_step_s * 1e3,
+        "decoder_ms_per_token": st.later_steps_s / st.later_steps * 1e3 if st.later_steps else None,
+        "latency_ms": (t1 - t0) * 1e3 + (t2 - t1) * 1e3 + decoder_s * 1e3,
+        "n_tokens": len(dec.tokens[0]) + 1,  # + end-of-text
+        "language": dec.languages[0],
+        "task": utt.task or options.task,
+    }
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _p90(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.percentile(xs, 90)) if xs else None
+
+
+def _summary(backend: Backend, rows: list[dict]) -> dict:
+    shape = backend.shape
+    enc = F.encoder_flops(shape)
+    utt_flops = [F.utterance_flops(shape, r["prompt_len"], r["n_tokens"]) for r in rows]
+    ms_per_tok = [r["decoder_ms_per_token"] for r in rows]
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    return {
+        "backend": backend.name,
+        "n_utterances": len(rows),
+        "latency_ms_median": _median(col("latency_ms")),
+        "latency_ms_p90": _p90(col("latency_ms")),
+        "features_ms_median": _median(col("features_ms")),
+        "features_ms_p90": _p90(col("features_ms")),
+        "encoder_ms_median": _median(col("encoder_ms")),
+        "encoder_ms_p90": _p90(col("encoder_ms")),
+        "decoder_ms_median": _median(col("decoder_ms")),
+        "decoder_first_step_ms_median": _median(col("decoder_first_step_ms")),
+        "decoder_ms_per_token": _median(ms_per_tok),
+        "decoder_ms_per_token_p90": _p90(ms_per_tok),
+        "tokens_median": _median(col("n_tokens")),
+        "rtf_median": _median(col("rtf")),
+        "flops_encoder": enc.total,
+        "flops_encoder_breakdown": {"conv": enc.conv, "attn_proj": enc.attn_proj, "attn_scores": enc.attn_scores,
+                                    "ffn": enc.ffn},
+        "flops_decoder_first_step": F.decoder_first_step_flops(shape, rows[0]["prompt_len"]),
+        "flops_decoder_per_token": F.decoder_token_flops(shape, rows[0]["prompt_len"] + 1),
+        "flops_per_utterance_median": _median(utt_flops),
+        "params": backend.params,
+        "disk_bytes": backend.disk_bytes,
+        "utterances": rows,
+    }
+
+
+def benchmark(backends: list[Backend], utterances: list[Utterance], options: DecodeOptions = DecodeOptions(),
+              bench: BenchOptions = BenchOptions(), frontend: FeatureFrontend | None = None,
+              threads: int | None = None, progress: bool = True) -> dict:
+    """Time several backends side by side on the first ``bench.max_utterances`` readable utterances.
+
+    Runs are interleaved (utterance by utterance, repeat by repeat, backend by backend) so that a change in
+    machine load hits every backend alike. The first backend is the primary one: its figures are also the
+    record's top-level keys, and ``latency_ratio`` gives every backend's median latency divided by the primary's.
+    """
+    if not backends:
+        raise ConfigError("no backend to benchmark")
+    if len({b.name for b in backends}) != len(backends):
+        raise ConfigError("the same backend is named twice")
+    n_mels = {b.n_mels for b in backends}
+    if len(n_mels) != 1:
+        raise ConfigError("backends disagree on the number of mel bins")
+    frontend = frontend or FeatureFrontend(n_mels.pop())
+    clips, skipped = [], []
+    for u in utterances:
+        if len(clips) == bench.max_utterances:
+            break
+        try:
+            clips.append((u, load_audio(u.audio, max_seconds=WINDOW_SECONDS)))
+        except AudioError as e:
+            skipped.append({"id": u.id, "error": str(e)})
+    if not clips:
+        raise ConfigError("no readable utterance to benchmark")
+    rows: dict[str, list[dict]] = {b.name: [] for b in backends}
+    with ResourceMonitor() as mon:
+        for i in range(bench.warmup):
+            u, a = clips[i % len(clips)]
+            for b in backends:
+                _time_once(b, frontend, a, u, options)
+        for u, a in tqdm(clips, desc="bench", unit="utt", disable=not progress, dynamic_ncols=True):
+            runs: dict[str, list[dict]] = {b.name: [] for b in backends}
+            for _ in range(bench.repeats):
+                for b in backends:
+                    runs[b.name].append(_time_once(b, frontend, a, u, options))
+            for b in backends:
+                rs = runs[b.name]
+                row = {k: _median([r[k] for r in rs]) for k in rs[0] if k.endswith("ms") or k.endswith("token")}
+                row.update(id=u.id, duration_s=len(a) / 16000, n_tokens=rs[0]["n_tokens"],
+                           prompt_len=len(b.vocab.prompt(rs[0]["language"], rs[0]["task"])))
+                row["rtf"] = row["latency_ms"] / 1e3 / row["duration_s"]
+                rows[b.name].append(row)
+
+    per_backend = {b.name: _summary(b, rows[b.name]) for b in backends}
+    primary = per_backend[backends[0].name]
+    return {
+        **{k: v for k, v in primary.items() if k != "utterances"},
+        "latency_ratio": {name: r["latency_ms_median"] / primary["latency_ms_median"] for name, r in per_backend.items()},
+        "warmup": bench.warmup,
+        "repeats": bench.repeats,
+        "beam_size": options.beam_size,
+        "audio_s_median": _median([len(a) / 16000 for _, a in clips]),
+        "peak_rss_bytes": mon.peak_rss_bytes,
+        "other_cpu_load": mon.other_cpu_load,
+        "skipped": skipped,
+        "backends": per_backend,
+        "environment": environment(threads),
+    }

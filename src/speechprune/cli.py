@@ -1,0 +1,195 @@
+"""The ``speechprune`` command: a thin, typed table from commands to library functions.
+
+Every command prints a one-line ``error: ...`` and exits with status 2 on bad input; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SpeechpruneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make speech models smaller and faster, and prove what it cost in accuracy.")
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_MODEL = "whisper-tiny.en"
+DEFAULT_DATA = "asterisk"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise SpeechpruneError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _backends(model: str, names: list[str], threads: int | None, device: str):
+    """``torch``, ``faster-whisper`` (= int8) or ``faster-whisper-<compute type>``."""
+    from .evaluate.backends import load_backend
+
+    out = []
+    for name in names:
+        if name.startswith("faster-whisper"):
+            ct = name[len("faster-whisper-"):] if name != "faster-whisper" else "int8"
+            out.append(load_backend(model, "faster-whisper", compute_type=ct, threads=threads or 0, device=device))
+        else:
+            out.append(load_backend(model, name, device=device))
+    return out
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    t = Table(title=title)
+    for col in ("WER %", "CER %", "utterances", "scored", "words", "failed"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{100 * metrics['wer']:.2f}", f"{100 * metrics['cer']:.2f}", str(metrics["n_utterances"]),
+              str(metrics["n_scored"]), str(metrics["n_words"]), str(metrics["n_failed"]))
+    console.print(t)
+    if "bleu" in metrics:
+        console.print(f"BLEU {metrics['bleu']:.2f} on {metrics['n_translated']} translated utterances")
+    for f in metrics["failed"][:10]:
+        console.print(f"[yellow]skipped[/] {f['id']}: {f['error']}")
+
+
+def _print_bench(record: dict) -> None:
+    t = Table(title=f"latency per utterance ({record['backends'][record['backend']]['n_utterances']} utterances, "
+                    f"{record['environment']['threads']} threads, medians)")
+    for col in ("backend", "e2e ms", "p90 ms", "features ms", "encoder ms", "dec first ms", "dec ms/token",
+                "RTF", "ratio"):
+        t.add_column(col, justify="right")
+    for name, r in record["backends"].items():
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        t.add_row(name, fmt(r["latency_ms_median"]), fmt(r["latency_ms_p90"]), fmt(r["features_ms_median"]),
+                  fmt(r["encoder_ms_median"]), fmt(r["decoder_first_step_ms_median"]), fmt(r["decoder_ms_per_token"]),
+                  f"{r['rtf_median']:.3f}", f"{record['latency_ratio'][name]:.2f}x")
+    console.print(t)
+    console.print(f"FLOPs: encoder {record['flops_encoder'] / 1e9:.2f} G/window, decoder first step "
+                  f"{record['flops_decoder_first_step'] / 1e9:.2f} G, {record['flops_decoder_per_token'] / 1e6:.1f} M/token; "
+                  f"params {record['params'] / 1e6:.2f} M; disk {record['disk_bytes'] / 1e6:.1f} MB; "
+                  f"peak RSS {record['peak_rss_bytes'] / 2**20:.0f} MiB; other CPU load {record['other_cpu_load']:.2f}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="bundled model name (whisper-tiny.en, whisper-base) or a Whisper folder"),
+    data: str = typer.Argument(..., help="bundled data set (asterisk, asterisk-multiword) or a JSONL manifest"),
+    split: Optional[str] = typer.Option(None, help="dev | test | all (bundled sets; default test)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="evaluate only the first N utterances"),
+    batch_size: int = typer.Option(8, min=1),
+    beam: int = typer.Option(1, min=1, help="beam size; 1 = greedy"),
+    backend: str = typer.Option("torch", help="torch | faster-whisper | faster-whisper-float32"),
+    language: Optional[str] = typer.Option(None, help="language for utterances without one (default: detect / en)"),
+    task: str = typer.Option("transcribe", help="transcribe | translate, for utterances without one"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default runs/eval/<model>_<data>_<split>...)"),
+) -> None:
+    """Decode a data set and score it: WER, CER (and BLEU for translations). Resumes an interrupted run."""
+    from .data.datasets import load_dataset
+    from .evaluate.decoding import DecodeOptions
+    from .evaluate.runner import evaluate
+
+    _set_threads(threads)
+    options = DecodeOptions(beam_size=beam, language=language, task=task)
+    utts = load_dataset(data, split)
+    if limit:
+        utts = utts[:limit]
+    (be,) = _backends(model, [backend], threads, device)
+    out = out or Path("runs/eval") / _slug(f"{Path(model).name}_{Path(data).stem}_{split or 'test'}_{be.name}_beam{beam}"
+                                           + (f"_n{limit}" if limit else ""))
+    settings = {"model": model, "data": data, "split": split, "limit": limit, "backend": be.name,
+                "beam_size": beam, "language": language, "task": task}
+    metrics = evaluate(be, utts, out, options, batch_size=batch_size, settings=settings)
+    _print_metrics(f"{model} on {data} ({split or 'test'})", metrics)
+    console.print(f"wrote {out}/metrics.json and {out}/hypotheses.jsonl")
+
+
+@app.command("bench")
+def bench_cmd(
+    model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
+    data: str = typer.Argument(DEFAULT_DATA, help="bundled data set or a JSONL manifest"),
+    split: Optional[str] = typer.Option(None, help="dev | test | all (default test)"),
+    backend: list[str] = typer.Option(["torch", "faster-whisper-int8"], help="repeat to time several side by side; "
+                                      "the first is the primary (torch | faster-whisper-int8 | faster-whisper-float32)"),
+    threads: int = typer.Option(2, help="CPU threads for every backend"),
+    utterances: int = typer.Option(20, min=1, help="utterances timed"),
+    repeats: int = typer.Option(3, min=1),
+    warmup: int = typer.Option(2, min=0),
+    beam: int = typer.Option(1, min=1),
+    device: str = typer.Option("cpu"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default runs/bench/<model>)"),
+) -> None:
+    """Time feature extraction, encoder and decoder per utterance; FLOPs, parameters, size, memory."""
+    from .bench.latency import BenchOptions, benchmark
+    from .data.datasets import load_dataset
+    from .evaluate.decoding import DecodeOptions
+    from .io import atomic_write_json
+
+    _set_threads(threads)
+    utts = load_dataset(data, split)
+    bes = _backends(model, backend, threads, device)
+    record = benchmark(bes, utts, DecodeOptions(beam_size=beam), BenchOptions(warmup, repeats, utterances), threads=threads)
+    record.update(model=model, data=data, split=split or "test")
+    out = out or Path("runs/bench") / _slug(Path(model).name)
+    atomic_write_json(out / "bench.json", record)
+    _print_bench(record)
+    console.print(f"wrote {out}/bench.json")
+
+
+@app.command("run")
+def run_cmd(
+    model: str = typer.Option(DEFAULT_MODEL, help="bundled model name or a Whisper folder"),
+    data: str = typer.Option(DEFAULT_DATA),
+    split: str = typer.Option("test"),
+    threads: int = typer.Option(2),
+    bench_utterances: int = typer.Option(20, min=1),
+    out: Path = typer.Option(Path("runs/main"), help="output folder"),
+) -> None:
+    """The main job: evaluate and benchmark the model (default: bundled tiny.en on asterisk test); write a report."""
+    from .pipeline import main_job
+
+    report = main_job(model=model, data=data, split=split, threads=threads, bench_utterances=bench_utterances, out=out)
+    console.print(report.read_text(encoding="utf-8"))
+    console.print(f"wrote {report} and {report.with_suffix('.json')}")
+
+
+def _quiet_libraries() -> None:
+    """The CLI prints its own progress; silence transformers' bars and advice, and never reach a hub."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except SpeechpruneError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished results are kept; rerun the same command to resume", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Inference backends behind one small interface: features in, encoder output, then tokens.
+
+``TorchWhisper`` runs a (dense or pruned) Hugging Face Whisper model with the search loops of
+:mod:`.decoding`. ``FasterWhisper`` runs CTranslate2 files through faster-whisper's engine, the peer every
+speed claim is measured against. Both take the same log-mel features (:class:`.frontend.FeatureFrontend`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..io import tree_size_bytes
+from ..models.structure import EncoderDecoderShape
+from .decoding import DecodeOptions, DecodeStats, WhisperVocab, beam_search, greedy_search
+
+BACKENDS = ("torch", "faster-whisper")
+CT2_COMPUTE_TYPES = ("int8", "float32", "int8_float32", "float16", "int8_float16")
+
+
+@dataclass
+class Decoded:
+    tokens: list[list[int]]  # generated tokens per item, without prompt and end-of-text
+    languages: list[str | None]
+    stats: DecodeStats
+
+
+class Backend(Protocol):
+    name: str
+    n_mels: int
+    vocab: WhisperVocab
+
+    def encode(self, features: np.ndarray) -> Any: ...
+
+    def decode(self, encoded: Any, languages: list[str | None], tasks: list[str | None], options: DecodeOptions) -> Decoded: ...
+
+    def synchronize(self) -> None: ...
+
+    def decode_text(self, tokens: list[int]) -> str: ...
+
+
+def _languages_for(vocab: WhisperVocab, languages: list[str | None], options: DecodeOptions) -> list[str | None]:
+    """Fill in each item's language: its own, else the option's; English-only models are always 'en'."""
+    if not vocab.multilingual:
+        return ["en" if (lang or options.language) in (None, "en") else (lang or options.language) for lang in languages]
+    return [lang or options.language for lang in languages]
+
+
+class TorchWhisper:
+    """A Hugging Face ``WhisperForConditionalGeneration`` (dense or pruned), on any torch device."""
+
+    name = "torch"
+
+    def __init__(self, model, tokenizer, vocab: WhisperVocab, device: str | torch.device = "cpu"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.device = torch.device(device)
+        self.n_mels = int(model.config.num_mel_bins)
+        self._encoder = model.get_encoder()
+        self._decoder = model.get_decoder()
+        self._proj = model.get_output_embeddings()
+        self._dtype = next(model.parameters()).dtype
+        from ..models.whisper import whisper_shape
+
+        self.shape = whisper_shape(model)
+        # unique parameters (the tied output projection counts once)
+        self.params = sum(p.numel() for p in model.parameters())
+        self.disk_bytes: int | None = None  # set by from_folder: the weight files' size
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str = "cpu") -> "TorchWhisper":
+        from ..models.whisper import load_whisper
+
+        model, processor = load_whisper(folder, device=device)
+        be = cls(model, processor.tokenizer, WhisperVocab.from_folder(folder), device=device)
+        be.disk_bytes = tree_size_bytes(Path(folder).glob("*.safetensors"))
+        return be
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def encode(self, features: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(features).to(self.device, self._dtype)
+        return self._encoder(input_features=x).last_hidden_state
+
+    def _stepper(self, enc: torch.Tensor):
+        def step(ids: torch.Tensor, cache) -> torch.Tensor:
+            h = self._decoder(input_ids=ids, encoder_hidden_states=enc, past_key_values=cache, use_cache=True)
+            return self._proj(h.last_hidden_state[:, -1]).float()
+
+        return step
+
+    @staticmethod
+    def _new_cache():
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    @torch.inference_mode()
+    def detect_language(self, enc: torch.Tensor) -> list[str]:
+        """The most likely language token after ``<|startoftranscript|>``, per item."""
+        ids = torch.full((enc.shape[0], 1), self.vocab.sot, dtype=torch.long, device=self.device)
+        logits = self._stepper(enc)(ids, self._new_cache())
+        codes = list(self.vocab.lang_to_id)
+        lang_ids = torch.tensor([self.vocab.lang_to_id[c] for c in codes], device=logits.device)
+        best = logits[:, lang_ids].argmax(dim=-1).tolist()
+        return [codes[i] for i in best]
+
+    def decode(self, encoded: torch.Tensor, languages, tasks, options: DecodeOptions) -> Decoded:
+        langs = _languages_for(self.vocab, list(languages), options)
+        if self.vocab.multilingual and any(lang is None for lang in langs):
+            detected = self.detect_language(encoded)
+            langs = [lang or d for lang, d in zip(langs, detected)]
+        prompts = [self.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
+        if options.beam_size == 1:
+            tokens, stats = greedy_search(
+                self._stepper(encoded), self._new_cache, prompts, self.vocab, options.max_new_tokens,
+                device=self.device, sync=self.synchronize,
+            )
+        else:
+            enc = encoded.repeat_interleave(options.beam_size, dim=0)
+            tokens, stats = beam_search(
+                self._stepper(enc), self._new_cache, lambda cache, idx: cache.reorder_cache(idx), prompts,
+                self.vocab, options.beam_size, options.max_new_tokens, options.length_penalty,
+                device=self.device, sync=self.synchronize,
+            )
+        return Decoded(tokens, langs, stats)
+
+    def decode_text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _ct2_max_length(new_tokens: int) -> int:
+    """CTranslate2's Whisper ``max_length`` yields at most ``max_length // 2`` new tokens (measured on 4.8.5:
+    2 gives one token, 4 gives two; faster-whisper's 448 gives the reference implementation's 224)."""
+    return min(2 * new_tokens, 448)
+
+
+class FasterWhisper:
+    """CTranslate2 Whisper files run by faster-whisper's engine (``faster_whisper.WhisperModel``)."""
+
+    name = "faster-whisper"
+
+    def __init__(self, ct2_dir: str | Path, vocab: WhisperVocab, tokenizer, shape: EncoderDecoderShape, params: int,
+                 compute_type: str = "int8", threads: int = 0, device: str = "cpu"):
+        from faster_whisper import WhisperModel
+
+        if compute_type not in CT2_COMPUTE_TYPES:
+            raise ConfigError(f"unknown compute type {compute_type!r}; choose from {', '.join(CT2_COMPUTE_TYPES)}")
+        self.compute_type = compute_type
+        self.fw = WhisperModel(str(ct2_dir), device=device, compute_type=compute_type, cpu_threads=threads)
+        self.engine = self.fw.model  # ctranslate2.models.Whisper
+        self.n_mels = int(self.engine.n_mels)
+        self.vocab = vocab
+        self.tokenizer = tokenizer
+        self.name = f"faster-whisper-{compute_type}"
+        self.shape, self.params = shape, params
+        self.disk_bytes = tree_size_bytes(Path(ct2_dir).glob("model.bin*"))  # as stored (fp16 for the bundled files)
+
+    def synchronize(self) -> None:  # CTranslate2 calls return when done
+        pass
+
+    def encode(self, features: np.ndarray):
+        import ctranslate2
+
+        return self.engine.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=False)
+
+    def detect_language(self, encoded) -> list[str]:
+        return [r[0][0].strip("<|>") for r in self.engine.detect_language(encoded)]
+
+    def decode(self, encoded, languages, tasks, options: DecodeOptions, time_first_step: bool = False) -> Decoded:
+        langs = _languages_for(self.vocab, list(languages), options)
+        if self.vocab.multilingual and any(lang is None for lang in langs):
+            detected = self.detect_language(encoded)
+            langs = [lang or d for lang, d in zip(langs, detected)]
+        prompts = [self.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
+        kw = dict(beam_size=options.beam_size, patience=1, suppress_blank=True, suppress_tokens=[-1],
+                  length_penalty=1.0 if options.length_penalty is None else options.length_penalty)
+        stats = DecodeStats()
+        if time_first_step:  # one step alone, to split first-step cost from per-token cost like TorchWhisper
+            t0 = time.perf_counter()
+            self.engine.generate(encoded, prompts, max_length=_ct2_max_length(1), **kw)
+            stats.first_step_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = self.engine.generate(encoded, prompts, max_length=_ct2_max_length(options.max_new_tokens), **kw)
+        total = time.perf_counter() - t0
+        tokens = [list(r.sequences_ids[0]) for r in results]
+        steps = max(len(t) for t in tokens) + 1  # + the end-of-text step
+        if time_first_step:
+            stats.later_steps = steps - 1
+            stats.later_steps_s = max(total - stats.first_step_s, 0.0)
+        else:
+            stats.first_step_s, stats.later_steps_s, stats.later_steps = total, 0.0, 0
+        return Decoded(tokens, langs, stats)
+
+    def decode_text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def load_backend(model: str, backend: str = "torch", compute_type: str = "int8", threads: int = 0,
+                 device: str = "cpu") -> Backend:
+    """A backend for a bundled model name or a local folder (a Hugging Face Whisper folder for ``torch``)."""
+    from ..models.registry import BUNDLED_MODELS, ct2_source_dir, resolve_model
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    hf_dir = resolve_model(model)
+    if backend == "torch":
+        return TorchWhisper.from_folder(hf_dir, device=device)
+    if model not in BUNDLED_MODELS:
+        raise ConfigError(f"--backend faster-whisper needs a bundled model name ({', '.join(BUNDLED_MODELS)})")
+    from transformers import WhisperTokenizerFast
+
+    from transformers import WhisperConfig
+
+    from ..models.whisper import whisper_shape_from_config
+
+    tokenizer = WhisperTokenizerFast.from_pretrained(hf_dir)
+    shape = whisper_shape_from_config(WhisperConfig.from_pretrained(hf_dir))
+    params = _safetensors_params(hf_dir)
+    return FasterWhisper(ct2_source_dir(model), WhisperVocab.from_folder(hf_dir), tokenizer, shape, params,
+                         compute_type=compute_type, threads=threads, device=device)
+
+
+def _safetensors_params(folder: Path) -> int:
+    """Parameter count from the safetensors headers of a folder (no weights loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(folder).glob("*.safetensors"):
+        with safe_open(f, framework="np") as st:
+            for k in st.keys():
+                total += int(np.prod(st.get_slice(k).get_shape()))
+    return total

@@ -1,0 +1,151 @@
+"""Evaluate a backend on a list of utterances: resumable, incremental, one shared front end.
+
+``DIR/hypotheses.jsonl`` gets one record per utterance as soon as its batch is decoded (failures included,
+with their reason); ``DIR/run.json`` records the settings; ``DIR/metrics.json`` is written atomically at the
+end from the hypotheses file. A rerun with the same ``DIR`` and settings skips what is already there and
+ends with the same metrics as an uninterrupted run; other settings in the same ``DIR`` are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+from ..data.audio import load_audio
+from ..data.manifest import Utterance
+from ..data.normalize import normalize_text
+from ..errors import AudioError, ConfigError
+from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant, repair_jsonl
+from .backends import Backend
+from .decoding import DecodeOptions
+from .frontend import MAX_CLIP_SECONDS, FeatureFrontend, split_windows
+from .metrics import bleu, char_errors, word_errors
+
+HYPOTHESES = "hypotheses.jsonl"
+METRICS = "metrics.json"
+RUN = "run.json"
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def claim_run_dir(out_dir: Path, settings: dict) -> None:
+    """Record ``settings`` in ``DIR/run.json``, or check that an earlier run there used the same ones."""
+    path = out_dir / RUN
+    if path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in set(settings) | set(before or {}) if (before or {}).get(k) != settings.get(k))
+            raise ConfigError(f"holds a run with other settings ({', '.join(changed)}); use another --out", out_dir)
+    else:
+        atomic_write_json(path, settings)
+
+
+def decode_batch(backend: Backend, frontend: FeatureFrontend, utts: list[Utterance], options: DecodeOptions) -> list[dict]:
+    """Decode one batch; unreadable audio becomes a record with an ``error`` instead of a hypothesis.
+
+    A clip longer than one 30 s window is cut into windows (:func:`split_windows`) that are decoded in the same
+    batch; their texts are joined with a space.
+    """
+    records: dict[str, dict] = {}
+    owners, audios = [], []  # per window: the utterance it belongs to
+    for u in utts:
+        try:
+            windows = split_windows(load_audio(u.audio, max_seconds=MAX_CLIP_SECONDS))
+        except AudioError as e:
+            records[u.id] = {"id": u.id, "audio": str(u.audio), "error": str(e)}
+            continue
+        owners += [u] * len(windows)
+        audios += windows
+    if audios:
+        enc = backend.encode(frontend(audios))
+        out = backend.decode(enc, [u.language for u in owners], [u.task for u in owners], options)
+        texts: dict[str, list[str]] = {}
+        tokens: dict[str, int] = {}
+        langs: dict[str, str | None] = {}
+        for u, toks, lang in zip(owners, out.tokens, out.languages):
+            texts.setdefault(u.id, []).append(backend.decode_text(toks))
+            tokens[u.id] = tokens.get(u.id, 0) + len(toks)
+            langs.setdefault(u.id, lang)
+        for u in dict.fromkeys(owners):
+            records[u.id] = {
+                "id": u.id,
+                "audio": str(u.audio),
+                "language": langs[u.id],
+                "task": u.task or options.task,
+                "reference": u.translation if (u.task or options.task) == "translate" else u.text,
+                "hypothesis": " ".join(t for t in texts[u.id] if t),
+                "n_tokens": tokens[u.id],
+                "n_windows": len(texts[u.id]),
+            }
+    return [records[u.id] for u in utts]
+
+
+def score(records: list[dict]) -> dict:
+    """Corpus metrics from hypothesis records (in utterance order). Deterministic: no timings in here."""
+    failed = [{"id": r["id"], "audio": r["audio"], "error": r["error"]} for r in records if "error" in r]
+    ok = [r for r in records if "error" not in r]
+    asr = [r for r in ok if r["task"] == "transcribe"]
+    refs = [normalize_text(r["reference"], r["language"]) for r in asr]
+    hyps = [normalize_text(r["hypothesis"], r["language"]) for r in asr]
+    w, c = word_errors(refs, hyps), char_errors(refs, hyps)
+    metrics = {
+        "wer": w.rate,
+        "cer": c.rate,
+        "n_utterances": len(records),
+        "n_scored": len(asr),
+        "n_words": w.reference_length,
+        "word_errors": {"substitutions": w.substitutions, "deletions": w.deletions, "insertions": w.insertions},
+        "n_failed": len(failed),
+        "failed": failed,
+    }
+    st = [r for r in ok if r["task"] == "translate" and r.get("reference")]
+    if st:
+        metrics["bleu"] = bleu([r["reference"] for r in st], [r["hypothesis"] for r in st])
+        metrics["n_translated"] = len(st)
+    return metrics
+
+
+def evaluate(
+    backend: Backend,
+    utterances: list[Utterance],
+    out_dir: str | Path,
+    options: DecodeOptions = DecodeOptions(),
+    batch_size: int = 8,
+    settings: dict | None = None,
+    frontend: FeatureFrontend | None = None,
+    progress: bool = True,
+) -> dict:
+    """Decode every utterance (resuming what ``out_dir`` already holds) and write ``metrics.json``."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    ids = [u.id for u in utterances]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("utterance ids are not unique")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out_dir, settings or {})
+    hyp_path = out_dir / HYPOTHESES
+    repair_jsonl(hyp_path)
+    wanted = set(ids)
+    done = {r["id"]: r for r in read_jsonl_tolerant(hyp_path) if r.get("id") in wanted}
+    todo = [u for u in utterances if u.id not in done]
+    frontend = frontend or FeatureFrontend(backend.n_mels)
+    with tqdm(total=len(utterances), initial=len(utterances) - len(todo), desc="eval", unit="utt",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for batch in _batches(todo, batch_size):
+            for rec in decode_batch(backend, frontend, batch, options):
+                append_jsonl(hyp_path, rec)
+                done[rec["id"]] = rec
+            bar.update(len(batch))
+    metrics = score([done[i] for i in ids])
+    atomic_write_json(out_dir / METRICS, {**metrics, "settings": settings or {}})
+    return metrics

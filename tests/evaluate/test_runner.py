@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+
+import pytest
+
+from speechprune.data.manifest import read_manifest
+from speechprune.errors import ConfigError
+from speechprune.evaluate.backends import TorchWhisper
+from speechprune.evaluate.decoding import DecodeOptions
+from speechprune.evaluate.runner import evaluate, score
+
+from tiny_models import ToyTokenizer, toy_vocab
+
+OPTS = DecodeOptions(max_new_tokens=6)
+
+
+def backend(model):
+    return TorchWhisper(model, ToyTokenizer(), toy_vocab())
+
+
+def with_bad_audio(manifest):
+    """The clips plus a missing file, a corrupt file and an empty file."""
+    folder = manifest.parent
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    import soundfile as sf
+
+    sf.write(folder / "empty.wav", [], 16000)
+    extra = [
+        {"audio": "missing.wav", "text": "gone", "id": "missing"},
+        {"audio": "corrupt.wav", "text": "bad", "id": "corrupt"},
+        {"audio": "empty.wav", "text": "nothing", "id": "empty"},
+    ]
+    with open(manifest, "a") as f:
+        for e in extra:
+            f.write(json.dumps(e) + "\n")
+    return read_manifest(manifest)
+
+
+def test_bad_audio_is_listed_in_failed_and_the_rest_scored(tiny_model, clips, tmp_path):
+    utts = with_bad_audio(clips)
+    m = evaluate(backend(tiny_model), utts, tmp_path / "out", OPTS, batch_size=2, progress=False)
+    assert m["n_utterances"] == 8 and m["n_scored"] == 5 and m["n_failed"] == 3
+    reasons = {f["id"]: f["error"] for f in m["failed"]}
+    assert set(reasons) == {"missing", "corrupt", "empty"}
+    assert all("\n" not in r and r for r in reasons.values())
+    assert m["n_words"] == 10  # "tone N" x 5
+    assert m["wer"] > 0  # a random model does not say "tone 3"
+    hyps = [json.loads(l) for l in (tmp_path / "out" / "hypotheses.jsonl").read_text().splitlines()]
+    assert len(hyps) == 8
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_metrics(tiny_model, clips, tmp_path):
+    utts = with_bad_audio(clips)
+    full = evaluate(backend(tiny_model), utts, tmp_path / "full", OPTS, batch_size=2, progress=False)
+
+    be = backend(tiny_model)
+    real_decode, calls = be.decode, []
+
+    def dying_decode(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed()
+        return real_decode(*a, **kw)
+
+    be.decode = dying_decode
+    with pytest.raises(Killed):
+        evaluate(be, utts, tmp_path / "resumed", OPTS, batch_size=2, progress=False)
+    hyp = tmp_path / "resumed" / "hypotheses.jsonl"
+    written = hyp.read_text().splitlines()
+    assert 0 < len(written) < 8
+    with open(hyp, "a") as f:  # a write cut off mid-line by the kill
+        f.write('{"id": "c4", "hypo')
+    be.decode = real_decode
+    again = evaluate(be, utts, tmp_path / "resumed", OPTS, batch_size=2, progress=False)
+    assert again == full
+    ids = [json.loads(l)["id"] for l in hyp.read_text().splitlines()]
+    assert sorted(ids) == sorted(u.id for u in utts)  # nothing decoded twice, nothing lost
+
+
+def test_other_settings_in_the_same_folder_are_refused(tiny_model, clips, tmp_path):
+    utts = read_manifest(clips)
+    evaluate(backend(tiny_model), utts, tmp_path / "o", OPTS, settings={"beam_size": 1}, progress=False)
+    with pytest.raises(ConfigError, match="beam_size"):
+        evaluate(backend(tiny_model), utts, tmp_path / "o", OPTS, settings={"beam_size": 4}, progress=False)
+
+
+def test_score_counts_words_and_translations():
+    recs = [
+        {"id": "a", "audio": "a", "task": "transcribe", "language": "en", "reference": "Press one.", "hypothesis": "press 1"},
+        {"id": "b", "audio": "b", "task": "transcribe", "language": "en", "reference": "hello world", "hypothesis": "hello"},
+        {"id": "c", "audio": "c", "task": "translate", "language": "de", "reference": "the cat sat on the mat", "hypothesis": "the cat sat on the mat"},
+        {"id": "d", "audio": "d", "error": "x.wav: audio is empty"},
+    ]
+    m = score(recs)
+    assert m["n_words"] == 4 and m["word_errors"]["deletions"] == 1
+    assert m["wer"] == pytest.approx(0.25)
+    assert m["bleu"] == pytest.approx(100.0)
+    assert m["n_failed"] == 1 and m["n_scored"] == 2
+
+
+def test_a_clip_over_30_seconds_is_decoded_in_windows(tiny_model, tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "long.wav", 0.1 * np.random.default_rng(0).standard_normal(41 * 16000), 16000)
+    (tmp_path / "m.jsonl").write_text('{"audio": "long.wav", "text": "long"}\n')
+    evaluate(backend(tiny_model), read_manifest(tmp_path / "m.jsonl"), tmp_path / "o", OPTS, progress=False)
+    (rec,) = [json.loads(l) for l in (tmp_path / "o" / "hypotheses.jsonl").read_text().splitlines()]
+    assert rec["n_windows"] == 2 and "error" not in rec
