@@ -18,8 +18,7 @@ from .errors import SpeechpruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make speech models smaller and faster, and prove what it cost in accuracy.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 DEFAULT_MODEL = "whisper-tiny.en"
 DEFAULT_DATA = "asterisk"
@@ -184,10 +183,10 @@ def main() -> None:
     try:
         app()
     except SpeechpruneError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        err_console.print("interrupted: finished results are kept; rerun the same command to resume", markup=False)
+        print("interrupted: finished results are kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
 
 

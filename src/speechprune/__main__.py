@@ -1,0 +1,3 @@
+from speechprune.cli import main
+
+main()
