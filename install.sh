@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DEBS=(asterisk-core-sounds-en-wav asterisk-core-sounds-en)
+# real speech for evaluation; TTS engines and text corpora for synthetic training speech
+DEBS=(asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng flite fortunes bible-kjv bible-kjv-text)
 missing=()
 for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -1,0 +1,1 @@
+"""Pruning: unit selection (pure), schedules, recipes and the structured pruning driver."""

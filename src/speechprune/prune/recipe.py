@@ -1,0 +1,140 @@
+"""Structured pruning recipes: YAML, validated at load (unknown keys, impossible ratios refused up front).
+
+```yaml
+criterion: taylor            # magnitude | taylor | activation | random
+normalize: layer             # layer | global
+calibration: {data: asterisk, split: dev, utterances: 32, batch_size: 8}
+schedule: {steps: 1}         # 1 = one-shot; N = incremental, re-scoring (and recovering) between steps
+targets:
+  - {stack: encoder, kind: ffn, sparsity: 0.5}                    # per layer (scope: layer) by default
+  - {stack: encoder, kind: self_attn, sparsity: 0.5, scope: local} # heads from as few layers as possible
+  - {stack: decoder, remove_layers: [1, 2]}                        # explicit
+  - {stack: decoder, remove_modules: [{layer: 0, kind: cross_attn}]}
+  - {stack: encoder, n_layers: 1}                                  # the least important layer, by the criterion
+recovery: {...}              # optional, see speechprune.recovery
+```
+Layer indices always refer to the ORIGINAL model's layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModuleRef(_Strict):
+    layer: int = Field(ge=0)
+    kind: Literal["self_attn", "cross_attn", "ffn", "conv"]
+
+
+class Target(_Strict):
+    stack: Literal["encoder", "decoder"]
+    kind: Literal["self_attn", "cross_attn", "ffn"] | None = None  # a unit group kind, with sparsity
+    sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
+    scope: Literal["layer", "global", "local"] = "layer"
+    layers: list[int] | None = None  # restrict a unit target to these original layers
+    remove_layers: list[int] | None = None
+    remove_modules: list[ModuleRef] | None = None
+    n_layers: int | None = Field(default=None, ge=1)  # remove this many layers, chosen by the criterion
+
+    @model_validator(mode="after")
+    def _one_action(self) -> "Target":
+        actions = [self.sparsity is not None, self.remove_layers is not None, self.remove_modules is not None,
+                   self.n_layers is not None]
+        if sum(actions) != 1:
+            raise ValueError("a target needs exactly one of: sparsity (with kind), remove_layers, remove_modules, n_layers")
+        if (self.sparsity is None) != (self.kind is None):
+            raise ValueError("'kind' and 'sparsity' go together")
+        if self.kind == "cross_attn" and self.stack == "encoder":
+            raise ValueError("the encoder has no cross-attention")
+        if self.scope == "local" and self.kind == "ffn":
+            raise ValueError("scope 'local' selects attention heads; use 'layer' or 'global' for FFN neurons")
+        for name in ("layers", "remove_layers"):
+            v = getattr(self, name)
+            if v is not None and (any(i < 0 for i in v) or len(set(v)) != len(v)):
+                raise ValueError(f"'{name}' must hold distinct layer indices >= 0")
+        return self
+
+
+class Calibration(_Strict):
+    data: str = "asterisk"
+    split: Literal["dev", "all"] | None = "dev"  # never test: nothing that calibrates reads it
+    utterances: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+
+
+class Schedule(_Strict):
+    steps: int = Field(default=1, ge=1, le=20)
+    save_every_step: bool = True
+
+
+class Recovery(_Strict):
+    """Distillation fine-tuning from the dense teacher after pruning (and between incremental steps)."""
+
+    data: list[str] = Field(default_factory=lambda: ["asterisk:dev"])  # data sets: name[:split] or manifests
+    steps: int = Field(default=200, ge=0)  # optimizer steps per recovery phase
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    kl_weight: float = Field(default=1.0, ge=0)
+    ce_weight: float = Field(default=1.0, ge=0)
+    temperature: float = Field(default=2.0, gt=0)
+    max_utterances: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+
+class Recipe(_Strict):
+    name: str | None = None
+    model: str | None = None  # the model the recipe was written for (informational; the CLI names the model)
+    criterion: Literal["magnitude", "taylor", "activation", "random"] = "magnitude"
+    normalize: Literal["layer", "global"] = "layer"
+    seed: int = 0
+    calibration: Calibration = Calibration()
+    schedule: Schedule = Schedule()
+    targets: list[Target] = Field(min_length=1)
+    recovery: Recovery | None = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.criterion in ("taylor", "activation")
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "recipe"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{where}: {msg}" + (f" ({len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else "")
+
+
+def parse_recipe(obj: dict, source: str | Path | None = None) -> Recipe:
+    try:
+        return Recipe.model_validate(obj)
+    except ValidationError as e:
+        raise ConfigError(f"bad recipe: {_first_error(e)}", source) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe (``yaml.safe_load``: no code runs)."""
+    path = Path(path)
+    try:
+        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("recipe not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read recipe ({e.__class__.__name__})", path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"not valid YAML{f' (line {mark.line + 1})' if mark else ''}", path) from None
+    if not isinstance(obj, dict):
+        raise ConfigError("a recipe must be a YAML mapping", path)
+    return parse_recipe(obj, path)

@@ -1,0 +1,1 @@
+"""Recovery after pruning: distillation fine-tuning from the dense model."""

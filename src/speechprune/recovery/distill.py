@@ -1,0 +1,83 @@
+"""Recovery by distillation from the dense teacher: KL on logits plus cross-entropy on the teacher's labels.
+
+Batches are teacher-forcing dicts ``{input_features, decoder_input_ids, labels}`` (see
+``TorchWhisper.labelled_batches``), labelled by the teacher itself. The teacher's logits at label positions are
+computed once (fp16) and reused every epoch, so a recovery step costs one student forward and backward.
+Device-agnostic: the student's device is used for everything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..prune.recipe import Recovery
+
+
+@torch.no_grad()
+def attach_teacher_logits(teacher: torch.nn.Module, batches: list[dict]) -> list[dict]:
+    """Add ``teacher_logits`` ([n_label_positions, vocab], fp16) to each batch."""
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    out = []
+    for b in batches:
+        mask = b["labels"] != -100
+        logits = teacher(input_features=b["input_features"].to(device),
+                         decoder_input_ids=b["decoder_input_ids"].to(device)).logits
+        out.append({**b, "teacher_logits": logits[mask.to(device)].half().cpu()})
+    return out
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, kl_weight: float, ce_weight: float) -> torch.Tensor:
+    """``kl_weight * T^2 * KL(teacher_T || student_T) + ce_weight * CE(student, labels)`` over label positions
+    (``student_logits``, ``teacher_logits``: ``[n, vocab]``; ``labels``: ``[n]``). A pure function."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.float() / t, dim=-1),
+                  log_target=True, reduction="batchmean") * t * t
+    ce = F.cross_entropy(student_logits, labels)
+    return kl_weight * kl + ce_weight * ce
+
+
+def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True) -> dict:
+    """Fine-tune ``student`` in place for ``cfg.steps`` optimizer steps over ``batches`` (cycled, shuffled per
+    epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits``. Returns loss statistics."""
+    if cfg.steps == 0 or not batches:
+        return {"steps": 0}
+    device = next(student.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    warmup = max(1, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+
+    def order():
+        while True:
+            yield from torch.randperm(len(batches), generator=gen).tolist()
+
+    student.train()
+    losses, t0 = [], time.perf_counter()
+    for _, i in zip(tqdm(range(cfg.steps), desc="recover", unit="step", disable=not progress, dynamic_ncols=True),
+                    order()):
+        b = batches[i]
+        labels = b["labels"].to(device)
+        mask = labels != -100
+        logits = student(input_features=b["input_features"].to(device),
+                         decoder_input_ids=b["decoder_input_ids"].to(device)).logits[mask]
+        loss = distillation_loss(logits, b["teacher_logits"].to(device), labels[mask], cfg.temperature,
+                                 cfg.kl_weight, cfg.ce_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    student.eval()
+    opt.zero_grad(set_to_none=True)
+    first = sum(losses[: max(1, len(losses) // 10)]) / max(1, len(losses) // 10)
+    last = sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses) // 10)
+    return {"steps": cfg.steps, "loss_first": first, "loss_last": last, "seconds": time.perf_counter() - t0}
