@@ -40,3 +40,42 @@ def toy_vocab(**kw):
                         begin_suppress=kw.get("begin_suppress", (EOT,)))
 
 
+def make_tiny_wav2vec2(seed: int = 0, **overrides):
+    """A random ``Wav2Vec2ForCTC`` (d 32, 2 layers, 4 heads, FFN 64, two convs, 12 labels), every weight random."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    cfg = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16),
+        conv_stride=(5, 4), conv_kernel=(10, 4), vocab_size=12, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0, pad_token_id=0,
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = Wav2Vec2ForCTC(Wav2Vec2Config(**cfg, attn_implementation="sdpa")).eval()
+    randomize(model)
+    return model
+
+
+def randomize(model, seed: int = 0):
+    """Every parameter random (biases too, norms near 1), so no unit is trivially zero; returns ``model``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name and name.endswith("weight") and "parametrizations" not in name:
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(0.2 * noise)
+    return model
+
+
+def build_tiny(family: str, seed: int = 0, **overrides):
+    """A tiny random model of ``family`` ("whisper": ``tiny_models.tiny_whisper``, 2+2 layers d 32; "wav2vec2"),
+    every parameter random."""
+    if family == "whisper":
+        return randomize(tiny_whisper(seed, **overrides), seed)
+    return make_tiny_wav2vec2(seed, **overrides)

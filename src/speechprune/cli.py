@@ -149,6 +149,63 @@ def bench_cmd(
     console.print(f"wrote {out}/bench.json")
 
 
+@app.command("synth")
+def synth_cmd(
+    out: Path = typer.Argument(..., help="output folder (wavs/ and manifest.jsonl); a rerun resumes"),
+    n: int = typer.Option(1000, min=1, help="utterances"),
+    seed: int = typer.Option(0),
+    engine: list[str] = typer.Option(["espeak-ng", "flite", "hibari"], help="TTS engines, used in turn"),
+    telephone: bool = typer.Option(False, help="8 kHz telephone-band augmentation, like the asterisk prompts"),
+    workers: int = typer.Option(1, min=1),
+) -> None:
+    """Synthesize training speech offline from Debian text corpora (never from the evaluation data)."""
+    from .data.synth import synthesize
+
+    manifest = synthesize(out, n, seed=seed, engines=tuple(engine), telephone=telephone, workers=workers)
+    console.print(f"wrote {manifest}")
+
+
+@app.command("prune")
+def prune_cmd(
+    model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
+    recipe: Path = typer.Option(..., help="YAML recipe (see recipes/)"),
+    out: Path = typer.Option(..., help="output folder: a model per step, prune.json"),
+    device: str = typer.Option("cpu"),
+    threads: Optional[int] = typer.Option(None),
+    dry_run: bool = typer.Option(False, help="validate the recipe against the model and stop"),
+) -> None:
+    """Structured pruning that removes tensors: heads, FFN neurons, modules, layers; optional recovery."""
+    from .prune.recipe import load_recipe
+
+    _set_threads(threads)
+    r = load_recipe(recipe)
+    if dry_run:
+        from .models.adapters import adapter_for
+        from .models.registry import resolve_model
+        from .models.whisper import load_whisper
+        from .prune.structured import validate_against_model
+
+        m, _ = load_whisper(resolve_model(model))
+        validate_against_model(r, m, adapter_for(m))
+        console.print(f"recipe {recipe} is valid for {model}")
+        return
+    from .prune.run import run_prune
+
+    record = run_prune(model, r, out, device=device)
+    t = Table(title=f"{model} pruned with {recipe.name}")
+    for col in ("step", "params M", "encoder GFLOP", "decoder MFLOP/token", "removed", "recovery loss"):
+        t.add_column(col, justify="right")
+    d = record["dense"]
+    t.add_row("dense", f"{d['params'] / 1e6:.2f}", f"{d['flops_encoder'] / 1e9:.2f}", f"{d['flops_decoder_per_token'] / 1e6:.1f}", "", "")
+    for s in record["steps"]:
+        rec = s.get("recovery") or {}
+        t.add_row(str(s["step"]), f"{s['params'] / 1e6:.2f}", f"{s['flops_encoder'] / 1e9:.2f}",
+                  f"{s['flops_decoder_per_token'] / 1e6:.1f}", ", ".join(s["removed_modules"] + s["removed_layers"])[:40],
+                  f"{rec.get('loss_first', 0):.3f} -> {rec.get('loss_last', 0):.3f}" if rec.get("steps") else "")
+    console.print(t)
+    console.print(f"wrote {out}/prune.json and a model per step; final model: {out}/step-{r.schedule.steps}")
+
+
 @app.command("run")
 def run_cmd(
     model: str = typer.Option(DEFAULT_MODEL, help="bundled model name or a Whisper folder"),

@@ -162,3 +162,26 @@ def strip_prompt():
 def tiny_ids() -> dict[str, int]:
     """Special-token ids of the tiny tokenizer (English-only layout)."""
     return {"eot": EOT, "sot": SOT, "no_timestamps": NO_TIMESTAMPS, "en": 258}
+
+
+from tiny_models import build_tiny, make_tiny_wav2vec2, randomize  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def build():
+    """``build(family, seed=0, **config_overrides)`` -> a tiny random model (see ``build_tiny``)."""
+    return build_tiny
+
+
+@pytest.fixture
+def tiny_whisper_d64():
+    """A fresh ``make_tiny_whisper()`` (vocabulary 300, matching ``tiny_processor``)."""
+    return make_tiny_whisper()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tmp_path_factory):
+    """A real ``WhisperProcessor`` over the tiny byte-level tokenizer (vocabulary 300) and an 80-mel extractor."""
+    from speechprune.models.whisper import build_processor
+
+    return build_processor(write_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"), 80)

@@ -138,6 +138,47 @@ class TorchWhisper:
     def decode_text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
+    def labelled_batches(self, utterances, batch_size: int, options: DecodeOptions = DecodeOptions(),
+                         pseudo_labels: bool = True) -> list[dict]:
+        """Teacher-forcing batches ``{input_features, decoder_input_ids, labels}`` for calibration and training.
+
+        With ``pseudo_labels`` the targets are this model's own greedy transcripts (the dense model labels its
+        student's data); else the utterances' reference texts, tokenized. Unreadable audio is skipped.
+        Labels are -100 on the prompt and on padding."""
+        from ..data.audio import load_audio
+        from ..errors import AudioError
+        from .frontend import WINDOW_SECONDS, FeatureFrontend
+
+        frontend = FeatureFrontend(self.n_mels)
+        batches = []
+        for i in range(0, len(utterances), batch_size):
+            utts, audios = [], []
+            for u in utterances[i : i + batch_size]:
+                try:
+                    audios.append(load_audio(u.audio, max_seconds=WINDOW_SECONDS))
+                    utts.append(u)
+                except AudioError:
+                    continue
+            if not utts:
+                continue
+            feats = frontend(audios)
+            if pseudo_labels:
+                dec = self.decode(self.encode(feats), [u.language for u in utts], [u.task for u in utts], options)
+                targets, langs = dec.tokens, dec.languages
+            else:
+                targets = [self.tokenizer.encode(" " + u.text.strip(), add_special_tokens=False) for u in utts]
+                langs = _languages_for(self.vocab, [u.language for u in utts], options)
+            prompts = [self.vocab.prompt(lang, u.task or options.task) for lang, u in zip(langs, utts)]
+            seqs = [p + t[: options.max_new_tokens] + [self.vocab.eot] for p, t in zip(prompts, targets)]
+            width = max(map(len, seqs)) - 1
+            ids = torch.full((len(seqs), width), self.vocab.eot, dtype=torch.long)
+            labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+            for b, (p, seq) in enumerate(zip(prompts, seqs)):
+                ids[b, : len(seq) - 1] = torch.tensor(seq[:-1])
+                labels[b, len(p) - 1 : len(seq) - 1] = torch.tensor(seq[len(p):])
+            batches.append({"input_features": torch.from_numpy(feats), "decoder_input_ids": ids, "labels": labels})
+        return batches
+
 
 def _ct2_max_length(new_tokens: int) -> int:
     """CTranslate2's Whisper ``max_length`` yields at most ``max_length // 2`` new tokens (measured on 4.8.5:

@@ -24,6 +24,7 @@ MODULE_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "conv")
 # The config attribute (and config.json key) under which adapters keep a pruned model's per-layer structure.
 STRUCTURE_KEY = "speechprune_structure"
 STRUCTURE_FORMAT = 1
+ORIGINAL_KEYS = frozenset({"layers", "heads", "head_dim", "ffn"})  # a stack's "original" entry
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: a field-wise == on tensors is ambiguous

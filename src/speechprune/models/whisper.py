@@ -1,7 +1,9 @@
 """The Whisper adapter: the only module that knows Hugging Face Whisper's module and parameter names.
 
-Now: conversion of a CTranslate2 ``WhisperSpec`` model (as shipped in the bundled weight packages) into a Hugging
-Face ``WhisperForConditionalGeneration`` folder, and loading such a folder. Per-unit pruning hooks belong here too.
+Conversion of a CTranslate2 ``WhisperSpec`` model (as shipped in the bundled weight packages) into a Hugging Face
+``WhisperForConditionalGeneration`` folder; loading such a folder, dense or pruned (``speechprune_structure`` in
+its config.json sends it through ``checkpoint.load_pruned``); per-layer shapes for FLOP counting; and
+``WhisperAdapter``, the ``units.Adapter`` that prunes heads, FFN neurons, blocks and layers physically.
 
 The CT2 -> HF mapping (see ``/work/shared/ASSETS.md``): the fused self-attention ``linear_0`` splits into q/k/v
 rows, the fused cross-attention ``linear_1`` into k/v rows; the key bias is dropped (Whisper's ``k_proj`` has none;
@@ -18,7 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from speechprune.errors import ModelError
+from speechprune.errors import ConfigError, ModelError
+from speechprune.models.units import ORIGINAL_KEYS, STRUCTURE_FORMAT, STRUCTURE_KEY
 from speechprune.models.ct2 import Ct2Model, read_ct2
 
 CT2_GELU = 3  # ctranslate2 ActivationType.GELU
@@ -333,6 +336,13 @@ def load_whisper(folder: Path | str, device: str = "cpu", dtype=None):
     if not is_whisper_folder(folder):
         raise ModelError("not a Whisper model folder (no config.json with model_type 'whisper')", folder)
     dtype = torch.float32 if dtype is None else dtype
+    if STRUCTURE_KEY in _read_json(folder / "config.json"):  # a pruned folder: per-layer widths, removed blocks
+        from speechprune.models.checkpoint import load_pruned
+
+        model, processor = load_pruned(folder, device=device, dtype=dtype)
+        if processor is None:
+            raise ModelError("pruned Whisper folder has no processor files (tokenizer.json, ...)", folder)
+        return model, processor
     try:
         model = WhisperForConditionalGeneration.from_pretrained(
             folder,
@@ -389,10 +399,24 @@ def whisper_shape(model) -> "EncoderDecoderShape":
 
 
 def whisper_shape_from_config(config) -> "EncoderDecoderShape":
-    """The shape a stock ``WhisperConfig`` describes (uniform layers)."""
+    """The shape a ``WhisperConfig`` describes: uniform layers, or the per-layer ``speechprune_structure`` of a
+    pruned folder."""
     from speechprune.models.structure import AttentionShape, EncoderDecoderShape, LayerShape
 
     d = int(config.d_model)
+    structure = getattr(config, STRUCTURE_KEY, None)
+    if structure:
+        def att(stack: str, heads: int | None) -> AttentionShape | None:
+            return None if heads is None else AttentionShape(heads, structure[stack]["original"]["head_dim"])
+
+        return EncoderDecoderShape(
+            d_model=d, n_mels=int(config.num_mel_bins), n_frames=2 * int(config.max_source_positions),
+            n_audio_ctx=int(config.max_source_positions), vocab_size=int(config.vocab_size),
+            encoder=tuple(LayerShape(att("encoder", l["self_attn"]), l["ffn"] or 0)
+                          for l in structure["encoder"]["layers"]),
+            decoder=tuple(LayerShape(att("decoder", l["self_attn"]), l["ffn"] or 0, att("decoder", l["cross_attn"]))
+                          for l in structure["decoder"]["layers"]),
+        )
     enc_att = AttentionShape(config.encoder_attention_heads, d // config.encoder_attention_heads)
     dec_att = AttentionShape(config.decoder_attention_heads, d // config.decoder_attention_heads)
     return EncoderDecoderShape(
@@ -401,3 +425,377 @@ def whisper_shape_from_config(config) -> "EncoderDecoderShape":
         encoder=tuple(LayerShape(enc_att, config.encoder_ffn_dim) for _ in range(config.encoder_layers)),
         decoder=tuple(LayerShape(dec_att, config.decoder_ffn_dim, dec_att) for _ in range(config.decoder_layers)),
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Surgery: the ``speechprune.models.units.Adapter`` of ``WhisperForConditionalGeneration``
+#
+# Heads and FFN neurons are removed by replacing the ``nn.Linear`` modules with smaller ones. A removed block
+# (attention or FFN, with its pre-norm) becomes ``None`` and its layer's class becomes a ``PrunedWhisper*Layer``,
+# whose forward skips it. Decoder attention modules are numbered ``layer_idx`` 0.. over the PRESENT blocks of
+# each kind (self- and cross-attention separately), so ``DynamicCache`` slots stay dense: transformers reads the
+# decoded length from self-attention slot 0. After every change ``model.config`` is re-synced: layer counts, the
+# FFN width where uniform, and the per-layer structure under ``config.speechprune_structure``.
+
+_STACKS = ("encoder", "decoder")
+_KINDS = {"encoder": ("self_attn", "ffn"), "decoder": ("self_attn", "cross_attn", "ffn")}
+_ATTN = {"self_attn": ("self_attn", "self_attn_layer_norm"), "cross_attn": ("encoder_attn", "encoder_attn_layer_norm")}
+_FFN = ("fc1", "fc2", "final_layer_norm")
+_PRUNED_CLASSES: dict[str, type] = {}
+
+
+def _pruned_layer_classes() -> dict[str, type]:
+    """``PrunedWhisperEncoderLayer`` / ``PrunedWhisperDecoderLayer``, defined on first use (transformers is heavy
+    to import). They are reachable as attributes of this module, so pickling finds them."""
+    if _PRUNED_CLASSES:
+        return _PRUNED_CLASSES
+    import torch
+    from torch import nn
+    from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer, WhisperEncoderLayer
+
+    class PrunedWhisperEncoderLayer(WhisperEncoderLayer):
+        """``WhisperEncoderLayer`` whose removed blocks (``None``) pass the residual stream through untouched.
+
+        The rest is transformers 5.x ``WhisperEncoderLayer.forward``, line for line."""
+
+        def forward(self, hidden_states, attention_mask, **kwargs):
+            if self.self_attn is not None:
+                residual = hidden_states
+                hidden_states = self.self_attn_layer_norm(hidden_states)
+                hidden_states, _ = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask, **kwargs)
+                hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+                hidden_states = residual + hidden_states
+
+            if self.fc1 is not None:
+                residual = hidden_states
+                hidden_states = self.final_layer_norm(hidden_states)
+                hidden_states = self.activation_fn(self.fc1(hidden_states))
+                hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+                hidden_states = self.fc2(hidden_states)
+                hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+                hidden_states = residual + hidden_states
+
+            if hidden_states.dtype == torch.float16:
+                clamp_value = torch.finfo(hidden_states.dtype).max - 1000
+                hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
+            return hidden_states
+
+    class PrunedWhisperDecoderLayer(WhisperDecoderLayer):
+        """``WhisperDecoderLayer`` whose removed blocks (``None``) pass the residual stream through untouched.
+
+        The rest is transformers 5.x ``WhisperDecoderLayer.forward``, line for line."""
+
+        def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
+                    encoder_attention_mask=None, past_key_values=None, use_cache=True, **kwargs):
+            if self.self_attn is not None:
+                residual = hidden_states
+                hidden_states = self.self_attn_layer_norm(hidden_states)
+                hidden_states, _ = self.self_attn(
+                    hidden_states, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
+                )
+                hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+                hidden_states = residual + hidden_states
+
+            if self.encoder_attn is not None and encoder_hidden_states is not None:
+                residual = hidden_states
+                hidden_states = self.encoder_attn_layer_norm(hidden_states)
+                hidden_states, _ = self.encoder_attn(
+                    hidden_states,
+                    key_value_states=encoder_hidden_states,
+                    attention_mask=encoder_attention_mask,
+                    past_key_values=past_key_values,
+                    **kwargs,
+                )
+                hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+                hidden_states = residual + hidden_states
+
+            if self.fc1 is not None:
+                residual = hidden_states
+                hidden_states = self.final_layer_norm(hidden_states)
+                hidden_states = self.activation_fn(self.fc1(hidden_states))
+                hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+                hidden_states = self.fc2(hidden_states)
+                hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+                hidden_states = residual + hidden_states
+            return hidden_states
+
+    for cls in (PrunedWhisperEncoderLayer, PrunedWhisperDecoderLayer):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        _PRUNED_CLASSES[cls.__name__] = cls
+    return _PRUNED_CLASSES
+
+
+def __getattr__(name: str):
+    if name in ("PrunedWhisperEncoderLayer", "PrunedWhisperDecoderLayer"):
+        return _pruned_layer_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _attn_of(layer, kind: str):
+    return getattr(layer, _ATTN[kind][0]) if kind in _ATTN else None
+
+
+def _present(layer, kind: str) -> bool:
+    return (getattr(layer, "fc1", None) if kind == "ffn" else _attn_of(layer, kind)) is not None
+
+
+def _config_original(config, stack: str) -> dict:
+    heads = int(getattr(config, f"{stack}_attention_heads"))
+    return {"layers": int(getattr(config, f"{stack}_layers")), "heads": heads,
+            "head_dim": int(config.d_model) // heads, "ffn": int(getattr(config, f"{stack}_ffn_dim"))}
+
+
+class WhisperAdapter:
+    """Units, surgery and structure of a Hugging Face ``WhisperForConditionalGeneration`` (see ``units.Adapter``).
+
+    Unit groups: the heads of every encoder self-attention, decoder self-attention and decoder cross-attention
+    (q/k/v rows, q/v biases, ``out_proj`` columns; ``head_dim`` wide) and the neurons of every FFN (``fc1`` rows
+    and bias, ``fc2`` columns). Removable modules: ``self_attn``, ``cross_attn`` (decoder), ``ffn``.
+    """
+
+    family = "whisper"
+
+    # ----- navigation and validation
+
+    def stacks(self, model) -> tuple[str, ...]:
+        return _STACKS
+
+    def _stack(self, model, stack: str):
+        if stack not in _STACKS:
+            raise ConfigError(f"unknown stack {stack!r} for whisper; choose from {', '.join(_STACKS)}")
+        return model.model.encoder if stack == "encoder" else model.model.decoder
+
+    def n_layers(self, model, stack: str) -> int:
+        return len(self._stack(model, stack).layers)
+
+    def module_kinds(self, model, stack: str) -> tuple[str, ...]:
+        self._stack(model, stack)
+        return _KINDS[stack]
+
+    def _layer(self, model, stack: str, layer: int):
+        from speechprune.models.units import check_layer_indices
+
+        layers = self._stack(model, stack).layers
+        return layers[check_layer_indices(f"whisper {stack}", len(layers), [layer])[0]]
+
+    def _check_kind(self, stack: str, kind: str) -> None:
+        from speechprune.models.units import MODULE_KINDS
+
+        if kind == "conv":
+            raise ConfigError(
+                "whisper's conv stem cannot be removed: it embeds the log-mel features for the encoder "
+                "(removable: self_attn, cross_attn, ffn)"
+            )
+        if kind not in MODULE_KINDS:
+            raise ConfigError(f"unknown module kind {kind!r}; choose from {', '.join(_KINDS[stack])}")
+        if kind not in _KINDS[stack]:
+            raise ConfigError(f"whisper {stack} layers have no {kind}; choose from {', '.join(_KINDS[stack])}")
+
+    # ----- units
+
+    def unit_groups(self, model) -> list:
+        from speechprune.models.units import ParamSlice, UnitGroup
+
+        groups = []
+        for stack in _STACKS:
+            for i, layer in enumerate(self._stack(model, stack).layers):
+                for kind in _KINDS[stack]:
+                    if not _present(layer, kind):
+                        continue
+                    if kind == "ffn":
+                        params = [ParamSlice(layer.fc1.weight, 0, 1), ParamSlice(layer.fc1.bias, 0, 1),
+                                  ParamSlice(layer.fc2.weight, 1, 1)]
+                        groups.append(UnitGroup(stack, i, kind, layer.fc1.out_features, 1, params, layer.fc2))
+                        continue
+                    attn = _attn_of(layer, kind)
+                    hd = attn.head_dim
+                    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+                    params = [ParamSlice(p.weight, 0, hd) for p in projections]
+                    params += [ParamSlice(p.bias, 0, hd) for p in projections if p.bias is not None]
+                    params.append(ParamSlice(attn.out_proj.weight, 1, hd))
+                    groups.append(UnitGroup(stack, i, kind, attn.num_heads, hd, params, attn.out_proj))
+        return groups
+
+    def prune_units(self, model, group, keep: list[int]) -> None:
+        from speechprune.models.units import GROUP_KINDS, check_keep, shrink_ffn, shrink_heads
+
+        layer = self._layer(model, group.stack, group.layer)
+        if group.kind not in GROUP_KINDS:
+            raise ConfigError(f"unknown unit group kind {group.kind!r}; choose from {', '.join(GROUP_KINDS)}")
+        self._check_kind(group.stack, group.kind)
+        if not _present(layer, group.kind):
+            raise ConfigError(f"{group.key} is removed; it has no units to prune")
+        attn = _attn_of(layer, group.kind)
+        n = layer.fc1.out_features if attn is None else attn.num_heads
+        if group.n_units != n:
+            raise ConfigError(f"unit group {group.key} is stale: it says {group.n_units} units, the model has {n}")
+        keep = check_keep(group.key, n, keep)
+        if len(keep) == n:
+            return
+        if attn is None:
+            layer.fc1, layer.fc2 = shrink_ffn(layer.fc1, layer.fc2, keep)
+        else:
+            attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj = shrink_heads(
+                attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, keep, attn.head_dim
+            )
+            attn.num_heads = len(keep)  # k/v are viewed as [.., num_heads, head_dim]; q uses -1
+            attn.embed_dim = len(keep) * attn.head_dim  # the inner width (HF's own head pruning did the same)
+        self._sync_config(model)
+
+    # ----- modules and layers
+
+    def remove_module(self, model, stack: str, layer: int, kind: str) -> None:
+        self._stack(model, stack)
+        self._check_kind(stack, kind)
+        target = self._layer(model, stack, layer)
+        if not _present(target, kind):
+            raise ConfigError(f"whisper {stack} layer {layer} {kind} is already removed")
+        if stack == "decoder" and kind == "self_attn":
+            self._check_decoder_self_attn([l for l in self._stack(model, stack).layers if l is not target])
+        self._mark_pruned(target, stack)
+        for name in _FFN if kind == "ffn" else _ATTN[kind]:
+            setattr(target, name, None)
+        self._renumber(model)
+        self._sync_config(model)
+
+    def remove_layers(self, model, stack: str, layers: list[int]) -> None:
+        from torch import nn
+
+        from speechprune.models.units import check_layer_indices
+
+        mod = self._stack(model, stack)
+        drop = set(check_layer_indices(f"whisper {stack}", len(mod.layers), layers))
+        if not drop:
+            return
+        if len(drop) == len(mod.layers):
+            raise ConfigError(f"cannot remove every whisper {stack} layer; at least one must stay")
+        kept = [l for i, l in enumerate(mod.layers) if i not in drop]
+        if stack == "decoder":
+            self._check_decoder_self_attn(kept)
+        mod.layers = nn.ModuleList(kept)
+        self._renumber(model)
+        self._sync_config(model)
+
+    @staticmethod
+    def _check_decoder_self_attn(remaining_layers) -> None:
+        if not any(l.self_attn is not None for l in remaining_layers):
+            raise ConfigError(
+                "cannot remove the last decoder self_attn: transformers reads the decoded length from its KV cache"
+            )
+
+    @staticmethod
+    def _mark_pruned(layer, stack: str) -> None:
+        name = "PrunedWhisperEncoderLayer" if stack == "encoder" else "PrunedWhisperDecoderLayer"
+        cls = _pruned_layer_classes()[name]
+        if type(layer) is not cls:
+            layer.__class__ = cls
+
+    def _renumber(self, model) -> None:
+        """Dense ``layer_idx`` over the present decoder self- and cross-attention blocks (KV cache slots)."""
+        n_self = n_cross = 0
+        for layer in model.model.decoder.layers:
+            if layer.self_attn is not None:
+                layer.self_attn.layer_idx, n_self = n_self, n_self + 1
+            if layer.encoder_attn is not None:
+                layer.encoder_attn.layer_idx, n_cross = n_cross, n_cross + 1
+
+    # ----- structure
+
+    def structure(self, model) -> dict:
+        """``{"format": 1, "family": "whisper", <stack>: {"original": {layers, heads, head_dim, ffn},
+        "layers": [{"self_attn": heads | None, ["cross_attn": heads | None,] "ffn": width | None}, ...]}}``."""
+        stored = getattr(model.config, STRUCTURE_KEY, None) or {}
+        out: dict[str, Any] = {"format": STRUCTURE_FORMAT, "family": self.family}
+        for stack in _STACKS:
+            original = (stored.get(stack) or {}).get("original") or _config_original(model.config, stack)
+            layers = []
+            for layer in self._stack(model, stack).layers:
+                entry: dict[str, int | None] = {}
+                for kind in _KINDS[stack]:
+                    if not _present(layer, kind):
+                        entry[kind] = None
+                    elif kind == "ffn":
+                        entry[kind] = int(layer.fc1.out_features)
+                    else:
+                        entry[kind] = int(_attn_of(layer, kind).num_heads)
+                layers.append(entry)
+            out[stack] = {"original": dict(original), "layers": layers}
+        return out
+
+    def stock_compatible(self, model) -> bool:
+        s = self.structure(model)
+        for stack in _STACKS:
+            heads = s[stack]["original"]["heads"]
+            layers = s[stack]["layers"]
+            if any(l[k] != heads for l in layers for k in _KINDS[stack] if k != "ffn"):
+                return False
+            widths = {l["ffn"] for l in layers}
+            if None in widths or len(widths) != 1:
+                return False
+        return True
+
+    def _sync_config(self, model) -> None:
+        """Keep ``model.config`` true: layer counts, uniform FFN widths, and the structure."""
+        s = self.structure(model)
+        config = model.config
+        for stack in _STACKS:
+            layers = s[stack]["layers"]
+            setattr(config, f"{stack}_layers", len(layers))
+            widths = {l["ffn"] for l in layers}
+            if len(widths) == 1 and None not in widths:
+                setattr(config, f"{stack}_ffn_dim", widths.pop())
+        setattr(config, STRUCTURE_KEY, s)
+
+    def apply_structure(self, model, structure: dict) -> None:
+        from torch import nn
+
+        from speechprune.models.units import shrink_ffn, shrink_heads
+
+        def bad(why: str) -> ModelError:
+            return ModelError(f"speechprune structure does not fit this whisper model: {why}")
+
+        if not isinstance(structure, dict) or structure.get("family") != self.family:
+            raise bad(f"family {structure.get('family') if isinstance(structure, dict) else structure!r}")
+        if structure.get("format") != STRUCTURE_FORMAT:
+            raise bad(f"format {structure.get('format')!r} (this version reads {STRUCTURE_FORMAT})")
+        for stack in _STACKS:
+            mod = self._stack(model, stack)
+            entries = (structure.get(stack) or {}).get("layers")
+            if not isinstance(entries, list) or not 1 <= len(entries) <= len(mod.layers):
+                raise bad(f"{stack} layers {entries!r} (the model has {len(mod.layers)})")
+            if len(entries) < len(mod.layers):
+                mod.layers = nn.ModuleList(list(mod.layers)[: len(entries)])
+            for i, (layer, entry) in enumerate(zip(mod.layers, entries)):
+                if not isinstance(entry, dict) or set(entry) != set(_KINDS[stack]):
+                    raise bad(f"{stack} layer {i}: {entry!r} (keys must be {', '.join(_KINDS[stack])})")
+                for kind in _KINDS[stack]:
+                    want = entry[kind]
+                    if want is None:
+                        self._mark_pruned(layer, stack)
+                        for name in _FFN if kind == "ffn" else _ATTN[kind]:
+                            setattr(layer, name, None)
+                        continue
+                    if not _present(layer, kind):
+                        raise bad(f"{stack} layer {i} {kind} is removed in the model")
+                    attn = _attn_of(layer, kind)
+                    have = layer.fc1.out_features if attn is None else attn.num_heads
+                    if isinstance(want, bool) or not isinstance(want, int) or not 1 <= want <= have:
+                        raise bad(f"{stack} layer {i} {kind}: {want!r} units (the model has {have})")
+                    if want == have:
+                        continue
+                    keep = list(range(want))  # which units does not matter: the weights are loaded afterwards
+                    if attn is None:
+                        layer.fc1, layer.fc2 = shrink_ffn(layer.fc1, layer.fc2, keep)
+                    else:
+                        attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj = shrink_heads(
+                            attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, keep, attn.head_dim
+                        )
+                        attn.num_heads, attn.embed_dim = want, want * attn.head_dim
+            original = (structure.get(stack) or {}).get("original")
+            if original is not None and (not isinstance(original, dict) or set(original) != ORIGINAL_KEYS):
+                raise bad(f"{stack} original {original!r}")
+        if not any(l.self_attn is not None for l in model.model.decoder.layers):
+            raise bad("no decoder self_attn is left")
+        self._renumber(model)
+        setattr(model.config, STRUCTURE_KEY, structure)  # the originals it records survive the re-sync
+        self._sync_config(model)

@@ -1,0 +1,196 @@
+"""Saving and loading pruned models: safetensors weights + ``config.json`` carrying the per-layer structure.
+
+A pruned folder is a Hugging Face folder (``model.safetensors``, ``config.json``, ``generation_config.json``,
+processor files) whose ``config.json`` also holds ``speechprune_structure`` (see the family adapter's
+``structure``). ``load_pruned`` builds the stock model from the config on the meta device, reshapes it with the
+adapter's ``apply_structure``, then loads the weights strictly: nothing from the folder is executed (no pickles,
+no remote code).
+
+Stock compatibility: when the adapter's ``stock_compatible`` holds (per stack one FFN width for every layer,
+layers removed at most, no head pruning, no removed blocks), the stock config fields (``encoder_layers``,
+``decoder_ffn_dim``...) describe the model exactly, and the very same folder loads with
+``WhisperForConditionalGeneration.from_pretrained`` and ``transformers.pipeline``, which ignore the extra key.
+Other folders need ``load_pruned`` (or ``load_whisper``, which detects the key): a plain ``from_pretrained``
+refuses mismatched widths, but would silently re-initialise a removed block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from speechprune.errors import ConfigError, ModelError
+from speechprune.models.units import STRUCTURE_KEY
+
+# Processor / tokenizer files copied from a source folder (weights and model configs never are).
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "feature_extractor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "normalizer.json",
+    "chat_template.json",
+)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def save_pruned(model, processor_or_tokenizer_folder: Any, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model`` (dense or pruned) to ``out_dir`` atomically: a temporary sibling folder renamed into place.
+
+    ``processor_or_tokenizer_folder`` is a folder whose processor/tokenizer files (``PROCESSOR_FILES``) are
+    copied, an object with ``save_pretrained`` (a processor or tokenizer), or ``None``. An existing non-empty
+    ``out_dir`` is refused unless ``overwrite``. Returns ``out_dir``.
+    """
+    from speechprune.models.adapters import adapter_for
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError("output folder exists and is not empty (pass overwrite=True to replace it)", out)
+    source = processor_or_tokenizer_folder
+    if isinstance(source, (str, Path)) and not Path(source).is_dir():
+        raise ConfigError("processor folder does not exist", source)
+
+    adapter = adapter_for(model)
+    setattr(model.config, STRUCTURE_KEY, adapter.structure(model))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if isinstance(source, (str, Path)):
+            copied = [name for name in PROCESSOR_FILES if (Path(source) / name).is_file()]
+            if not copied:
+                raise ConfigError("folder has no processor or tokenizer files", source)
+            for name in copied:
+                shutil.copy2(Path(source) / name, tmp / name)
+        elif source is not None:
+            source.save_pretrained(tmp)
+        for f in tmp.iterdir():  # durable before the rename makes the folder visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    if out.is_dir():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ModelError(f"cannot read safetensors index: {_one_line(e)}", index) from None
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError("no safetensors weights in the folder (pickled .bin weights are not loaded)", folder)
+    return files
+
+
+def _has_processor(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in PROCESSOR_FILES)
+
+
+def load_pruned(folder: str | Path, device: str = "cpu", dtype=None):
+    """``(model, processor)`` from a folder written by ``save_pruned`` (or a stock folder of a supported family).
+
+    The model is in eval mode with sdpa attention, its weights' dtype as stored unless ``dtype`` is given; the
+    processor is ``None`` when the folder has no processor files. Missing or unexpected weights, or a structure
+    that does not fit the config, raise a one-line ``ModelError``.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+
+    from speechprune.models.adapters import family_for_model_type
+
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelError("not a model folder (no config.json)", folder)
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read JSON: {_one_line(e)}", config_file) from None
+    family = family_for_model_type(raw.get("model_type") if isinstance(raw, dict) else None)
+    adapter = family.load_adapter()
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"):
+            model = family.load_model_class()._from_config(config, attn_implementation="sdpa")
+    except Exception as e:
+        raise ModelError(f"cannot build the model from config.json: {_one_line(e)}", folder) from e
+    structure = raw.get(STRUCTURE_KEY)
+    if structure is not None:
+        adapter.apply_structure(model, structure)
+
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(folder):
+        try:
+            state.update(load_file(str(f), device="cpu"))
+        except Exception as e:
+            raise ModelError(f"cannot read weights: {_one_line(e)}", f) from e
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    unexpected = sorted(set(state) - set(shapes))
+    if unexpected:
+        raise ModelError(f"weights do not fit the structure: unexpected {unexpected[:4]}", folder)
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != shapes[name]:
+            raise ModelError(f"weights do not fit the structure: size mismatch for {name}: "
+                             f"{tuple(tensor.shape)} in the file, {shapes[name]} in the structure", folder)
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # shape mismatches
+        raise ModelError(f"weights do not fit the structure: {_one_line(e)}", folder) from e
+    model.tie_weights()
+    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if missing:
+        raise ModelError(f"weights do not fit the structure: missing {missing[:4]}", folder)
+
+    if (folder / "generation_config.json").is_file() and model.can_generate():
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+        except Exception as e:
+            raise ModelError(f"cannot read generation config: {_one_line(e)}", folder) from e
+    try:
+        model.to(device)
+        if dtype is not None:
+            model.to(dtype)
+    except Exception as e:
+        raise ModelError(f"cannot move model to {device!r}: {_one_line(e)}", folder) from e
+    model.eval()
+
+    processor = None
+    if _has_processor(folder):
+        try:
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        except Exception as e:
+            raise ModelError(f"cannot load processor: {_one_line(e)}", folder) from e
+    return model, processor

@@ -1,0 +1,98 @@
+"""``speechprune prune``: load, calibrate, prune step by step, recover, save a model at every step.
+
+Output folder::
+
+    OUT/step-1/ ... OUT/step-N/   a loadable pruned model after each step (safetensors + JSON)
+    OUT/model -> the last step's folder (a copy-free pointer file ``OUT/model.txt`` names it)
+    OUT/prune.json                recipe, per-step parameters, FLOPs, removed modules/layers, recovery losses
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..bench import flops as F
+from ..data.datasets import BUNDLED_DATASETS, load_dataset
+from ..data.manifest import Utterance
+from ..errors import ConfigError
+from ..evaluate.backends import TorchWhisper
+from ..io import atomic_write_json, atomic_write_text
+from ..models.adapters import adapter_for
+from ..models.checkpoint import save_pruned
+from ..models.registry import resolve_model
+from ..models.whisper import whisper_shape
+from .recipe import Recipe
+from .structured import StepReport, prune
+
+
+def training_utterances(specs: list[str], limit: int | None = None) -> list[Utterance]:
+    """Utterances for calibration or training from ``name[:split]`` specs; the test split is refused."""
+    out: list[Utterance] = []
+    for spec in specs:
+        name, sep, split = spec.partition(":")
+        if name in BUNDLED_DATASETS:
+            if split in ("test", "all"):
+                raise ConfigError(f"{spec!r}: nothing that calibrates or trains may read the test split; use dev")
+            split = split or "dev"
+        out += load_dataset(name, split if sep or name in BUNDLED_DATASETS else None)
+    return out[:limit] if limit else out
+
+
+def _shape_record(model) -> dict:
+    shape = whisper_shape(model)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_encoder": F.encoder_flops(shape).total,
+        "flops_decoder_per_token": F.decoder_token_flops(shape, 3),
+        "flops_decoder_first_step": F.decoder_first_step_flops(shape, 2),
+    }
+
+
+def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "cpu", progress: bool = True) -> dict:
+    from ..recovery.distill import attach_teacher_logits, distill
+
+    out = Path(out)
+    src = resolve_model(model_name)
+    student = TorchWhisper.from_folder(src, device=device)
+    model = student.model
+    adapter = adapter_for(model)
+    torch.manual_seed(recipe.seed)
+
+    batches = None
+    if recipe.needs_calibration:
+        cal = recipe.calibration
+        utts = training_utterances([f"{cal.data}:{cal.split or 'dev'}"], cal.utterances)
+        batches = student.labelled_batches(utts, cal.batch_size)
+        batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+    rec_batches = None
+    if recipe.recovery is not None and recipe.recovery.steps > 0:
+        rc = recipe.recovery
+        utts = training_utterances(rc.data, rc.max_utterances)
+        rec_batches = attach_teacher_logits(model, student.labelled_batches(utts, rc.batch_size))
+
+    record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(), "dense": _shape_record(model),
+              "steps": []}
+
+    def on_step(step: int, m, report: StepReport) -> None:
+        entry = {"step": step, "removed_modules": report.removed_modules, "removed_layers": report.removed_layers,
+                 "kept_units": report.kept_units, **_shape_record(m)}
+        if rec_batches is not None:
+            entry["recovery"] = distill(m, rec_batches, recipe.recovery, progress=progress)
+        if recipe.schedule.save_every_step or step == recipe.schedule.steps:
+            save_pruned(m, src, out / f"step-{step}", overwrite=True)
+            entry["folder"] = str(out / f"step-{step}")
+        record["steps"].append(entry)
+        atomic_write_json(out / "prune.json", record)
+
+    prune(model, adapter, recipe, batches, on_step=on_step)
+    atomic_write_text(out / "model.txt", f"step-{recipe.schedule.steps}\n")
+    return record
+
+
+def final_model_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out / (out / "model.txt").read_text().strip()
+
