@@ -213,12 +213,14 @@ def run_cmd(
     split: str = typer.Option("test"),
     threads: int = typer.Option(2),
     bench_utterances: int = typer.Option(20, min=1),
-    out: Path = typer.Option(Path("runs/main"), help="output folder"),
+    recipe: Optional[Path] = typer.Option(None, help="also prune with this recipe, then evaluate and bench both"),
+    out: Path = typer.Option(Path("runs/main"), help="output folder (a rerun resumes)"),
 ) -> None:
     """The main job: evaluate and benchmark the model (default: bundled tiny.en on asterisk test); write a report."""
     from .pipeline import main_job
 
-    report = main_job(model=model, data=data, split=split, threads=threads, bench_utterances=bench_utterances, out=out)
+    report = main_job(model=model, data=data, split=split, threads=threads, bench_utterances=bench_utterances, out=out,
+                      recipe=recipe)
     console.print(report.read_text(encoding="utf-8"))
     console.print(f"wrote {report} and {report.with_suffix('.json')}")
 

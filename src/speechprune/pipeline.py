@@ -1,7 +1,12 @@
-"""The main job behind ``speechprune run``: evaluate and benchmark a model, then write a short report.
+"""The main job behind ``speechprune run``: (prune,) evaluate and benchmark, then write a short report.
 
-Later stages (prune, recover, export) plug in here; each stage writes into its own sub-folder of ``out`` and
-is skipped on a rerun when its result is already there.
+Each stage writes into its own sub-folder of ``out`` and is skipped on a rerun when its result is already
+there (evaluation resumes per utterance), so a killed run loses nothing already computed:
+
+    out/prune/        the pruned model per step (with a recipe)
+    out/eval/<name>/  metrics.json + hypotheses.jsonl per evaluated model
+    out/bench/        bench.json: every model side by side, plus faster-whisper int8 on the original files
+    out/report.md, out/report.json
 """
 
 from __future__ import annotations
@@ -11,36 +16,54 @@ from pathlib import Path
 
 from .bench.latency import BenchOptions, benchmark
 from .data.datasets import load_dataset
-from .evaluate.backends import load_backend
+from .evaluate.backends import TorchWhisper, load_backend
 from .evaluate.decoding import DecodeOptions
 from .evaluate.runner import evaluate
 from .io import atomic_write_json
 from .report.summary import write_report
 
 
-def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path) -> Path:
-    """Evaluate on ``data``/``split`` and benchmark against faster-whisper int8; returns the Markdown report."""
+def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: DecodeOptions) -> dict:
+    settings = {"model": model, "data": data, "split": split, "limit": None, "backend": backend.name,
+                "beam_size": options.beam_size, "language": None, "task": options.task}
+    return evaluate(backend, utts, out, options, settings=settings)
+
+
+def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,
+             recipe: Path | None = None) -> Path:
+    """Evaluate ``model`` (and, with ``recipe``, its pruned version) on ``data``/``split``; benchmark them
+    side by side with faster-whisper int8 on the original files; returns the Markdown report's path."""
     import torch
 
-    from .models.registry import BUNDLED_MODELS
+    from .models.registry import BUNDLED_MODELS, resolve_model
 
     torch.set_num_threads(threads)
     out = Path(out)
     utts = load_dataset(data, split)
     options = DecodeOptions()
-    torch_be = load_backend(model, "torch")
-    settings = {"model": model, "data": data, "split": split, "limit": None, "backend": torch_be.name,
-                "beam_size": options.beam_size, "language": None, "task": options.task}
-    metrics = evaluate(torch_be, utts, out / "eval", options, settings=settings)
+    dense = TorchWhisper.from_folder(resolve_model(model), name="torch")
+    backends, metrics = [dense], {}
+    metrics["torch"] = _eval(dense, utts, out / "eval" / "dense", model, data, split, options)
+    if recipe is not None:
+        from .prune.recipe import load_recipe
+        from .prune.run import final_model_dir, run_prune
+
+        r = load_recipe(recipe)
+        if not (out / "prune" / "model.txt").exists():
+            run_prune(model, r, out / "prune")
+        pruned = TorchWhisper.from_folder(final_model_dir(out / "prune"), name="torch-pruned")
+        backends.append(pruned)
+        metrics["torch-pruned"] = _eval(pruned, utts, out / "eval" / "pruned", str(final_model_dir(out / "prune")),
+                                        data, split, options)
 
     bench_path = out / "bench" / "bench.json"
     if bench_path.exists():
         record = json.loads(bench_path.read_text(encoding="utf-8"))
     else:
-        backends = [torch_be]
         if model in BUNDLED_MODELS:  # the peer: the original CTranslate2 files through faster-whisper
             backends.append(load_backend(model, "faster-whisper", compute_type="int8", threads=threads))
         record = benchmark(backends, utts, options, BenchOptions(max_utterances=bench_utterances), threads=threads)
-        record.update(model=model, data=data, split=split)
+        record.update(model=model, data=data, split=split, recipe=str(recipe) if recipe else None)
         atomic_write_json(bench_path, record)
-    return write_report(out, [{"name": model, "metrics": metrics, "bench": record}], title=f"speechprune: {model} on {data} ({split})")
+    title = f"speechprune: {model}{f' pruned with {Path(recipe).name}' if recipe else ''} on {data} ({split})"
+    return write_report(out, record, metrics, title=title)

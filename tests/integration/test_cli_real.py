@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from cli_helpers import SOUNDS, cli
+
 pytestmark = pytest.mark.integration
 
-SOUNDS = Path("/usr/share/asterisk/sounds/en")
 needs_sounds = pytest.mark.skipif(not SOUNDS.is_dir(), reason="apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en")
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "speechprune", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:

@@ -55,9 +55,8 @@ def _languages_for(vocab: WhisperVocab, languages: list[str | None], options: De
 class TorchWhisper:
     """A Hugging Face ``WhisperForConditionalGeneration`` (dense or pruned), on any torch device."""
 
-    name = "torch"
-
-    def __init__(self, model, tokenizer, vocab: WhisperVocab, device: str | torch.device = "cpu"):
+    def __init__(self, model, tokenizer, vocab: WhisperVocab, device: str | torch.device = "cpu", name: str = "torch"):
+        self.name = name  # several models can be benchmarked side by side under different names
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.vocab = vocab
@@ -75,11 +74,11 @@ class TorchWhisper:
         self.disk_bytes: int | None = None  # set by from_folder: the weight files' size
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu") -> "TorchWhisper":
+    def from_folder(cls, folder: str | Path, device: str = "cpu", name: str = "torch") -> "TorchWhisper":
         from ..models.whisper import load_whisper
 
         model, processor = load_whisper(folder, device=device)
-        be = cls(model, processor.tokenizer, WhisperVocab.from_folder(folder), device=device)
+        be = cls(model, processor.tokenizer, WhisperVocab.from_folder(folder), device=device, name=name)
         be.disk_bytes = tree_size_bytes(Path(folder).glob("*.safetensors"))
         return be
 

@@ -108,7 +108,8 @@ class Recipe(_Strict):
 
 
 def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
+    # an unknown key usually explains a missing one (a typo): report it first
+    err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
     where = ".".join(str(p) for p in err["loc"]) or "recipe"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":

@@ -1,0 +1,40 @@
+"""Every shipped recipe loads, validates, and dry-runs against a model of the shape it was written for."""
+
+from pathlib import Path
+
+import pytest
+
+from speechprune.models.adapters import adapter_for
+from speechprune.prune.recipe import load_recipe
+from speechprune.prune.structured import validate_against_model
+
+from tiny_models import tiny_whisper
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert any(p.name == "whisper-tiny.en-fast.yaml" for p in RECIPES)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_is_valid_for_a_model_of_its_shape(path):
+    recipe = load_recipe(path)
+    # tiny.en's layout (4 + 4 layers, 6 heads) at toy width
+    model = tiny_whisper(encoder_layers=4, decoder_layers=4, encoder_attention_heads=6, decoder_attention_heads=6,
+                         d_model=48)
+    validate_against_model(recipe, model, adapter_for(model))
+    if recipe.recovery is not None:
+        assert all(not d.endswith(":test") for d in recipe.recovery.data)
+
+
+def test_a_recipe_with_a_typo_names_the_key_and_the_file(tmp_path):
+    from speechprune.errors import ConfigError
+
+    p = tmp_path / "r.yaml"
+    p.write_text("criterion: taylor\ntargetz: []\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: bad recipe: .*targetz.*unknown key"):
+        load_recipe(p)
+    p.write_text("targets: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(p)
