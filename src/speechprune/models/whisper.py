@@ -453,6 +453,15 @@ def _pruned_layer_classes() -> dict[str, type]:
     from torch import nn
     from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer, WhisperEncoderLayer
 
+    def _ffn_residual(layer, hidden_states):
+        residual = hidden_states
+        hidden_states = layer.final_layer_norm(hidden_states)
+        hidden_states = layer.activation_fn(layer.fc1(hidden_states))
+        hidden_states = nn.functional.dropout(hidden_states, p=layer.activation_dropout, training=layer.training)
+        hidden_states = layer.fc2(hidden_states)
+        hidden_states = nn.functional.dropout(hidden_states, p=layer.dropout, training=layer.training)
+        return residual + hidden_states
+
     class PrunedWhisperEncoderLayer(WhisperEncoderLayer):
         """``WhisperEncoderLayer`` whose removed blocks (``None``) pass the residual stream through untouched.
 
@@ -467,13 +476,7 @@ def _pruned_layer_classes() -> dict[str, type]:
                 hidden_states = residual + hidden_states
 
             if self.fc1 is not None:
-                residual = hidden_states
-                hidden_states = self.final_layer_norm(hidden_states)
-                hidden_states = self.activation_fn(self.fc1(hidden_states))
-                hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
-                hidden_states = self.fc2(hidden_states)
-                hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
-                hidden_states = residual + hidden_states
+                hidden_states = _ffn_residual(self, hidden_states)
 
             if hidden_states.dtype == torch.float16:
                 clamp_value = torch.finfo(hidden_states.dtype).max - 1000
@@ -510,13 +513,7 @@ def _pruned_layer_classes() -> dict[str, type]:
                 hidden_states = residual + hidden_states
 
             if self.fc1 is not None:
-                residual = hidden_states
-                hidden_states = self.final_layer_norm(hidden_states)
-                hidden_states = self.activation_fn(self.fc1(hidden_states))
-                hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
-                hidden_states = self.fc2(hidden_states)
-                hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
-                hidden_states = residual + hidden_states
+                hidden_states = _ffn_residual(self, hidden_states)
             return hidden_states
 
     for cls in (PrunedWhisperEncoderLayer, PrunedWhisperDecoderLayer):
