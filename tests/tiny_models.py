@@ -79,3 +79,22 @@ def build_tiny(family: str, seed: int = 0, **overrides):
     if family == "whisper":
         return randomize(tiny_whisper(seed, **overrides), seed)
     return make_tiny_wav2vec2(seed, **overrides)
+
+
+def pruned_tiny_whisper(seed: int = 0):
+    """``build_tiny("whisper")`` with 3+3 layers, pruned every way the Whisper adapter can: heads cut to per-layer
+    counts (self and cross), uneven FFN widths, removed blocks of every kind and a removed encoder layer."""
+    from speechprune.models.adapters import adapter_for
+
+    model = build_tiny("whisper", seed, encoder_layers=3, decoder_layers=3)
+    adapter = adapter_for(model)
+    groups = {g.key: g for g in adapter.unit_groups(model)}
+    for key, keep in [("encoder.0.self_attn", [0, 2]), ("encoder.2.ffn", list(range(0, 64, 3))),
+                      ("decoder.0.cross_attn", [1, 3, 2]), ("decoder.1.ffn", list(range(40))),
+                      ("decoder.2.self_attn", [3])]:
+        adapter.prune_units(model, groups[key], keep)
+    for stack, layer, kind in [("decoder", 1, "self_attn"), ("decoder", 2, "cross_attn"), ("decoder", 0, "ffn"),
+                               ("encoder", 0, "ffn")]:
+        adapter.remove_module(model, stack, layer, kind)
+    adapter.remove_layers(model, "encoder", [1])
+    return model

@@ -22,6 +22,7 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 
 DEFAULT_MODEL = "whisper-tiny.en"
 DEFAULT_DATA = "asterisk"
+DEFAULT_RECIPE = "whisper-tiny.en-fast"
 
 
 def _slug(text: str) -> str:
@@ -168,7 +169,7 @@ def synth_cmd(
 @app.command("prune")
 def prune_cmd(
     model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
-    recipe: Path = typer.Option(..., help="YAML recipe (see recipes/)"),
+    recipe: Path = typer.Option(..., help="YAML recipe, or the name of a bundled one (see recipes/)"),
     out: Path = typer.Option(..., help="output folder: a model per step, prune.json"),
     device: str = typer.Option("cpu"),
     threads: Optional[int] = typer.Option(None),
@@ -206,6 +207,43 @@ def prune_cmd(
     console.print(f"wrote {out}/prune.json and a model per step; final model: {out}/step-{r.schedule.steps}")
 
 
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="bundled model name or a (dense or pruned) Whisper folder"),
+    format: str = typer.Option(..., "--format", help="onnx | ct2 | hf"),
+    out: Path = typer.Option(..., help="output folder"),
+    quantize: Optional[str] = typer.Option(None, help="onnx: int8 (dynamic); ct2: int8, int8_float32, float16, ..."),
+    overwrite: bool = typer.Option(False, help="replace a non-empty output folder"),
+) -> None:
+    """Export a model where users run it: ONNX Runtime, CTranslate2 (faster-whisper), a stock Hugging Face folder."""
+    import json
+
+    from .models.registry import resolve_model
+
+    src = resolve_model(model)
+    if format == "onnx":
+        from .export.onnx import export_onnx
+
+        if quantize not in (None, "int8"):
+            raise SpeechpruneError(f"--quantize {quantize!r}: ONNX export quantizes to int8 only")
+        record = export_onnx(src, out, quantize=quantize == "int8", overwrite=overwrite)
+    elif format == "ct2":
+        from .export.ct2 import export_ct2
+
+        record = export_ct2(src, out, quantization=quantize, overwrite=overwrite)
+    elif format == "hf":
+        from .export.hf import export_hf
+
+        if quantize is not None:
+            raise SpeechpruneError("--quantize does not apply to --format hf")
+        record = export_hf(src, out, overwrite=overwrite)
+    else:
+        raise SpeechpruneError(f"unknown export format {format!r}; choose from onnx, ct2, hf")
+    for item in record.get("not_native", []):
+        console.print(f"[yellow]not native in {format}[/]: {json.dumps(item)}")
+    console.print(f"wrote {out} ({format})")
+
+
 @app.command("run")
 def run_cmd(
     model: str = typer.Option(DEFAULT_MODEL, help="bundled model name or a Whisper folder"),
@@ -213,14 +251,17 @@ def run_cmd(
     split: str = typer.Option("test"),
     threads: int = typer.Option(2),
     bench_utterances: int = typer.Option(20, min=1),
-    recipe: Optional[Path] = typer.Option(None, help="also prune with this recipe, then evaluate and bench both"),
+    recipe: str = typer.Option(DEFAULT_RECIPE, help="prune with this recipe (a file or a bundled name), recover, "
+                                                   "then evaluate and bench dense and pruned side by side"),
+    dense_only: bool = typer.Option(False, "--dense-only", help="evaluate and bench the model as it is; no pruning"),
     out: Path = typer.Option(Path("runs/main"), help="output folder (a rerun resumes)"),
 ) -> None:
-    """The main job: evaluate and benchmark the model (default: bundled tiny.en on asterisk test); write a report."""
+    """The main job: prune bundled tiny.en with the fast recipe, recover, then evaluate and benchmark it next to the
+    dense model and faster-whisper on the asterisk test split; write a report."""
     from .pipeline import main_job
 
     report = main_job(model=model, data=data, split=split, threads=threads, bench_utterances=bench_utterances, out=out,
-                      recipe=recipe)
+                      recipe=None if dense_only else recipe)
     console.print(report.read_text(encoding="utf-8"))
     console.print(f"wrote {report} and {report.with_suffix('.json')}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -23,6 +24,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(new: str | Path, out: str | Path) -> None:
+    """Publish the finished folder ``new`` as ``out`` by rename; an existing ``out`` is moved aside first, then
+    removed (a folder cannot be renamed over a non-empty one)."""
+    new, out = Path(new), Path(out)
+    if out.is_dir():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .bench.latency import BenchOptions, benchmark
 from .data.datasets import load_dataset
+from .errors import ConfigError
 from .evaluate.backends import TorchWhisper, load_backend
 from .evaluate.decoding import DecodeOptions
 from .evaluate.runner import evaluate
@@ -30,7 +31,7 @@ def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: 
 
 
 def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,
-             recipe: Path | None = None) -> Path:
+             recipe: str | Path | None = None) -> Path:
     """Evaluate ``model`` (and, with ``recipe``, its pruned version) on ``data``/``split``; benchmark them
     side by side with faster-whisper int8 on the original files; returns the Markdown report's path."""
     import torch
@@ -49,7 +50,11 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
         from .prune.run import final_model_dir, run_prune
 
         r = load_recipe(recipe)
-        if not (out / "prune" / "model.txt").exists():
+        if (out / "prune" / "model.txt").exists():
+            before = json.loads((out / "prune" / "prune.json").read_text(encoding="utf-8"))
+            if before.get("recipe") != json.loads(json.dumps(r.model_dump())) or before.get("model") != model:
+                raise ConfigError("holds a model pruned with another recipe or model; use another --out", out)
+        else:
             run_prune(model, r, out / "prune")
         pruned = TorchWhisper.from_folder(final_model_dir(out / "prune"), name="torch-pruned")
         backends.append(pruned)
@@ -57,13 +62,14 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
                                         data, split, options)
 
     bench_path = out / "bench" / "bench.json"
-    if bench_path.exists():
-        record = json.loads(bench_path.read_text(encoding="utf-8"))
-    else:
+    settings = {"model": model, "data": data, "split": split, "recipe": str(recipe) if recipe else None,
+                "threads": threads, "bench_utterances": bench_utterances}
+    record = json.loads(bench_path.read_text(encoding="utf-8")) if bench_path.exists() else {}
+    if record.get("settings") != settings:  # none yet, or made with other settings: time again
         if model in BUNDLED_MODELS:  # the peer: the original CTranslate2 files through faster-whisper
             backends.append(load_backend(model, "faster-whisper", compute_type="int8", threads=threads))
         record = benchmark(backends, utts, options, BenchOptions(max_utterances=bench_utterances), threads=threads)
-        record.update(model=model, data=data, split=split, recipe=str(recipe) if recipe else None)
+        record.update(settings, settings=settings)
         atomic_write_json(bench_path, record)
-    title = f"speechprune: {model}{f' pruned with {Path(recipe).name}' if recipe else ''} on {data} ({split})"
+    title = f"speechprune: {model}{f' pruned with {Path(recipe).stem}' if recipe else ''} on {data} ({split})"
     return write_report(out, record, metrics, title=title)

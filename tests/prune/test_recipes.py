@@ -38,3 +38,30 @@ def test_a_recipe_with_a_typo_names_the_key_and_the_file(tmp_path):
     p.write_text("targets: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(p)
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("asterisk:test", "dev split only"),
+    ("synth-telephone", "needs a count"),
+    ("synth-telephone:0", "needs a count"),
+    ("librispeech", "not a bundled set"),
+])
+def test_recovery_data_specs_are_checked_at_load(tmp_path, spec, problem):
+    from speechprune.errors import ConfigError
+
+    p = tmp_path / "r.yaml"
+    p.write_text(f"targets: [{{stack: decoder, n_layers: 1}}]\nrecovery: {{data: ['{spec}']}}\n")
+    with pytest.raises(ConfigError, match=rf"r.yaml: bad recipe: recovery.*{problem}"):
+        load_recipe(p)
+
+
+def test_synthetic_training_sets_are_made_once_in_the_cache_and_extended(tmp_path, monkeypatch):
+    from speechprune.prune.run import training_utterances
+
+    monkeypatch.setenv("SPEECHPRUNE_CACHE", str(tmp_path))
+    first = training_utterances(["synth:2"])
+    assert len(first) == 2 and all(Path(u.audio).is_file() for u in first)
+    assert str(tmp_path / "synth" / "synth") in str(first[0].audio)
+    more = training_utterances(["synth:3"])
+    assert [u.id for u in more[:2]] == [u.id for u in first]  # extended, not remade
+    assert len(more) == 3

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from speechprune.errors import ConfigError, ModelError
+from speechprune.io import replace_dir
 from speechprune.models.units import STRUCTURE_KEY
 
 # Processor / tokenizer files copied from a source folder (weights and model configs never are).
@@ -83,21 +84,11 @@ def save_pruned(model, processor_or_tokenizer_folder: Any, out_dir: str | Path, 
         for f in tmp.iterdir():  # durable before the rename makes the folder visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    if out.is_dir():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -131,6 +131,68 @@ def ct2_to_hf_state_dict(ct2: Ct2Model) -> dict[str, np.ndarray]:
     return sd
 
 
+def whisper_ct2_variables(model) -> dict[str, np.ndarray]:
+    """The weights of a live ``WhisperForConditionalGeneration`` (dense or pruned) under CTranslate2 ``WhisperSpec``
+    names, as float32 arrays: the inverse of ``ct2_to_hf_state_dict``, laid out as ctranslate2's own
+    ``WhisperLoader`` does (fused q/k/v rows, a zero key bias).
+
+    Pruned blocks keep their pruned widths; removed blocks (``None``) are simply absent: what CTranslate2 cannot
+    express is the exporter's business, this is only the name mapping. Raises ``ModelError`` for a config that
+    CT2's ``WhisperSpec`` fixes differently (non-GELU activation, scaled embeddings).
+    """
+    import torch
+
+    config = model.config
+    if config.activation_function != "gelu":
+        raise ModelError(f"CTranslate2's WhisperSpec runs GELU; this model uses {config.activation_function!r}")
+    if config.scale_embedding:
+        raise ModelError("CTranslate2's WhisperSpec does not scale token embeddings; this model's config does")
+
+    def arr(t) -> np.ndarray:
+        return t.detach().to("cpu", torch.float32).numpy().copy()
+
+    out: dict[str, np.ndarray] = {}
+
+    def norm(ct: str, module) -> None:
+        out[f"{ct}/gamma"], out[f"{ct}/beta"] = arr(module.weight), arr(module.bias)
+
+    def linear(ct: str, *modules) -> None:
+        out[f"{ct}/weight"] = np.concatenate([arr(m.weight) for m in modules])
+        if any(m.bias is not None for m in modules):
+            out[f"{ct}/bias"] = np.concatenate(
+                [arr(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32) for m in modules]
+            )
+
+    enc, dec = model.model.encoder, model.model.decoder
+    for n in (1, 2):
+        conv = getattr(enc, f"conv{n}")
+        out[f"encoder/conv{n}/weight"], out[f"encoder/conv{n}/bias"] = arr(conv.weight), arr(conv.bias)
+    out["encoder/position_encodings/encodings"] = arr(enc.embed_positions.weight)
+    out["decoder/position_encodings/encodings"] = arr(dec.embed_positions.weight)
+    out["decoder/embeddings/weight"] = arr(dec.embed_tokens.weight)
+    out["decoder/projection/weight"] = arr(model.proj_out.weight)  # tied: ctranslate2 stores it as an alias
+    for stack, mod in (("encoder", enc), ("decoder", dec)):
+        for i, layer in enumerate(mod.layers):
+            ct = f"{stack}/layer_{i}"
+            if layer.self_attn is not None:
+                a = layer.self_attn
+                norm(f"{ct}/self_attention/layer_norm", layer.self_attn_layer_norm)
+                linear(f"{ct}/self_attention/linear_0", a.q_proj, a.k_proj, a.v_proj)
+                linear(f"{ct}/self_attention/linear_1", a.out_proj)
+            if stack == "decoder" and layer.encoder_attn is not None:
+                a = layer.encoder_attn
+                norm(f"{ct}/attention/layer_norm", layer.encoder_attn_layer_norm)
+                linear(f"{ct}/attention/linear_0", a.q_proj)
+                linear(f"{ct}/attention/linear_1", a.k_proj, a.v_proj)
+                linear(f"{ct}/attention/linear_2", a.out_proj)
+            if layer.fc1 is not None:
+                norm(f"{ct}/ffn/layer_norm", layer.final_layer_norm)
+                linear(f"{ct}/ffn/linear_0", layer.fc1)
+                linear(f"{ct}/ffn/linear_1", layer.fc2)
+        norm(f"{stack}/layer_norm", mod.layer_norm)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Config, generation config, processor
 

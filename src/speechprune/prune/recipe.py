@@ -90,6 +90,21 @@ class Recovery(_Strict):
     max_utterances: int | None = Field(default=None, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _data_specs(self) -> "Recovery":
+        from ..data.datasets import BUNDLED_DATASETS, SYNTHETIC_SETS
+
+        for spec in self.data:
+            name, sep, split = spec.partition(":")
+            if name in SYNTHETIC_SETS and not (split.isdigit() and int(split) > 0):
+                raise ValueError(f"{spec!r}: a synthetic set needs a count, e.g. '{name}:600'")
+            if name in BUNDLED_DATASETS and split not in ("", "dev"):
+                raise ValueError(f"{spec!r}: training may read the dev split only")
+            if name not in SYNTHETIC_SETS and name not in BUNDLED_DATASETS and not spec.endswith(".jsonl"):
+                raise ValueError(f"{spec!r}: not a bundled set ({', '.join(BUNDLED_DATASETS)}), a synthetic set "
+                                 f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}) or a .jsonl manifest")
+        return self
+
 
 class Recipe(_Strict):
     name: str | None = None
@@ -124,13 +139,23 @@ def parse_recipe(obj: dict, source: str | Path | None = None) -> Recipe:
         raise ConfigError(f"bad recipe: {_first_error(e)}", source) from None
 
 
+BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # also reachable as recipes/ in the repository
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a YAML recipe (``yaml.safe_load``: no code runs)."""
+    """Read and validate a YAML recipe (``yaml.safe_load``: no code runs): a file, or the name of a bundled one
+    (``whisper-tiny.en-fast``)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and (BUNDLED_RECIPES / f"{path.name}.yaml").is_file():
+        path = BUNDLED_RECIPES / f"{path.name}.yaml"
     try:
         obj = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError("recipe not found", path) from None
+        raise ConfigError(f"recipe not found (bundled: {', '.join(bundled_recipes())})", path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read recipe ({e.__class__.__name__})", path) from None
     except yaml.YAMLError as e:

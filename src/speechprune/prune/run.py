@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..bench import flops as F
-from ..data.datasets import BUNDLED_DATASETS, load_dataset
+from ..data.datasets import BUNDLED_DATASETS, SYNTHETIC_SETS, load_dataset, synthetic_utterances
 from ..data.manifest import Utterance
 from ..errors import ConfigError
 from ..evaluate.backends import TorchWhisper
@@ -28,10 +28,16 @@ from .structured import StepReport, prune
 
 
 def training_utterances(specs: list[str], limit: int | None = None) -> list[Utterance]:
-    """Utterances for calibration or training from ``name[:split]`` specs; the test split is refused."""
+    """Utterances for calibration or training from ``name[:split]`` specs (``synth-telephone:N`` for N synthetic
+    clips, made on first use); the test split is refused."""
     out: list[Utterance] = []
     for spec in specs:
         name, sep, split = spec.partition(":")
+        if name in SYNTHETIC_SETS:
+            if not split.isdigit() or int(split) < 1:
+                raise ConfigError(f"{spec!r}: a synthetic set needs a count, e.g. '{name}:600'")
+            out += synthetic_utterances(name, int(split))
+            continue
         if name in BUNDLED_DATASETS:
             if split in ("test", "all"):
                 raise ConfigError(f"{spec!r}: nothing that calibrates or trains may read the test split; use dev")
@@ -40,7 +46,7 @@ def training_utterances(specs: list[str], limit: int | None = None) -> list[Utte
     return out[:limit] if limit else out
 
 
-def _shape_record(model) -> dict:
+def shape_record(model) -> dict:
     shape = whisper_shape(model)
     return {
         "params": sum(p.numel() for p in model.parameters()),
@@ -73,12 +79,12 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
         utts = training_utterances(rc.data, rc.max_utterances)
         rec_batches = attach_teacher_logits(model, student.labelled_batches(utts, rc.batch_size))
 
-    record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(), "dense": _shape_record(model),
+    record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(), "dense": shape_record(model),
               "steps": []}
 
     def on_step(step: int, m, report: StepReport) -> None:
         entry = {"step": step, "removed_modules": report.removed_modules, "removed_layers": report.removed_layers,
-                 "kept_units": report.kept_units, **_shape_record(m)}
+                 "kept_units": report.kept_units, **shape_record(m)}
         if rec_batches is not None:
             entry["recovery"] = distill(m, rec_batches, recipe.recovery, progress=progress)
         if recipe.schedule.save_every_step or step == recipe.schedule.steps:

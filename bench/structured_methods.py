@@ -1,0 +1,162 @@
+"""Structured pruning methods side by side on one model: what each removes, what it costs, what it buys.
+
+For every variant (a recipe, inline below): prune the dense model (one-shot or incremental), evaluate on the
+test split, recover by distillation from the dense teacher, evaluate again, then time the recovered model next to
+the dense one in one interleaved run. One JSON record per variant is appended to ``OUT/methods.jsonl`` as it
+finishes (a rerun skips finished variants and resumes a killed evaluation); ``OUT/methods.md`` is the table.
+
+Calibration batches (the dense model's own transcripts of dev prompts) and the teacher's recovery batches are
+computed once and shared by every variant, so variants differ only in what they prune.
+
+    .venv/bin/python bench/structured_methods.py --out runs/methods [--recovery-steps 100] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from speechprune.bench.latency import BenchOptions, benchmark
+from speechprune.data.datasets import load_dataset
+from speechprune.evaluate.backends import TorchWhisper
+from speechprune.evaluate.decoding import DecodeOptions
+from speechprune.evaluate.runner import evaluate
+from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
+from speechprune.models.adapters import adapter_for
+from speechprune.models.checkpoint import save_pruned
+from speechprune.models.registry import resolve_model
+from speechprune.prune.recipe import Recovery, parse_recipe
+from speechprune.prune.run import shape_record, training_utterances
+from speechprune.prune.structured import prune
+from speechprune.recovery.distill import attach_teacher_logits, distill
+
+CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
+ENC_HEADS = {"stack": "encoder", "kind": "self_attn", "sparsity": 0.5}
+ENC_FFN = {"stack": "encoder", "kind": "ffn", "sparsity": 0.5}
+FAST = [ENC_FFN, {**ENC_HEADS, "scope": "local"}, {"stack": "decoder", "n_layers": 1}]
+
+# name -> (what it shows, recipe without recovery)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "enc-heads50-scattered": ("heads, per layer", {"criterion": "taylor", "targets": [ENC_HEADS]}),
+    "enc-heads50-local": ("heads, few layers", {"criterion": "taylor", "targets": [{**ENC_HEADS, "scope": "local"}]}),
+    "enc-ffn50-magnitude": ("FFN, magnitude", {"criterion": "magnitude", "targets": [ENC_FFN]}),
+    "enc-ffn50-taylor": ("FFN, Taylor", {"criterion": "taylor", "targets": [ENC_FFN]}),
+    "enc-ffn50-activation": ("FFN, activation", {"criterion": "activation", "targets": [ENC_FFN]}),
+    "dec-ffn-blocks-2": ("modules: 2 decoder FFN blocks", {"criterion": "taylor", "targets": [
+        {"stack": "decoder", "remove_modules": [{"layer": 1, "kind": "ffn"}, {"layer": 2, "kind": "ffn"}]}]}),
+    "dec-cross-attn-2": ("modules: 2 decoder cross-attn blocks", {"criterion": "taylor", "targets": [
+        {"stack": "decoder", "remove_modules": [{"layer": 1, "kind": "cross_attn"}, {"layer": 2, "kind": "cross_attn"}]}]}),
+    "enc-layers-1": ("layers: encoder", {"criterion": "taylor", "targets": [{"stack": "encoder", "n_layers": 1}]}),
+    "dec-layers-1": ("layers: decoder", {"criterion": "taylor", "targets": [{"stack": "decoder", "n_layers": 1}]}),
+    "dec-layers-2": ("layers: decoder", {"criterion": "taylor", "targets": [{"stack": "decoder", "n_layers": 2}]}),
+    "fast-oneshot": ("fast recipe, one-shot", {"criterion": "taylor", "targets": FAST}),
+    "fast-incremental3": ("fast recipe, 3 steps", {"criterion": "taylor", "schedule": {"steps": 3}, "targets": FAST}),
+}
+
+
+def _eval(backend, utts, out: Path, name: str) -> dict:
+    settings = {"model": name, "data": "asterisk", "split": "test", "limit": None, "backend": backend.name,
+                "beam_size": 1, "language": None, "task": "transcribe"}
+    return evaluate(backend, utts, out, DecodeOptions(), settings=settings, progress=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="whisper-tiny.en")
+    ap.add_argument("--out", type=Path, default=Path("runs/methods"))
+    ap.add_argument("--recovery-steps", type=int, default=100)
+    ap.add_argument("--recovery-data", nargs="+", default=["asterisk:dev", "synth-telephone:600"])
+    ap.add_argument("--recovery-utterances", type=int, default=480)
+    ap.add_argument("--bench-utterances", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    done = {r["name"]: r for r in read_jsonl_tolerant(out / "methods.jsonl")}
+    names = [n for n in (args.only or VARIANTS) if n not in done]
+    src = resolve_model(args.model)
+    dense = TorchWhisper.from_folder(src, name="dense")
+    test = load_dataset("asterisk", "test")
+    dense_metrics = _eval(dense, test, out / "dense" / "eval", "dense")
+    rec_cfg = Recovery(data=args.recovery_data, steps=args.recovery_steps, batch_size=8, lr=3e-4,
+                       max_utterances=args.recovery_utterances)
+    cal_batches = rec_batches = None
+
+    for name in names:
+        what, spec = VARIANTS[name]
+        recipe = parse_recipe({"name": name, "calibration": CAL, **spec}, source=f"variant {name}")
+        if recipe.needs_calibration and cal_batches is None:
+            cal_batches = dense.labelled_batches(training_utterances(["asterisk:dev"], CAL["utterances"]), 8)
+        if rec_batches is None and args.recovery_steps:
+            train = training_utterances(rec_cfg.data, rec_cfg.max_utterances)
+            rec_batches = attach_teacher_logits(dense.model, dense.labelled_batches(train, rec_cfg.batch_size))
+        t0 = time.perf_counter()
+        model = copy.deepcopy(dense.model)
+        recovery: list[dict] = []
+        steps = recipe.schedule.steps
+        per_step = Recovery(**{**rec_cfg.model_dump(), "steps": max(1, args.recovery_steps // steps)})
+
+        def on_step(step, m, report):  # incremental: recover between steps; the last step recovers below
+            if step < steps and args.recovery_steps:
+                recovery.append(distill(m, rec_batches, per_step, progress=False))
+
+        reports = prune(model, adapter_for(model), recipe, cal_batches, on_step=on_step)
+        prune_s = time.perf_counter() - t0
+        pruned_dir = save_pruned(model, src, out / name / "pruned", overwrite=True)
+        before = _eval(TorchWhisper.from_folder(pruned_dir, name=name), test, out / name / "eval-pruned", name)
+        if args.recovery_steps:
+            recovery.append(distill(model, rec_batches, per_step if steps > 1 else rec_cfg, progress=False))
+        final_dir = save_pruned(model, src, out / name / "recovered", overwrite=True)
+        final = TorchWhisper.from_folder(final_dir, name=name)
+        after = _eval(final, test, out / name / "eval-recovered", name)
+        bench = benchmark([dense, final], test, DecodeOptions(), BenchOptions(1, 3, args.bench_utterances),
+                          threads=args.threads, progress=False)
+        shape = shape_record(model)
+        record = {
+            "name": name, "what": what, "recipe": recipe.model_dump(exclude_defaults=True),
+            "removed_modules": [m for r in reports for m in r.removed_modules],
+            "removed_layers": [lay for r in reports for lay in r.removed_layers],
+            "dense": shape_record(dense.model), **shape,
+            "wer_dense": dense_metrics["wer"], "wer_pruned": before["wer"], "wer_recovered": after["wer"],
+            "recovery": recovery, "prune_seconds": prune_s,
+            "latency_ms_dense": bench["backends"]["dense"]["latency_ms_median"],
+            "latency_ms": bench["backends"][name]["latency_ms_median"],
+            "encoder_ms_dense": bench["backends"]["dense"]["encoder_ms_median"],
+            "encoder_ms": bench["backends"][name]["encoder_ms_median"],
+            "decoder_ms_per_token_dense": bench["backends"]["dense"]["decoder_ms_per_token"],
+            "decoder_ms_per_token": bench["backends"][name]["decoder_ms_per_token"],
+            "speedup": 1.0 / bench["latency_ratio"][name], "other_cpu_load": bench["other_cpu_load"],
+            "environment": bench["environment"],
+        }
+        append_jsonl(out / "methods.jsonl", record)
+        done[name] = record
+        print(f"{name}: WER {100 * before['wer']:.2f} -> {100 * after['wer']:.2f} %, x{record['speedup']:.2f}", flush=True)
+    atomic_write_text(out / "methods.md", to_markdown([done[n] for n in VARIANTS if n in done]))
+    print((out / "methods.md").read_text())
+
+
+def to_markdown(rows: list[dict]) -> str:
+    head = ("| variant | what | enc FLOPs cut | dec FLOPs/token cut | params M | WER pruned | WER recovered "
+            "| dense WER | latency ms (dense) | speed-up | enc ms (dense) | dec ms/token (dense) |")
+    lines = [head, "|---|---|" + "---:|" * 10]
+    for r in rows:
+        cut = lambda k: f"{100 * (1 - r[k] / r['dense'][k]):.0f} %"  # noqa: E731
+        lines.append(
+            f"| {r['name']} | {r['what']} | {cut('flops_encoder')} | {cut('flops_decoder_per_token')} "
+            f"| {r['params'] / 1e6:.2f} | {100 * r['wer_pruned']:.2f} | {100 * r['wer_recovered']:.2f} "
+            f"| {100 * r['wer_dense']:.2f} | {r['latency_ms']:.0f} ({r['latency_ms_dense']:.0f}) | {r['speedup']:.2f}x "
+            f"| {r['encoder_ms']:.0f} ({r['encoder_ms_dense']:.0f}) "
+            f"| {r['decoder_ms_per_token']:.1f} ({r['decoder_ms_per_token_dense']:.1f}) |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Exporters of dense and pruned models to inference runtimes: ``onnx`` (ONNX Runtime graphs), ``ct2``
+(CTranslate2).
+
+Import from the submodules; this package imports nothing heavy.
+"""
