@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# real speech for evaluation; TTS engines and text corpora for synthetic training speech
-DEBS=(asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng flite fortunes bible-kjv bible-kjv-text)
+# real speech for evaluation; TTS engines and text corpora for synthetic training speech; an English word list
+DEBS=(asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng flite fortunes bible-kjv bible-kjv-text wamerican)
 missing=()
 for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

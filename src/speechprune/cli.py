@@ -39,7 +39,8 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _backends(model: str, names: list[str], threads: int | None, device: str):
-    """``torch``, ``faster-whisper`` (= int8) or ``faster-whisper-<compute type>``."""
+    """``torch``, ``onnx`` (MODEL: an ONNX export folder), ``faster-whisper`` (= int8) or
+    ``faster-whisper-<compute type>`` (MODEL: a bundled name or a CTranslate2 export folder)."""
     from .evaluate.backends import load_backend
 
     out = []
@@ -48,7 +49,7 @@ def _backends(model: str, names: list[str], threads: int | None, device: str):
             ct = name[len("faster-whisper-"):] if name != "faster-whisper" else "int8"
             out.append(load_backend(model, "faster-whisper", compute_type=ct, threads=threads or 0, device=device))
         else:
-            out.append(load_backend(model, name, device=device))
+            out.append(load_backend(model, name, threads=threads or 0, device=device))
     return out
 
 
@@ -91,7 +92,8 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, min=1, help="evaluate only the first N utterances"),
     batch_size: int = typer.Option(8, min=1),
     beam: int = typer.Option(1, min=1, help="beam size; 1 = greedy"),
-    backend: str = typer.Option("torch", help="torch | faster-whisper | faster-whisper-float32"),
+    backend: str = typer.Option("torch", help="torch | onnx (an exported folder) | faster-whisper | "
+                                                  "faster-whisper-float32 (a bundled name or a ct2 export)"),
     language: Optional[str] = typer.Option(None, help="language for utterances without one (default: detect / en)"),
     task: str = typer.Option("transcribe", help="transcribe | translate, for utterances without one"),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)"),
@@ -124,7 +126,7 @@ def bench_cmd(
     data: str = typer.Argument(DEFAULT_DATA, help="bundled data set or a JSONL manifest"),
     split: Optional[str] = typer.Option(None, help="dev | test | all (default test)"),
     backend: list[str] = typer.Option(["torch", "faster-whisper-int8"], help="repeat to time several side by side; "
-                                      "the first is the primary (torch | faster-whisper-int8 | faster-whisper-float32)"),
+                                      "the first is the primary (torch | onnx | faster-whisper-int8 | faster-whisper-float32)"),
     threads: int = typer.Option(2, help="CPU threads for every backend"),
     utterances: int = typer.Option(20, min=1, help="utterances timed"),
     repeats: int = typer.Option(3, min=1),
@@ -213,6 +215,8 @@ def export_cmd(
     format: str = typer.Option(..., "--format", help="onnx | ct2 | hf"),
     out: Path = typer.Option(..., help="output folder"),
     quantize: Optional[str] = typer.Option(None, help="onnx: int8 (dynamic); ct2: int8, int8_float32, float16, ..."),
+    vocab: Optional[str] = typer.Option(None, help="onnx: 'english' restricts the output projection to the tokens "
+                                                   "English text uses (opt-in; measure its WER effect)"),
     overwrite: bool = typer.Option(False, help="replace a non-empty output folder"),
 ) -> None:
     """Export a model where users run it: ONNX Runtime, CTranslate2 (faster-whisper), a stock Hugging Face folder."""
@@ -226,16 +230,27 @@ def export_cmd(
 
         if quantize not in (None, "int8"):
             raise SpeechpruneError(f"--quantize {quantize!r}: ONNX export quantizes to int8 only")
-        record = export_onnx(src, out, quantize=quantize == "int8", overwrite=overwrite)
+        output_vocab = None
+        if vocab == "english":
+            from transformers import WhisperTokenizerFast
+
+            from .export.vocab import english_output_vocab
+
+            output_vocab = english_output_vocab(WhisperTokenizerFast.from_pretrained(src, local_files_only=True))
+        elif vocab is not None:
+            raise SpeechpruneError(f"--vocab {vocab!r}: the only restricted vocabulary is 'english'")
+        record = export_onnx(src, out, quantize=quantize == "int8", output_vocab=output_vocab, overwrite=overwrite)
     elif format == "ct2":
         from .export.ct2 import export_ct2
 
+        if vocab is not None:
+            raise SpeechpruneError("--vocab applies to --format onnx only")
         record = export_ct2(src, out, quantization=quantize, overwrite=overwrite)
     elif format == "hf":
         from .export.hf import export_hf
 
-        if quantize is not None:
-            raise SpeechpruneError("--quantize does not apply to --format hf")
+        if quantize is not None or vocab is not None:
+            raise SpeechpruneError("--quantize and --vocab do not apply to --format hf")
         record = export_hf(src, out, overwrite=overwrite)
     else:
         raise SpeechpruneError(f"unknown export format {format!r}; choose from onnx, ct2, hf")

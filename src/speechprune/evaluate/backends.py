@@ -20,7 +20,7 @@ from ..io import tree_size_bytes
 from ..models.structure import EncoderDecoderShape
 from .decoding import DecodeOptions, DecodeStats, WhisperVocab, beam_search, greedy_search
 
-BACKENDS = ("torch", "faster-whisper")
+BACKENDS = ("torch", "faster-whisper", "onnx")
 CT2_COMPUTE_TYPES = ("int8", "float32", "int8_float32", "float16", "int8_float16")
 
 
@@ -138,7 +138,7 @@ class TorchWhisper:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def labelled_batches(self, utterances, batch_size: int, options: DecodeOptions = DecodeOptions(),
-                         pseudo_labels: bool = True) -> list[dict]:
+                         pseudo_labels: bool = True, progress: bool = False) -> list[dict]:
         """Teacher-forcing batches ``{input_features, decoder_input_ids, labels}`` for calibration and training.
 
         With ``pseudo_labels`` the targets are this model's own greedy transcripts (the dense model labels its
@@ -148,9 +148,12 @@ class TorchWhisper:
         from ..errors import AudioError
         from .frontend import WINDOW_SECONDS, FeatureFrontend
 
+        from tqdm import tqdm
+
         frontend = FeatureFrontend(self.n_mels)
         batches = []
-        for i in range(0, len(utterances), batch_size):
+        starts = range(0, len(utterances), batch_size)
+        for i in tqdm(starts, desc="label", unit="batch", disable=not progress, dynamic_ncols=True):
             utts, audios = [], []
             for u in utterances[i : i + batch_size]:
                 try:
@@ -248,11 +251,19 @@ class FasterWhisper:
 
 def load_backend(model: str, backend: str = "torch", compute_type: str = "int8", threads: int = 0,
                  device: str = "cpu") -> Backend:
-    """A backend for a bundled model name or a local folder (a Hugging Face Whisper folder for ``torch``)."""
+    """A backend for a bundled model name or a local folder: a Hugging Face Whisper folder (dense or pruned) for
+    ``torch``, a folder written by ``speechprune export --format onnx`` for ``onnx``; ``faster-whisper`` runs the
+    original CTranslate2 files of a bundled model, or a folder written by ``--format ct2``."""
     from ..models.registry import BUNDLED_MODELS, ct2_source_dir, resolve_model
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        from .onnx_backend import OnnxWhisper
+
+        return OnnxWhisper.from_folder(model, threads=threads or None, device=device)
+    if backend == "faster-whisper" and model not in BUNDLED_MODELS and (Path(model) / "model.bin").is_file():
+        return _exported_ct2(Path(model), compute_type, threads, device)
     hf_dir = resolve_model(model)
     if backend == "torch":
         return TorchWhisper.from_folder(hf_dir, device=device)
@@ -268,6 +279,30 @@ def load_backend(model: str, backend: str = "torch", compute_type: str = "int8",
     shape = whisper_shape_from_config(WhisperConfig.from_pretrained(hf_dir))
     params = _safetensors_params(hf_dir)
     return FasterWhisper(ct2_source_dir(model), WhisperVocab.from_folder(hf_dir), tokenizer, shape, params,
+                         compute_type=compute_type, threads=threads, device=device)
+
+
+def _exported_ct2(folder: Path, compute_type: str, threads: int, device: str) -> "FasterWhisper":
+    """A folder written by ``export_ct2``: its record holds the Hugging Face config and the pruned structure, which
+    the shape (FLOPs) and parameter count follow; ``generation_config.json`` the special tokens."""
+    import json
+
+    from transformers import WhisperConfig, WhisperTokenizerFast
+
+    from ..export.ct2 import RECORD_FILE
+    from ..models.units import STRUCTURE_KEY
+    from ..models.whisper import whisper_shape_from_config
+
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+        config = WhisperConfig.from_dict(record["hf_config"])
+        setattr(config, STRUCTURE_KEY, record["structure"])
+        tokenizer = WhisperTokenizerFast.from_pretrained(folder, local_files_only=True)
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"not a CTranslate2 folder written by speechprune export ({type(e).__name__})",
+                          folder) from None
+    shape = whisper_shape_from_config(config)
+    return FasterWhisper(folder, WhisperVocab.from_folder(folder), tokenizer, shape, record.get("params", 0),
                          compute_type=compute_type, threads=threads, device=device)
 
 

@@ -258,6 +258,9 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
         "num_heads": layout.num_heads,
         "head_dim": {s: structure[s]["original"]["head_dim"] for s in ("encoder", "decoder")},
         "structure": structure,
+        # with generation_config.json: what a runner needs to decode and count FLOPs, without the source folder
+        "hf_config": model.config.to_diff_dict(),
+        "params": sum(p.numel() for p in model.parameters()),
         "native": layout.native,
         "not_native": layout.not_native,
         "alignment_heads": alignment_source,
@@ -268,6 +271,7 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
         spec.save(str(tmp))
         (tmp / "preprocessor_config.json").write_text(
             json.dumps(processor.feature_extractor.to_dict(), indent=2) + "\n", encoding="utf-8")
+        gen.to_json_file(tmp / "generation_config.json")
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for f in tmp.iterdir():  # durable before the rename makes the folder visible
             with open(f, "rb") as fh:

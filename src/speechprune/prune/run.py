@@ -70,14 +70,15 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
     if recipe.needs_calibration:
         cal = recipe.calibration
         utts = training_utterances([f"{cal.data}:{cal.split or 'dev'}"], cal.utterances)
-        batches = student.labelled_batches(utts, cal.batch_size)
+        batches = student.labelled_batches(utts, cal.batch_size, progress=progress)
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
     rec_batches = None
     if recipe.recovery is not None and recipe.recovery.steps > 0:
         rc = recipe.recovery
         utts = training_utterances(rc.data, rc.max_utterances)
-        rec_batches = attach_teacher_logits(model, student.labelled_batches(utts, rc.batch_size))
+        rec_batches = attach_teacher_logits(model, student.labelled_batches(utts, rc.batch_size, progress=progress),
+                                            progress=progress)
 
     record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(), "dense": shape_record(model),
               "steps": []}

@@ -19,12 +19,12 @@ from ..prune.recipe import Recovery
 
 
 @torch.no_grad()
-def attach_teacher_logits(teacher: torch.nn.Module, batches: list[dict]) -> list[dict]:
+def attach_teacher_logits(teacher: torch.nn.Module, batches: list[dict], progress: bool = False) -> list[dict]:
     """Add ``teacher_logits`` ([n_label_positions, vocab], fp16) to each batch."""
     device = next(teacher.parameters()).device
     teacher.eval()
     out = []
-    for b in batches:
+    for b in tqdm(batches, desc="teacher", unit="batch", disable=not progress, dynamic_ncols=True):
         mask = b["labels"] != -100
         logits = teacher(input_features=b["input_features"].to(device),
                          decoder_input_ids=b["decoder_input_ids"].to(device)).logits

@@ -1,0 +1,163 @@
+"""ONNX Runtime backend: the graphs written by ``export.onnx.export_onnx``, driven by the shared search loops.
+
+Same interface as ``TorchWhisper`` and ``FasterWhisper`` (features in, tokens out). The decoder cache is a plain
+holder of ONNX Runtime's numpy arrays; the per-token path is numpy in, numpy out (torch only wraps the logits,
+zero-copy, for the search loops). Beam search keeps ONE cross-attention cache per utterance: prefill runs on the
+un-repeated prompts and the step graph folds each item's beams into its query positions (see
+``models.whisper_graph.attend``), so the prompt pass and the cross-attention reads cost the same as greedy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ModelError
+from ..io import tree_size_bytes
+from .backends import Decoded, _languages_for
+from .decoding import DecodeOptions, WhisperVocab, beam_search, greedy_search
+
+
+@dataclass
+class OrtCache:
+    """Decoder state between steps: self-attention K/V per present block (``[N, H, S, hd]``), cross-attention K/V
+    (``[N / group, H, T, hd]``: ``group`` consecutive rows share one), and the next position."""
+
+    group: int
+    self_kv: list[np.ndarray] = field(default_factory=list)
+    cross_kv: list[np.ndarray] = field(default_factory=list)
+    position: int = 0
+
+
+def reorder_cache(cache: OrtCache, index: torch.Tensor) -> None:
+    """Rows ``index`` of the self-attention cache become the new rows. Cross-attention rows follow only when a row
+    moves to another item's group (beam search never does that), which expands them to one per row."""
+    idx = index.cpu().numpy()
+    cache.self_kv = [a[idx] for a in cache.self_kv]
+    src_items = idx // cache.group
+    if not np.array_equal(src_items, np.arange(len(idx)) // cache.group):
+        cache.cross_kv = [a[src_items] for a in cache.cross_kv]
+        cache.group = 1
+
+
+def scatter_logits(logits: np.ndarray, output_vocab: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Restricted logits ``[N, V_out]`` placed into a full ``[N, vocab_size]`` row of -inf (column j -> token
+    ``output_vocab[j]``), so suppress lists and token ids stay those of the full vocabulary."""
+    full = np.full((logits.shape[0], vocab_size), -np.inf, dtype=np.float32)
+    full[:, output_vocab] = logits
+    return full
+
+
+class OnnxWhisper:
+    """A dense or pruned Whisper exported by ``export_onnx``, run by ONNX Runtime."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None, name: str = "onnx", device: str = "cpu"):
+        from transformers import WhisperTokenizerFast
+
+        from ..export.onnx import open_sessions, read_manifest
+        from ..models.units import STRUCTURE_KEY
+        from ..models.whisper import whisper_shape_from_config
+
+        folder = Path(folder)
+        self.name = name
+        self.manifest = read_manifest(folder)
+        self.vocab = WhisperVocab.from_folder(folder)
+        try:
+            self.tokenizer = WhisperTokenizerFast.from_pretrained(folder, local_files_only=True)
+        except Exception as e:
+            raise ModelError(f"cannot load the tokenizer: {type(e).__name__}", folder) from e
+        try:
+            cfg = self.manifest["config"]
+            self.n_mels = int(self.manifest["n_mels"])
+            self.vocab_size = int(cfg["vocab_size"])
+            self.max_positions = int(cfg["max_target_positions"])
+            self.params = int(self.manifest["params"])
+            names = self.manifest["io"]
+            self._past_names = names["decoder_step"]["inputs"][2:]  # past self K/V, then cross K/V
+            self._n_self = len(names["decoder_step"]["outputs"]) - 1
+            output_vocab = self.manifest["output_vocab"]
+            config = SimpleNamespace(**cfg, **{STRUCTURE_KEY: self.manifest["structure"]})
+            shape = whisper_shape_from_config(config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"malformed speechprune_onnx.json ({type(e).__name__}: {e})", folder) from None
+        self._output_vocab = None if output_vocab is None else np.asarray(output_vocab, dtype=np.int64)
+        # FLOPs follow what runs: the restricted projection has len(output_vocab) rows
+        self.shape = shape if output_vocab is None else replace(shape, vocab_size=len(output_vocab))
+        self.disk_bytes = tree_size_bytes(folder.glob("*.onnx"))
+        s = open_sessions(folder, threads=threads, device=device)
+        self._encoder, self._prefill, self._step = s["encoder"], s["decoder_prefill"], s["decoder_step"]
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, threads: int | None = None, name: str = "onnx",
+                    device: str = "cpu") -> "OnnxWhisper":
+        return cls(folder, threads=threads, name=name, device=device)
+
+    def synchronize(self) -> None:  # InferenceSession.run returns when done
+        pass
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        if features.ndim != 3 or features.shape[1] != self.n_mels:
+            raise ConfigError(f"features must be [batch, {self.n_mels}, frames], got {list(features.shape)}")
+        (hidden,) = self._encoder.run(None, {"input_features": np.ascontiguousarray(features, dtype=np.float32)})
+        return hidden
+
+    def _logits(self, logits: np.ndarray) -> torch.Tensor:
+        if self._output_vocab is not None:
+            logits = scatter_logits(logits, self._output_vocab, self.vocab_size)
+        return torch.from_numpy(logits)
+
+    def _stepper(self, encoded: np.ndarray):
+        def step(ids: torch.Tensor, cache: OrtCache) -> torch.Tensor:
+            rows = ids.cpu().numpy()
+            if cache.position == 0:  # the prompt: once per item, then repeated for its beams
+                first = self._prefill.run(None, {"input_ids": np.ascontiguousarray(rows[:: cache.group]),
+                                                 "encoder_hidden": encoded})
+                logits, self_kv = first[0], first[1 : 1 + self._n_self]
+                if cache.group > 1:
+                    logits = np.repeat(logits, cache.group, axis=0)
+                    self_kv = [np.repeat(a, cache.group, axis=0) for a in self_kv]
+                cache.self_kv, cache.cross_kv = self_kv, first[1 + self._n_self :]
+                cache.position = rows.shape[1]
+                return self._logits(logits)
+            if cache.position >= self.max_positions:
+                raise ConfigError(f"decoding reached the model's {self.max_positions} positions")
+            feed = {"input_ids": rows, "position": np.array([cache.position], dtype=np.int64)}
+            feed.update(zip(self._past_names, cache.self_kv + cache.cross_kv))
+            out = self._step.run(None, feed)
+            cache.self_kv = out[1:]
+            cache.position += 1
+            return self._logits(out[0])
+
+        return step
+
+    def detect_language(self, encoded: np.ndarray) -> list[str]:
+        """The most likely language token after ``<|startoftranscript|>``, per item."""
+        ids = torch.full((encoded.shape[0], 1), self.vocab.sot, dtype=torch.long)
+        logits = self._stepper(encoded)(ids, OrtCache(group=1))
+        codes = list(self.vocab.lang_to_id)
+        best = logits[:, [self.vocab.lang_to_id[c] for c in codes]].argmax(dim=-1).tolist()
+        return [codes[i] for i in best]
+
+    def decode(self, encoded: np.ndarray, languages, tasks, options: DecodeOptions) -> Decoded:
+        langs = _languages_for(self.vocab, list(languages), options)
+        if self.vocab.multilingual and any(lang is None for lang in langs):
+            detected = self.detect_language(encoded)
+            langs = [lang or d for lang, d in zip(langs, detected)]
+        prompts = [self.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
+        k = options.beam_size
+        step = self._stepper(encoded)
+        if k == 1:
+            tokens, stats = greedy_search(step, lambda: OrtCache(group=1), prompts, self.vocab,
+                                          options.max_new_tokens)
+        else:
+            tokens, stats = beam_search(step, lambda: OrtCache(group=k), reorder_cache, prompts, self.vocab, k,
+                                        options.max_new_tokens, options.length_penalty)
+        return Decoded(tokens, langs, stats)
+
+    def decode_text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
