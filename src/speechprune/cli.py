@@ -269,14 +269,15 @@ def run_cmd(
     recipe: str = typer.Option(DEFAULT_RECIPE, help="prune with this recipe (a file or a bundled name), recover, "
                                                    "then evaluate and bench dense and pruned side by side"),
     dense_only: bool = typer.Option(False, "--dense-only", help="evaluate and bench the model as it is; no pruning"),
+    export: bool = typer.Option(True, help="also export the pruned model to ONNX Runtime int8, evaluate and bench it"),
     out: Path = typer.Option(Path("runs/main"), help="output folder (a rerun resumes)"),
 ) -> None:
-    """The main job: prune bundled tiny.en with the fast recipe, recover, then evaluate and benchmark it next to the
-    dense model and faster-whisper on the asterisk test split; write a report."""
+    """The main job: prune bundled tiny.en with the fast recipe, recover, export to ONNX Runtime int8, then evaluate
+    and benchmark it next to the dense model and faster-whisper on the asterisk test split; write a report."""
     from .pipeline import main_job
 
     report = main_job(model=model, data=data, split=split, threads=threads, bench_utterances=bench_utterances, out=out,
-                      recipe=None if dense_only else recipe)
+                      recipe=None if dense_only else recipe, export=export)
     console.print(report.read_text(encoding="utf-8"))
     console.print(f"wrote {report} and {report.with_suffix('.json')}")
 

@@ -6,8 +6,11 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from speechprune.errors import ConfigError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -37,6 +40,39 @@ def replace_dir(new: str | Path, out: str | Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, out)
+
+
+def check_output_dir(out: str | Path, overwrite: bool, source: str | Path | None = None) -> None:
+    """Refuse, before any work, an output that is a file, the ``source`` folder itself, or a non-empty folder
+    (unless ``overwrite``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output exists and is not a folder", out)
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise ConfigError("output folder is the model folder", out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError("output folder exists and is not empty (pass overwrite to replace it)", out)
+
+
+@contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to fill. When the block ends, its files are synced to disk and it replaces
+    ``out`` by rename, so readers see the old folder or the finished new one, never half of one; on an error it is
+    removed and ``out`` is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,9 +1,10 @@
-"""The main job behind ``speechprune run``: (prune,) evaluate and benchmark, then write a short report.
+"""The main job behind ``speechprune run``: (prune, export,) evaluate and benchmark, then write a short report.
 
 Each stage writes into its own sub-folder of ``out`` and is skipped on a rerun when its result is already
 there (evaluation resumes per utterance), so a killed run loses nothing already computed:
 
     out/prune/        the pruned model per step (with a recipe)
+    out/onnx-int8/    the pruned model exported to ONNX Runtime, int8 (with a recipe, unless export is off)
     out/eval/<name>/  metrics.json + hypotheses.jsonl per evaluated model
     out/bench/        bench.json: every model side by side, plus faster-whisper int8 on the original files
     out/report.md, out/report.json
@@ -31,9 +32,10 @@ def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: 
 
 
 def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,
-             recipe: str | Path | None = None) -> Path:
-    """Evaluate ``model`` (and, with ``recipe``, its pruned version) on ``data``/``split``; benchmark them
-    side by side with faster-whisper int8 on the original files; returns the Markdown report's path."""
+             recipe: str | Path | None = None, export: bool = True) -> Path:
+    """Evaluate ``model`` (and, with ``recipe``, its pruned version, in PyTorch and, with ``export``, exported to
+    ONNX Runtime int8) on ``data``/``split``; benchmark them side by side with faster-whisper int8 on the original
+    files; returns the Markdown report's path."""
     import torch
 
     from .models.registry import BUNDLED_MODELS, resolve_model
@@ -60,10 +62,22 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
         backends.append(pruned)
         metrics["torch-pruned"] = _eval(pruned, utts, out / "eval" / "pruned", str(final_model_dir(out / "prune")),
                                         data, split, options)
+        if export:
+            from .evaluate.onnx_backend import OnnxWhisper
+            from .export.onnx import MANIFEST, export_onnx
+
+            onnx_dir = out / "onnx-int8"
+            if not (onnx_dir / MANIFEST).exists():
+                export_onnx(final_model_dir(out / "prune"), onnx_dir, quantize=True, overwrite=True)
+            exported = OnnxWhisper.from_folder(onnx_dir, threads=threads, name="onnx-int8-pruned")
+            backends.append(exported)
+            metrics[exported.name] = _eval(exported, utts, out / "eval" / "onnx-int8-pruned", str(onnx_dir), data,
+                                           split, options)
 
     bench_path = out / "bench" / "bench.json"
     settings = {"model": model, "data": data, "split": split, "recipe": str(recipe) if recipe else None,
-                "threads": threads, "bench_utterances": bench_utterances}
+                "threads": threads, "bench_utterances": bench_utterances,
+                "backend_names": [b.name for b in backends]}
     record = json.loads(bench_path.read_text(encoding="utf-8")) if bench_path.exists() else {}
     if record.get("settings") != settings:  # none yet, or made with other settings: time again
         if model in BUNDLED_MODELS:  # the peer: the original CTranslate2 files through faster-whisper

@@ -1,5 +1,6 @@
 """`speechprune run` end to end on the real tiny.en and a handful of real prompts: prune (with a short
-recovery), evaluate, benchmark against faster-whisper, report; and the pruned folder reloads identically."""
+recovery), export to ONNX int8, evaluate, benchmark against faster-whisper, report; and the pruned folder reloads
+identically."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def test_run_prunes_evaluates_benchmarks_and_reports(tmp_path):
     assert prune["steps"][0]["removed_layers"] == ["decoder.3"] and prune["steps"][0]["recovery"]["steps"] == 2
     report = json.loads((out / "report.json").read_text())
     rows = {r["backend"]: r for r in report["rows"]}
-    assert set(rows) == {"torch", "torch-pruned", "faster-whisper-int8"}
-    assert rows["torch"]["wer"] is not None and rows["torch-pruned"]["wer"] is not None
+    assert set(rows) == {"torch", "torch-pruned", "onnx-int8-pruned", "faster-whisper-int8"}
+    assert all(rows[n]["wer"] is not None for n in ("torch", "torch-pruned", "onnx-int8-pruned"))
+    assert rows["onnx-int8-pruned"]["gflops_encoder"] == rows["torch-pruned"]["gflops_encoder"]
     assert rows["torch-pruned"]["params_m"] < rows["torch"]["params_m"]
     assert "torch-pruned" in (out / "report.md").read_text()
 

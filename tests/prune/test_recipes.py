@@ -65,3 +65,12 @@ def test_synthetic_training_sets_are_made_once_in_the_cache_and_extended(tmp_pat
     more = training_utterances(["synth:3"])
     assert [u.id for u in more[:2]] == [u.id for u in first]  # extended, not remade
     assert len(more) == 3
+
+
+def test_bundled_recipes_load_by_name_from_anywhere(tmp_path, monkeypatch):
+    from speechprune.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("whisper-tiny.en-fast").name == "whisper-tiny.en-fast"
+    with pytest.raises(ConfigError, match="recipe not found .*bundled: .*whisper-tiny.en-fast"):
+        load_recipe("whisper-tiny.en-nope")

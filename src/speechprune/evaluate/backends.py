@@ -138,17 +138,20 @@ class TorchWhisper:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def labelled_batches(self, utterances, batch_size: int, options: DecodeOptions = DecodeOptions(),
-                         pseudo_labels: bool = True, progress: bool = False) -> list[dict]:
+                         pseudo_labels: bool = True, teacher_logits: bool = False,
+                         progress: bool = False) -> list[dict]:
         """Teacher-forcing batches ``{input_features, decoder_input_ids, labels}`` for calibration and training.
 
         With ``pseudo_labels`` the targets are this model's own greedy transcripts (the dense model labels its
-        student's data); else the utterances' reference texts, tokenized. Unreadable audio is skipped.
-        Labels are -100 on the prompt and on padding."""
+        student's data); else the utterances' reference texts, tokenized. With ``teacher_logits`` each batch also
+        gets this model's logits at the label positions (``[n_labels, vocab]``, fp16, for distillation), computed
+        from the encoder output the labels were decoded from, and that encoder output (``teacher_encoder``, fp16). Unreadable audio is skipped. Labels are -100 on the
+        prompt and on padding."""
+        from tqdm import tqdm
+
         from ..data.audio import load_audio
         from ..errors import AudioError
         from .frontend import WINDOW_SECONDS, FeatureFrontend
-
-        from tqdm import tqdm
 
         frontend = FeatureFrontend(self.n_mels)
         batches = []
@@ -164,8 +167,9 @@ class TorchWhisper:
             if not utts:
                 continue
             feats = frontend(audios)
+            enc = self.encode(feats) if pseudo_labels or teacher_logits else None
             if pseudo_labels:
-                dec = self.decode(self.encode(feats), [u.language for u in utts], [u.task for u in utts], options)
+                dec = self.decode(enc, [u.language for u in utts], [u.task for u in utts], options)
                 targets, langs = dec.tokens, dec.languages
             else:
                 targets = [self.tokenizer.encode(" " + u.text.strip(), add_special_tokens=False) for u in utts]
@@ -178,7 +182,13 @@ class TorchWhisper:
             for b, (p, seq) in enumerate(zip(prompts, seqs)):
                 ids[b, : len(seq) - 1] = torch.tensor(seq[:-1])
                 labels[b, len(p) - 1 : len(seq) - 1] = torch.tensor(seq[len(p):])
-            batches.append({"input_features": torch.from_numpy(feats), "decoder_input_ids": ids, "labels": labels})
+            batch = {"input_features": torch.from_numpy(feats), "decoder_input_ids": ids, "labels": labels}
+            if teacher_logits:
+                with torch.inference_mode():
+                    logits = self.model(encoder_outputs=(enc,), decoder_input_ids=ids.to(self.device)).logits
+                batch["teacher_logits"] = logits[labels.to(self.device) != -100].half().cpu()
+                batch["teacher_encoder"] = enc.half().cpu()
+            batches.append(batch)
         return batches
 
 

@@ -30,9 +30,6 @@ What it cannot, and how it is expressed instead, exactly (outputs unchanged, no 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,15 +183,6 @@ def _vocabulary(tokenizer, vocab_size: int, tokenizer_file: Path) -> list[str]:
     return tokens + ["<|%.2f|>" % (i * 0.02) for i in range(vocab_size - len(tokens))]
 
 
-def _check_out(folder: Path, out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output exists and is not a folder", out)
-    if out.resolve() == folder.resolve():
-        raise ConfigError("output folder is the model folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError("output folder exists and is not empty (pass overwrite=True to replace it)", out)
-
-
 def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None, *,
                overwrite: bool = False) -> dict[str, Any]:
     """Write the Whisper folder ``model_dir`` (dense or pruned) as a CTranslate2 folder ``out_dir``, atomically.
@@ -210,7 +198,7 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
     import ctranslate2
     from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
 
-    from speechprune.io import replace_dir
+    from speechprune.io import check_output_dir, staged_dir
     from speechprune.models.adapters import adapter_for
     from speechprune.models.whisper import load_whisper, whisper_ct2_variables, whisper_token_ids
 
@@ -218,7 +206,7 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
     if quantization is not None and quantization not in ACCEPTED_MODEL_TYPES:
         raise ConfigError(f"unknown CTranslate2 quantization {quantization!r}; "
                           f"choose from {', '.join(ACCEPTED_MODEL_TYPES)}")
-    _check_out(folder, out, overwrite)
+    check_output_dir(out, overwrite, source=folder)
     tokenizer_file = folder / "tokenizer.json"
     if folder.is_dir() and not tokenizer_file.is_file():  # faster-whisper would fetch one from the hub without it
         raise ModelError("no tokenizer.json, which faster-whisper needs beside the model", folder)
@@ -265,20 +253,10 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
         "not_native": layout.not_native,
         "alignment_heads": alignment_source,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         spec.save(str(tmp))
         (tmp / "preprocessor_config.json").write_text(
             json.dumps(processor.feature_extractor.to_dict(), indent=2) + "\n", encoding="utf-8")
         gen.to_json_file(tmp / "generation_config.json")
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        for f in tmp.iterdir():  # durable before the rename makes the folder visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is an ordinary folder
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record

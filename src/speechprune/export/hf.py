@@ -9,7 +9,6 @@ otherwise refuse mismatched widths or, worse, silently re-initialise a removed b
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,13 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
     """Write ``model_dir`` (dense or pruned) as a stock Hugging Face folder ``out_dir``, atomically; returns a record."""
     import torch
 
-    from speechprune.io import atomic_write_json, replace_dir
+    from speechprune.io import atomic_write_json, check_output_dir, staged_dir
     from speechprune.models.adapters import adapter_for, family_for_model
     from speechprune.models.units import STRUCTURE_KEY
     from speechprune.models.whisper import load_whisper
 
     folder, out = Path(model_dir), Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError("output folder is not empty (pass overwrite to replace it)", out)
+    check_output_dir(out, overwrite, source=folder)
     model, processor = load_whisper(folder)
     structure = adapter_for(model).structure(model)
     reasons = stock_incompatibilities(structure)
@@ -59,20 +57,17 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
                           "(use --format onnx or ct2, or load the folder with speechprune)", folder)
     if hasattr(model.config, STRUCTURE_KEY):
         delattr(model.config, STRUCTURE_KEY)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-
-    cls = family_for_model(model).load_model_class()
-    stock = cls.from_pretrained(tmp, local_files_only=True, trust_remote_code=False).eval()
-    x = torch.randn(1, model.config.num_mel_bins, 2 * model.config.max_source_positions)
-    ids = torch.tensor([[model.config.decoder_start_token_id]])
-    with torch.no_grad():
-        diff = float((stock(input_features=x, decoder_input_ids=ids).logits
-                      - model(input_features=x, decoder_input_ids=ids).logits).abs().max())
-    record = {"format": "hf", "source": str(folder), "out": str(out), "structure": structure,
-              "max_abs_logit_diff": diff}
-    atomic_write_json(tmp / RECORD_FILE, record)
-    replace_dir(tmp, out)
+    with staged_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        cls = family_for_model(model).load_model_class()
+        stock = cls.from_pretrained(tmp, local_files_only=True, trust_remote_code=False).eval()
+        x = torch.randn(1, model.config.num_mel_bins, 2 * model.config.max_source_positions)
+        ids = torch.tensor([[model.config.decoder_start_token_id]])
+        with torch.no_grad():
+            diff = float((stock(input_features=x, decoder_input_ids=ids).logits
+                          - model(input_features=x, decoder_input_ids=ids).logits).abs().max())
+        record = {"format": "hf", "source": str(folder), "out": str(out), "structure": structure,
+                  "max_abs_logit_diff": diff}
+        atomic_write_json(tmp / RECORD_FILE, record)
     return record

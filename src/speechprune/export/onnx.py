@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -185,7 +184,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     import torch
 
     from speechprune.evaluate.decoding import WhisperVocab
-    from speechprune.io import replace_dir
+    from speechprune.io import check_output_dir, staged_dir
     from speechprune.models.adapters import adapter_for
     from speechprune.models.checkpoint import PROCESSOR_FILES
     from speechprune.models.whisper import load_whisper
@@ -194,10 +193,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     source, out = Path(model_dir), Path(out_dir)
     if not 14 <= opset <= 21:
         raise ConfigError(f"ONNX opset {opset} is not supported (choose 14..21)")
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError("output folder exists and is not empty (pass overwrite=True to replace it)", out)
+    check_output_dir(out, overwrite, source=source)
     model, _ = load_whisper(source)
     if not (source / GENERATION_CONFIG).is_file() or not (source / "tokenizer.json").is_file():
         raise ModelError(f"model folder lacks {GENERATION_CONFIG} or tokenizer.json, which decoding needs", source)
@@ -211,9 +207,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
              "max_source_positions": int(cfg.max_source_positions),
              "max_target_positions": int(cfg.max_target_positions), "vocab_size": int(cfg.vocab_size)}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         names = _export_graphs(graphs, shape, tmp, opset)
         quantization = _quantize(tmp, per_channel) if quantize else None
         for name in (*PROCESSOR_FILES, GENERATION_CONFIG):
@@ -250,13 +244,6 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         del sessions
-        for f in tmp.iterdir():  # durable before the rename makes the folder visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

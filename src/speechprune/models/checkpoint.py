@@ -17,14 +17,12 @@ refuses mismatched widths, but would silently re-initialise a removed block.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from speechprune.errors import ConfigError, ModelError
-from speechprune.io import replace_dir
+from speechprune.io import check_output_dir, staged_dir
 from speechprune.models.units import STRUCTURE_KEY
 
 # Processor / tokenizer files copied from a source folder (weights and model configs never are).
@@ -59,19 +57,14 @@ def save_pruned(model, processor_or_tokenizer_folder: Any, out_dir: str | Path, 
     from speechprune.models.adapters import adapter_for
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError("output folder exists and is not empty (pass overwrite=True to replace it)", out)
+    check_output_dir(out, overwrite)
     source = processor_or_tokenizer_folder
     if isinstance(source, (str, Path)) and not Path(source).is_dir():
         raise ConfigError("processor folder does not exist", source)
 
     adapter = adapter_for(model)
     setattr(model.config, STRUCTURE_KEY, adapter.structure(model))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if isinstance(source, (str, Path)):
             copied = [name for name in PROCESSOR_FILES if (Path(source) / name).is_file()]
@@ -81,13 +74,6 @@ def save_pruned(model, processor_or_tokenizer_folder: Any, out_dir: str | Path, 
                 shutil.copy2(Path(source) / name, tmp / name)
         elif source is not None:
             source.save_pretrained(tmp)
-        for f in tmp.iterdir():  # durable before the rename makes the folder visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

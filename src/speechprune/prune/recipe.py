@@ -87,6 +87,7 @@ class Recovery(_Strict):
     kl_weight: float = Field(default=1.0, ge=0)
     ce_weight: float = Field(default=1.0, ge=0)
     temperature: float = Field(default=2.0, gt=0)
+    encoder_weight: float = Field(default=0.0, ge=0)  # weight of the encoder-output distillation term
     max_utterances: int | None = Field(default=None, ge=1)
     seed: int = 0
 
@@ -150,7 +151,7 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe (``yaml.safe_load``: no code runs): a file, or the name of a bundled one
     (``whisper-tiny.en-fast``)."""
     path = Path(path)
-    if not path.exists() and path.suffix == "" and (BUNDLED_RECIPES / f"{path.name}.yaml").is_file():
+    if not path.exists() and path.parent == Path(".") and (BUNDLED_RECIPES / f"{path.name}.yaml").is_file():
         path = BUNDLED_RECIPES / f"{path.name}.yaml"
     try:
         obj = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -57,7 +57,7 @@ def shape_record(model) -> dict:
 
 
 def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "cpu", progress: bool = True) -> dict:
-    from ..recovery.distill import attach_teacher_logits, distill
+    from ..recovery.distill import distill
 
     out = Path(out)
     src = resolve_model(model_name)
@@ -77,8 +77,7 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
     if recipe.recovery is not None and recipe.recovery.steps > 0:
         rc = recipe.recovery
         utts = training_utterances(rc.data, rc.max_utterances)
-        rec_batches = attach_teacher_logits(model, student.labelled_batches(utts, rc.batch_size, progress=progress),
-                                            progress=progress)
+        rec_batches = student.labelled_batches(utts, rc.batch_size, teacher_logits=True, progress=progress)
 
     record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(), "dense": shape_record(model),
               "steps": []}

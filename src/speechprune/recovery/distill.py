@@ -1,8 +1,9 @@
 """Recovery by distillation from the dense teacher: KL on logits plus cross-entropy on the teacher's labels.
 
-Batches are teacher-forcing dicts ``{input_features, decoder_input_ids, labels}`` (see
-``TorchWhisper.labelled_batches``), labelled by the teacher itself. The teacher's logits at label positions are
-computed once (fp16) and reused every epoch, so a recovery step costs one student forward and backward.
+Batches are teacher-forcing dicts ``{input_features, decoder_input_ids, labels, teacher_logits}`` made by the
+dense teacher itself (``TorchWhisper.labelled_batches(..., teacher_logits=True)``): its greedy transcripts as labels,
+its logits at the label positions computed once (fp16) and reused every epoch, so a recovery step costs one student
+forward and backward.
 Device-agnostic: the student's device is used for everything.
 """
 
@@ -18,20 +19,6 @@ from tqdm import tqdm
 from ..prune.recipe import Recovery
 
 
-@torch.no_grad()
-def attach_teacher_logits(teacher: torch.nn.Module, batches: list[dict], progress: bool = False) -> list[dict]:
-    """Add ``teacher_logits`` ([n_label_positions, vocab], fp16) to each batch."""
-    device = next(teacher.parameters()).device
-    teacher.eval()
-    out = []
-    for b in tqdm(batches, desc="teacher", unit="batch", disable=not progress, dynamic_ncols=True):
-        mask = b["labels"] != -100
-        logits = teacher(input_features=b["input_features"].to(device),
-                         decoder_input_ids=b["decoder_input_ids"].to(device)).logits
-        out.append({**b, "teacher_logits": logits[mask.to(device)].half().cpu()})
-    return out
-
-
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       temperature: float, kl_weight: float, ce_weight: float) -> torch.Tensor:
     """``kl_weight * T^2 * KL(teacher_T || student_T) + ce_weight * CE(student, labels)`` over label positions
@@ -43,9 +30,18 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return kl_weight * kl + ce_weight * ce
 
 
+def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between two hidden-state tensors, relative to the teacher's mean square (scale-free:
+    0 = identical, 1 = as far as predicting zeros). A pure function."""
+    t = teacher_hidden.float()
+    return ((student_hidden - t) ** 2).mean() / (t**2).mean().clamp_min(1e-12)
+
+
 def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True) -> dict:
     """Fine-tune ``student`` in place for ``cfg.steps`` optimizer steps over ``batches`` (cycled, shuffled per
-    epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits``. Returns loss statistics."""
+    epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits`` (and ``teacher_encoder`` when
+    ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
+    frame where the logits give one per label). Returns loss statistics."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
     device = next(student.parameters()).device
@@ -66,16 +62,18 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
         b = batches[i]
         labels = b["labels"].to(device)
         mask = labels != -100
-        logits = student(input_features=b["input_features"].to(device),
-                         decoder_input_ids=b["decoder_input_ids"].to(device)).logits[mask]
-        loss = distillation_loss(logits, b["teacher_logits"].to(device), labels[mask], cfg.temperature,
+        out = student(input_features=b["input_features"].to(device), decoder_input_ids=b["decoder_input_ids"].to(device))
+        loss = distillation_loss(out.logits[mask], b["teacher_logits"].to(device), labels[mask], cfg.temperature,
                                  cfg.kl_weight, cfg.ce_weight)
+        if cfg.encoder_weight:
+            loss = loss + cfg.encoder_weight * hidden_state_loss(out.encoder_last_hidden_state,
+                                                                 b["teacher_encoder"].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     student.eval()
     opt.zero_grad(set_to_none=True)
     first = sum(losses[: max(1, len(losses) // 10)]) / max(1, len(losses) // 10)

@@ -1,0 +1,79 @@
+"""Recovery by distillation: the loss (a pure function), the teacher's batches, and that training reduces it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from speechprune.data.manifest import read_manifest
+from speechprune.evaluate.backends import TorchWhisper
+from speechprune.evaluate.decoding import DecodeOptions
+from speechprune.models.adapters import adapter_for
+from speechprune.prune.recipe import Recovery
+from speechprune.recovery.distill import distill, distillation_loss, hidden_state_loss
+
+from tiny_models import ToyTokenizer, toy_vocab
+
+OPTS = DecodeOptions(max_new_tokens=5)
+
+
+def test_distillation_loss_is_kl_times_t_squared_plus_ce():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
+    assert distillation_loss(t, t, y, 2.0, 1.0, 0.0).abs() < 1e-6  # student == teacher: no KL
+    kl = (torch.softmax(t / 2, -1) * (torch.log_softmax(t / 2, -1) - torch.log_softmax(s / 2, -1))).sum(-1).mean()
+    ce = torch.nn.functional.cross_entropy(s, y)
+    assert torch.allclose(distillation_loss(s, t.half(), y, 2.0, 0.5, 3.0), 0.5 * 4 * kl + 3 * ce, atol=1e-2)
+
+
+def test_hidden_state_loss_is_relative_to_the_teachers_scale():
+    t = torch.randn(2, 7, 4) * 3
+    assert hidden_state_loss(t, t.half()) < 1e-5
+    assert torch.isclose(hidden_state_loss(torch.zeros_like(t), t), torch.tensor(1.0))
+    assert torch.isclose(hidden_state_loss(10 * torch.zeros_like(t), 10 * t), torch.tensor(1.0))
+
+
+def test_teacher_batches_hold_its_own_transcripts_and_logits(tiny_model, clips):
+    teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
+    utts = read_manifest(clips)
+    batches = teacher.labelled_batches(utts, 2, OPTS, teacher_logits=True)
+    assert sum(len(b["labels"]) for b in batches) == len(utts)
+    for b in batches:
+        mask = b["labels"] != -100
+        with torch.no_grad():
+            full = tiny_model(input_features=b["input_features"], decoder_input_ids=b["decoder_input_ids"]).logits
+        assert b["teacher_logits"].dtype == torch.float16
+        with torch.no_grad():
+            enc = tiny_model.model.encoder(b["input_features"]).last_hidden_state
+        assert torch.allclose(b["teacher_encoder"].float(), enc, atol=1e-2)
+        assert torch.allclose(b["teacher_logits"].float(), full[mask], atol=2e-2, rtol=1e-3)
+        # the labels are the teacher's greedy choices (suppression aside, its argmax)
+        assert torch.equal(full[mask].argmax(-1)[b["labels"][mask] != toy_vocab().eot],
+                           b["labels"][mask][b["labels"][mask] != toy_vocab().eot])
+
+
+@pytest.mark.parametrize("encoder_weight", [0.0, 1.0])
+def test_recovery_brings_a_pruned_student_closer_to_its_teacher(tiny_model, clips, encoder_weight):
+    teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
+    batches = teacher.labelled_batches(read_manifest(clips), 5, OPTS, teacher_logits=True)
+    student = copy.deepcopy(tiny_model)
+    a = adapter_for(student)
+    ffn = next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn")
+    a.prune_units(student, ffn, list(range(8)))
+    cfg = Recovery(steps=30, lr=1e-3, batch_size=5, encoder_weight=encoder_weight)
+
+    def loss() -> float:
+        b = batches[0]
+        mask = b["labels"] != -100
+        with torch.no_grad():
+            logits = student(input_features=b["input_features"], decoder_input_ids=b["decoder_input_ids"]).logits
+        return float(distillation_loss(logits[mask], b["teacher_logits"], b["labels"][mask], 2.0, 1.0, 1.0))
+
+    before = loss()
+    stats = distill(student, batches, cfg, progress=False)
+    assert stats["steps"] == 30 and stats["loss_last"] < stats["loss_first"]
+    assert loss() < 0.9 * before
+    assert not student.training
+    assert all(p.grad is None for p in student.parameters())
