@@ -3,6 +3,7 @@
 ```yaml
 criterion: taylor            # magnitude | taylor | activation | random
 normalize: layer             # layer | global
+reconstruct: true            # least-squares refit of each pruned block's output projection (needs calibration)
 calibration: {data: asterisk, split: dev, utterances: 32, batch_size: 8}
 schedule: {steps: 1}         # 1 = one-shot; N = incremental, re-scoring (and recovering) between steps
 targets:
@@ -112,6 +113,7 @@ class Recipe(_Strict):
     model: str | None = None  # the model the recipe was written for (informational; the CLI names the model)
     criterion: Literal["magnitude", "taylor", "activation", "random"] = "magnitude"
     normalize: Literal["layer", "global"] = "layer"
+    reconstruct: bool = False  # refit each pruned block's output projection by least squares on calibration audio
     seed: int = 0
     calibration: Calibration = Calibration()
     schedule: Schedule = Schedule()
@@ -120,7 +122,7 @@ class Recipe(_Strict):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion in ("taylor", "activation")
+        return self.criterion in ("taylor", "activation") or self.reconstruct
 
 
 def _first_error(e: ValidationError) -> str:

@@ -9,6 +9,7 @@ Output folder::
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -84,7 +85,7 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
 
     def on_step(step: int, m, report: StepReport) -> None:
         entry = {"step": step, "removed_modules": report.removed_modules, "removed_layers": report.removed_layers,
-                 "kept_units": report.kept_units, **shape_record(m)}
+                 "kept_units": report.kept_units, "reconstruction": report.reconstruction, **shape_record(m)}
         if rec_batches is not None:
             entry["recovery"] = distill(m, rec_batches, recipe.recovery, progress=progress)
         if recipe.schedule.save_every_step or step == recipe.schedule.steps:
@@ -93,7 +94,8 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
         record["steps"].append(entry)
         atomic_write_json(out / "prune.json", record)
 
-    prune(model, adapter, recipe, batches, on_step=on_step)
+    reference = copy.deepcopy(model) if recipe.reconstruct else None
+    prune(model, adapter, recipe, batches, on_step=on_step, reference=reference)
     atomic_write_text(out / "model.txt", f"step-{recipe.schedule.steps}\n")
     return record
 

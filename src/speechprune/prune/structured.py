@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..models.units import Adapter
 from . import selection as S
 from .calibrate import score_groups
+from .reconstruct import reconstruct
 from .recipe import Recipe, Target
 
 
@@ -28,6 +29,7 @@ class StepReport:
     removed_modules: list[str] = field(default_factory=list)
     removed_layers: list[str] = field(default_factory=list)
     params: int = 0
+    reconstruction: dict[str, dict[str, float]] = field(default_factory=dict)  # group key -> relative errors
 
 
 class LayerMap:
@@ -92,9 +94,13 @@ def _layer_scores(scores: dict[str, torch.Tensor], stack: str) -> dict[int, floa
 
 
 def prune(model: torch.nn.Module, adapter: Adapter, recipe: Recipe, batches: list[dict] | None = None,
-          on_step: Callable[[int, torch.nn.Module, StepReport], None] | None = None) -> list[StepReport]:
-    """Prune ``model`` in place following ``recipe``; returns one report per step."""
+          on_step: Callable[[int, torch.nn.Module, StepReport], None] | None = None,
+          reference: torch.nn.Module | None = None) -> list[StepReport]:
+    """Prune ``model`` in place following ``recipe``; returns one report per step. With ``recipe.reconstruct``,
+    ``reference`` (an unpruned copy) gives the outputs that every pruned block is refit to after each step."""
     validate_against_model(recipe, model, adapter)
+    if recipe.reconstruct and (reference is None or not batches):
+        raise ConfigError("reconstruction needs calibration batches and an unpruned reference model")
     layers = LayerMap(adapter, model)
     original_units = {g.key: g.n_units for g in adapter.unit_groups(model)}  # keys at step 0 = original indices
     reports = []
@@ -123,6 +129,11 @@ def prune(model: torch.nn.Module, adapter: Adapter, recipe: Recipe, batches: lis
                 keeps.update(S.local(groups, rel))
         report = StepReport(step=step + 1, sparsity_fraction=(step + 1) / recipe.schedule.steps)
         _apply(model, adapter, recipe, keeps, scores, layers, report, first_step=step == 0)
+        if recipe.reconstruct:
+            ref_groups = {g.key: g for g in adapter.unit_groups(reference)}  # its keys are the original ones
+            pairs = [(g, ref_groups[_orig_key(g.key, layers)]) for g in adapter.unit_groups(model)
+                     if g.n_units < original_units[_orig_key(g.key, layers)]]
+            report.reconstruction = reconstruct(model, reference, pairs, batches)
         report.params = sum(p.numel() for p in model.parameters())
         report.kept_units = {_orig_key(g.key, layers): g.n_units for g in adapter.unit_groups(model)}
         reports.append(report)

@@ -1,0 +1,65 @@
+"""Least-squares reconstruction after a cut: the pure solver, and the driver on two families."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from speechprune.errors import ConfigError
+from speechprune.models.adapters import adapter_for
+from speechprune.prune.reconstruct import ridge_refit
+from speechprune.prune.recipe import parse_recipe
+from speechprune.prune.structured import prune
+
+from prune.test_structured import FAMILIES, assert_clean, batches
+from tiny_models import build_tiny
+
+
+def test_ridge_refit_recovers_a_linear_map():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(400, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(3, generator=g)
+    weight, bias = ridge_refit(x, x @ w.T + b, ridge=1e-8)
+    assert torch.allclose(weight, w, atol=1e-4) and torch.allclose(bias, b, atol=1e-4)
+    weight, bias = ridge_refit(x, x @ w.T, ridge=1e-8, bias=False)
+    assert bias is None and torch.allclose(weight, w, atol=1e-4)
+
+
+def _distance(model, dense, family, data) -> float:
+    with torch.no_grad():
+        if family == "whisper":
+            b = data[0]
+            kw = {"input_features": b["input_features"], "decoder_input_ids": b["decoder_input_ids"]}
+        else:
+            kw = {"input_values": data[0]["input_values"]}
+        return float((model(**kw).logits - dense(**kw).logits).pow(2).mean())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reconstruction_pulls_a_pruned_model_back_towards_the_dense_one(family):
+    dense = build_tiny(family)
+    data = batches(dense, family, n=3)
+    targets = [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5},
+               {"stack": "encoder", "kind": "self_attn", "sparsity": 0.5}]
+    plain, rebuilt = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune(plain, adapter_for(plain), parse_recipe({"criterion": "magnitude", "targets": targets}), data)
+    reports = prune(rebuilt, adapter_for(rebuilt),
+                    parse_recipe({"criterion": "magnitude", "reconstruct": True, "targets": targets}), data,
+                    reference=dense)
+    errors = reports[0].reconstruction
+    assert set(errors) == {"encoder.0.ffn", "encoder.1.ffn", "encoder.0.self_attn", "encoder.1.self_attn"}
+    assert all(e["error_after"] < e["error_before"] for e in errors.values())
+    assert _distance(rebuilt, dense, family, data) < 0.7 * _distance(plain, dense, family, data)
+    assert [g.n_units for g in adapter_for(rebuilt).unit_groups(rebuilt)] == \
+        [g.n_units for g in adapter_for(plain).unit_groups(plain)]  # same structure, other weights
+    assert_clean(rebuilt)
+    assert_clean(dense)
+
+
+def test_reconstruction_needs_calibration_and_a_reference():
+    model = build_tiny("whisper")
+    recipe = parse_recipe({"reconstruct": True, "targets": [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5}]})
+    assert recipe.needs_calibration
+    with pytest.raises(ConfigError, match="reconstruction needs calibration batches"):
+        prune(model, adapter_for(model), recipe, batches(model, "whisper"))
