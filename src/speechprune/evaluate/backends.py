@@ -52,6 +52,16 @@ def _languages_for(vocab: WhisperVocab, languages: list[str | None], options: De
     return [lang or options.language for lang in languages]
 
 
+def decoding_prompts(backend, encoded, languages, tasks, options: DecodeOptions) -> tuple[list, list[list[int]]]:
+    """Each item's language (its own, the option's, or detected by ``backend.detect_language`` on a multilingual
+    model) and its decoder prompt; shared by every backend so they decode the same prompts."""
+    langs = _languages_for(backend.vocab, list(languages), options)
+    if backend.vocab.multilingual and any(lang is None for lang in langs):
+        detected = backend.detect_language(encoded)
+        langs = [lang or d for lang, d in zip(langs, detected)]
+    return langs, [backend.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
+
+
 class TorchWhisper:
     """A Hugging Face ``WhisperForConditionalGeneration`` (dense or pruned), on any torch device."""
 
@@ -115,11 +125,7 @@ class TorchWhisper:
         return [codes[i] for i in best]
 
     def decode(self, encoded: torch.Tensor, languages, tasks, options: DecodeOptions) -> Decoded:
-        langs = _languages_for(self.vocab, list(languages), options)
-        if self.vocab.multilingual and any(lang is None for lang in langs):
-            detected = self.detect_language(encoded)
-            langs = [lang or d for lang, d in zip(langs, detected)]
-        prompts = [self.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
+        langs, prompts = decoding_prompts(self, encoded, languages, tasks, options)
         if options.beam_size == 1:
             tokens, stats = greedy_search(
                 self._stepper(encoded), self._new_cache, prompts, self.vocab, options.max_new_tokens,
@@ -231,11 +237,7 @@ class FasterWhisper:
         return [r[0][0].strip("<|>") for r in self.engine.detect_language(encoded)]
 
     def decode(self, encoded, languages, tasks, options: DecodeOptions, time_first_step: bool = False) -> Decoded:
-        langs = _languages_for(self.vocab, list(languages), options)
-        if self.vocab.multilingual and any(lang is None for lang in langs):
-            detected = self.detect_language(encoded)
-            langs = [lang or d for lang, d in zip(langs, detected)]
-        prompts = [self.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
+        langs, prompts = decoding_prompts(self, encoded, languages, tasks, options)
         kw = dict(beam_size=options.beam_size, patience=1, suppress_blank=True, suppress_tokens=[-1],
                   length_penalty=1.0 if options.length_penalty is None else options.length_penalty)
         stats = DecodeStats()

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..io import tree_size_bytes
-from .backends import Decoded, _languages_for
+from .backends import Decoded, decoding_prompts
 from .decoding import DecodeOptions, WhisperVocab, beam_search, greedy_search
 
 
@@ -143,11 +143,7 @@ class OnnxWhisper:
         return [codes[i] for i in best]
 
     def decode(self, encoded: np.ndarray, languages, tasks, options: DecodeOptions) -> Decoded:
-        langs = _languages_for(self.vocab, list(languages), options)
-        if self.vocab.multilingual and any(lang is None for lang in langs):
-            detected = self.detect_language(encoded)
-            langs = [lang or d for lang, d in zip(langs, detected)]
-        prompts = [self.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
+        langs, prompts = decoding_prompts(self, encoded, languages, tasks, options)
         k = options.beam_size
         step = self._stepper(encoded)
         if k == 1:
