@@ -38,7 +38,8 @@ from speechprune.recovery.distill import distill
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
 ENC_HEADS = {"stack": "encoder", "kind": "self_attn", "sparsity": 0.5}
 ENC_FFN = {"stack": "encoder", "kind": "ffn", "sparsity": 0.5}
-FAST = [ENC_FFN, {**ENC_HEADS, "scope": "local"}, {"stack": "decoder", "n_layers": 1}]
+# the plan of recipes/whisper-tiny.en-fast.yaml (which also sets criterion activation and reconstruct: true)
+FAST = [{**ENC_FFN, "sparsity": 0.75}, {**ENC_HEADS, "sparsity": 0.34}, {"stack": "decoder", "n_layers": 1}]
 
 # name -> (what it shows, recipe without recovery)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -51,8 +52,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {"stack": "decoder", "remove_modules": [{"layer": 1, "kind": "ffn"}, {"layer": 2, "kind": "ffn"}]}]}),
     "enc-layers-1": ("layers: encoder", {"criterion": "taylor", "targets": [{"stack": "encoder", "n_layers": 1}]}),
     "dec-layers-2": ("layers: decoder", {"criterion": "taylor", "targets": [{"stack": "decoder", "n_layers": 2}]}),
-    "fast-oneshot": ("fast recipe, one-shot", {"criterion": "taylor", "targets": FAST}),
-    "fast-incremental3": ("fast recipe, 3 steps", {"criterion": "taylor", "schedule": {"steps": 3}, "targets": FAST}),
+    "fast-oneshot": ("fast recipe, one-shot", {"criterion": "activation", "reconstruct": True, "targets": FAST}),
+    "fast-incremental3": ("fast recipe, 3 steps", {"criterion": "activation", "reconstruct": True,
+                                                   "schedule": {"steps": 3}, "targets": FAST}),
 }
 
 
@@ -105,7 +107,7 @@ def main() -> None:
             if step < steps and args.recovery_steps:
                 recovery.append(distill(m, rec_batches, per_step, progress=False))
 
-        reports = prune(model, adapter_for(model), recipe, cal_batches, on_step=on_step)
+        reports = prune(model, adapter_for(model), recipe, cal_batches, on_step=on_step, reference=dense.model)
         prune_s = time.perf_counter() - t0
         pruned_dir = save_pruned(model, src, out / name / "pruned", overwrite=True)
         before = _eval(TorchWhisper.from_folder(pruned_dir, name=name), test, out / name / "eval-pruned", name)
