@@ -23,7 +23,7 @@ from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
 from speechprune.evaluate.backends import load_backend
 from speechprune.evaluate.decoding import DecodeOptions
-from speechprune.evaluate.runner import evaluate
+from speechprune.evaluate.runner import eval_settings, evaluate
 from speechprune.io import atomic_write_json
 from speechprune.models.registry import resolve_model
 
@@ -123,8 +123,7 @@ def main() -> None:
     test = load_dataset("asterisk", "test")
     wer = {}
     for n, be in backends.items():
-        settings = {"model": n, "data": "asterisk", "split": "test", "limit": None, "backend": n, "beam_size": 1,
-                    "language": None, "task": "transcribe"}
+        settings = eval_settings(n, "asterisk", "test", n, DecodeOptions())
         m = evaluate(be, test, out / "eval" / n, DecodeOptions(), settings=settings)
         wer[n] = {"wer": m["wer"], "cer": m["cer"], "n_utterances": m["n_utterances"]}
         print(f"{n}: WER {100 * m['wer']:.2f} %", flush=True)

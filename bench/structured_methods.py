@@ -25,7 +25,7 @@ from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
 from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
-from speechprune.evaluate.runner import evaluate
+from speechprune.evaluate.runner import eval_settings, evaluate
 from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from speechprune.models.adapters import adapter_for
 from speechprune.models.checkpoint import save_pruned
@@ -59,8 +59,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 
 def _eval(backend, utts, out: Path, name: str) -> dict:
-    settings = {"model": name, "data": "asterisk", "split": "test", "limit": None, "backend": backend.name,
-                "beam_size": 1, "language": None, "task": "transcribe"}
+    settings = eval_settings(name, "asterisk", "test", backend.name, DecodeOptions())
     return evaluate(backend, utts, out, DecodeOptions(), settings=settings, progress=False)
 
 

@@ -103,7 +103,7 @@ def eval_cmd(
     """Decode a data set and score it: WER, CER (and BLEU for translations). Resumes an interrupted run."""
     from .data.datasets import load_dataset
     from .evaluate.decoding import DecodeOptions
-    from .evaluate.runner import evaluate
+    from .evaluate.runner import eval_settings, evaluate
 
     _set_threads(threads)
     options = DecodeOptions(beam_size=beam, language=language, task=task)
@@ -113,8 +113,7 @@ def eval_cmd(
     (be,) = _backends(model, [backend], threads, device)
     out = out or Path("runs/eval") / _slug(f"{Path(model).name}_{Path(data).stem}_{split or 'test'}_{be.name}_beam{beam}"
                                            + (f"_n{limit}" if limit else ""))
-    settings = {"model": model, "data": data, "split": split, "limit": limit, "backend": be.name,
-                "beam_size": beam, "language": language, "task": task}
+    settings = eval_settings(model, data, split, be.name, options, limit)
     metrics = evaluate(be, utts, out, options, batch_size=batch_size, settings=settings)
     _print_metrics(f"{model} on {data} ({split or 'test'})", metrics)
     console.print(f"wrote {out}/metrics.json and {out}/hypotheses.jsonl")

@@ -20,15 +20,13 @@ from .data.datasets import load_dataset
 from .errors import ConfigError
 from .evaluate.backends import TorchWhisper, load_backend
 from .evaluate.decoding import DecodeOptions
-from .evaluate.runner import evaluate
+from .evaluate.runner import eval_settings, evaluate
 from .io import atomic_write_json
 from .report.summary import write_report
 
 
 def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: DecodeOptions) -> dict:
-    settings = {"model": model, "data": data, "split": split, "limit": None, "backend": backend.name,
-                "beam_size": options.beam_size, "language": None, "task": options.task}
-    return evaluate(backend, utts, out, options, settings=settings)
+    return evaluate(backend, utts, out, options, settings=eval_settings(model, data, split, backend.name, options))
 
 
 def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,

@@ -151,8 +151,8 @@ class TorchWhisper:
         With ``pseudo_labels`` the targets are this model's own greedy transcripts (the dense model labels its
         student's data); else the utterances' reference texts, tokenized. With ``teacher_logits`` each batch also
         gets this model's logits at the label positions (``[n_labels, vocab]``, fp16, for distillation), computed
-        from the encoder output the labels were decoded from, and that encoder output (``teacher_encoder``, fp16). Unreadable audio is skipped. Labels are -100 on the
-        prompt and on padding."""
+        from the encoder output the labels were decoded from, and that encoder output (``teacher_encoder``, fp16).
+        Unreadable audio is skipped. Labels are -100 on the prompt and on padding."""
         from tqdm import tqdm
 
         from ..data.audio import load_audio

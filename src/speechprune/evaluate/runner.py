@@ -34,6 +34,13 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[i : i + size]
 
 
+def eval_settings(model: str, data: str, split: str | None, backend: str, options: DecodeOptions,
+                  limit: int | None = None) -> dict:
+    """What pins an evaluation run (``DIR/run.json``): a rerun into the same folder must match it to resume."""
+    return {"model": model, "data": data, "split": split, "limit": limit, "backend": backend,
+            "beam_size": options.beam_size, "language": options.language, "task": options.task}
+
+
 def claim_run_dir(out_dir: Path, settings: dict) -> None:
     """Record ``settings`` in ``DIR/run.json``, or check that an earlier run there used the same ones."""
     path = out_dir / RUN
