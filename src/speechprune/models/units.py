@@ -21,6 +21,8 @@ GroupKind = Literal["self_attn", "cross_attn", "ffn"]  # heads of an attention b
 ModuleKind = Literal["self_attn", "cross_attn", "ffn", "conv"]
 GROUP_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn")
 MODULE_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "conv")
+# What a weight belongs to, for unstructured / low-rank pruning and per-component analysis.
+COMPONENTS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "conv", "embed", "norm")
 # The config attribute (and config.json key) under which adapters keep a pruned model's per-layer structure.
 STRUCTURE_KEY = "speechprune_structure"
 STRUCTURE_FORMAT = 1
@@ -57,6 +59,34 @@ class UnitGroup:
         return f"{self.stack}.{self.layer}.{self.kind}"
 
 
+@dataclass(eq=False)
+class WeightSite:
+    """One weight-bearing module in family-neutral terms, for methods that act on single tensors (unstructured,
+    N:M and low-rank pruning, ablation, signatures, sensitivity). ``parent``/``attr`` are an opaque handle that
+    lets generic code swap the module (``replace``), e.g. for a low-rank pair; only adapters know what they name.
+    """
+
+    key: str  # stable and family-neutral: "encoder.2.self_attn.q", "encoder.conv.0", "decoder.embed.tokens"
+    stack: Stack
+    layer: int | None  # index among the stack's current layers; None outside the layers (stem, embeddings)
+    component: str  # one of COMPONENTS
+    role: str  # within the component: q k v out (attention), in out (FFN), 0 1 (conv), tokens positions, ...
+    parent: nn.Module
+    attr: str
+    tied: bool = False  # the weight is shared with another module (Whisper's token embedding = output projection)
+
+    @property
+    def module(self) -> nn.Module:
+        return getattr(self.parent, self.attr)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    def replace(self, module: nn.Module) -> None:
+        setattr(self.parent, self.attr, module)
+
+
 class Adapter(Protocol):
     """What a model family exposes to the algorithms. Implementations live in ``models/<family>.py``."""
 
@@ -83,6 +113,11 @@ class Adapter(Protocol):
     def module_kinds(self, model: nn.Module, stack: Stack) -> tuple[ModuleKind, ...]:
         """The module kinds ``remove_module`` accepts in ``stack`` (for validating recipes); a kind the family has
         but cannot remove (Whisper's conv stem) is left out, and ``remove_module`` explains why."""
+        ...
+
+    def weight_sites(self, model: nn.Module) -> list[WeightSite]:
+        """Every trainable weight-bearing module (linear, conv, embedding, norm) of every present block, in model
+        order; Linear/Conv weights of attention, FFN and stem first within a layer, norms after."""
         ...
 
     def structure(self, model: nn.Module) -> dict:

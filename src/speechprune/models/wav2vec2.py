@@ -163,6 +163,33 @@ class Wav2Vec2Adapter:
                 groups.append(UnitGroup("encoder", i, "ffn", up.out_features, 1, params, down))
         return groups
 
+    def weight_sites(self, model) -> list:
+        from speechprune.models.units import WeightSite
+
+        sites = []
+
+        def add(key, layer, component, role, parent, attr):
+            if getattr(parent, attr, None) is not None:
+                sites.append(WeightSite(key, "encoder", layer, component, role, parent, attr))
+
+        for j, conv_layer in enumerate(model.wav2vec2.feature_extractor.conv_layers):
+            add(f"encoder.conv.{j}", None, "conv", str(j), conv_layer, "conv")
+        fp = model.wav2vec2.feature_projection
+        add("encoder.embed.projection", None, "embed", "projection", fp, "projection")
+        for i, layer in enumerate(self._layers(model, "encoder")):
+            if layer.attention is not None:
+                for role in ("q", "k", "v", "out"):
+                    add(f"encoder.{i}.self_attn.{role}", i, "self_attn", role, layer.attention, f"{role}_proj")
+            if layer.feed_forward is not None:
+                add(f"encoder.{i}.ffn.in", i, "ffn", "in", layer.feed_forward, "intermediate_dense")
+                add(f"encoder.{i}.ffn.out", i, "ffn", "out", layer.feed_forward, "output_dense")
+            for kind, name in zip(_KINDS, ("layer_norm", "final_layer_norm")):
+                if getattr(layer, name, None) is not None:
+                    add(f"encoder.{i}.{kind}.norm", i, "norm", kind, layer, name)
+        add("encoder.norm", None, "norm", "final", model.wav2vec2.encoder, "layer_norm")
+        add("encoder.embed.output", None, "embed", "output", model, "lm_head")
+        return sites
+
     def prune_units(self, model, group, keep: list[int]) -> None:
         from speechprune.models.units import check_keep
 

@@ -701,6 +701,42 @@ class WhisperAdapter:
             attn.embed_dim = len(keep) * attn.head_dim  # the inner width (HF's own head pruning did the same)
         self._sync_config(model)
 
+    def weight_sites(self, model) -> list:
+        from speechprune.models.units import WeightSite
+
+        sites = []
+
+        def add(key, stack, layer, component, role, parent, attr, tied=False):
+            if getattr(parent, attr, None) is not None:
+                sites.append(WeightSite(key, stack, layer, component, role, parent, attr, tied))
+
+        enc, dec = model.model.encoder, model.model.decoder
+        add("encoder.conv.0", "encoder", None, "conv", "0", enc, "conv1")
+        add("encoder.conv.1", "encoder", None, "conv", "1", enc, "conv2")
+        tied = model.proj_out.weight is dec.embed_tokens.weight
+        add("decoder.embed.tokens", "decoder", None, "embed", "tokens", dec, "embed_tokens", tied)
+        add("decoder.embed.positions", "decoder", None, "embed", "positions", dec, "embed_positions")
+        for stack in _STACKS:
+            for i, layer in enumerate(self._stack(model, stack).layers):
+                for kind in _KINDS[stack]:
+                    if not _present(layer, kind):
+                        continue
+                    if kind == "ffn":
+                        add(f"{stack}.{i}.ffn.in", stack, i, "ffn", "in", layer, "fc1")
+                        add(f"{stack}.{i}.ffn.out", stack, i, "ffn", "out", layer, "fc2")
+                        continue
+                    attn = _attn_of(layer, kind)
+                    for role in ("q", "k", "v", "out"):
+                        add(f"{stack}.{i}.{kind}.{role}", stack, i, kind, role, attn, f"{role}_proj")
+                for kind in _KINDS[stack]:
+                    if _present(layer, kind):
+                        norm = _FFN[2] if kind == "ffn" else _ATTN[kind][1]
+                        add(f"{stack}.{i}.{kind}.norm", stack, i, "norm", kind, layer, norm)
+            add(f"{stack}.norm", stack, None, "norm", "final", self._stack(model, stack), "layer_norm")
+        if not tied:
+            add("decoder.embed.output", "decoder", None, "embed", "output", model, "proj_out")
+        return sites
+
     # ----- modules and layers
 
     def remove_module(self, model, stack: str, layer: int, kind: str) -> None:
