@@ -31,7 +31,8 @@ from speechprune.models.adapters import adapter_for
 from speechprune.models.checkpoint import save_pruned
 from speechprune.models.registry import resolve_model
 from speechprune.prune.recipe import Recovery, parse_recipe
-from speechprune.prune.run import shape_record, training_utterances
+from speechprune.data.datasets import training_utterances
+from speechprune.prune.run import shape_record
 from speechprune.prune.structured import prune
 from speechprune.recovery.distill import distill
 

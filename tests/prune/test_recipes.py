@@ -41,7 +41,7 @@ def test_a_recipe_with_a_typo_names_the_key_and_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("spec, problem", [
-    ("asterisk:test", "dev split only"),
+    ("asterisk:test", "test split; use dev"),
     ("synth-telephone", "needs a count"),
     ("synth-telephone:0", "needs a count"),
     ("librispeech", "not a bundled set"),
@@ -56,7 +56,7 @@ def test_recovery_data_specs_are_checked_at_load(tmp_path, spec, problem):
 
 
 def test_synthetic_training_sets_are_made_once_in_the_cache_and_extended(tmp_path, monkeypatch):
-    from speechprune.prune.run import training_utterances
+    from speechprune.data.datasets import training_utterances
 
     monkeypatch.setenv("SPEECHPRUNE_CACHE", str(tmp_path))
     first = training_utterances(["synth:2"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from speechprune.data.asterisk import SPLITS, asterisk_utterances
@@ -47,3 +48,44 @@ def synthetic_utterances(name: str, n: int, workers: int | None = None, progress
     manifest = synthesize(cache_dir() / "synth" / name, n, telephone=SYNTHETIC_SETS[name],
                           workers=workers or os.cpu_count() or 1, progress=progress)
     return read_manifest(manifest)[:n]
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """A parsed ``name[:split]`` training-data spec: a bundled set's dev split, ``N`` synthetic clips, or a manifest."""
+
+    kind: str  # "bundled" | "synthetic" | "manifest"
+    name: str
+    split: str | None = None  # bundled: "dev"
+    count: int | None = None  # synthetic: how many clips
+
+
+def parse_training_spec(spec: str) -> TrainingSpec:
+    """Check one spec without touching data: ``asterisk[:dev]``, ``synth-telephone:600`` or ``path.jsonl``. Nothing
+    that calibrates or trains may read the test split; a synthetic set needs a count. ``ConfigError`` otherwise."""
+    name, _, split = spec.partition(":")
+    if name in SYNTHETIC_SETS:
+        if not (split.isdigit() and int(split) > 0):
+            raise ConfigError(f"{spec!r}: a synthetic set needs a count, e.g. '{name}:600'")
+        return TrainingSpec("synthetic", name, count=int(split))
+    if name in BUNDLED_DATASETS:
+        if split not in ("", "dev"):
+            raise ConfigError(f"{spec!r}: nothing that calibrates or trains may read the {split or 'test'} split; use dev")
+        return TrainingSpec("bundled", name, split="dev")
+    if spec.endswith(".jsonl"):
+        return TrainingSpec("manifest", spec)
+    raise ConfigError(f"{spec!r}: not a bundled set ({', '.join(BUNDLED_DATASETS)}), a synthetic set "
+                      f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}) or a .jsonl manifest")
+
+
+def training_utterances(specs: list[str], limit: int | None = None) -> list[Utterance]:
+    """Utterances for calibration or training from specs (see ``parse_training_spec``); synthetic clips are made on
+    first use. At most ``limit`` in all, in spec order."""
+    out: list[Utterance] = []
+    for spec in specs:
+        t = parse_training_spec(spec)
+        if t.kind == "synthetic":
+            out += synthetic_utterances(t.name, t.count)
+        else:
+            out += load_dataset(t.name, t.split)
+    return out[:limit] if limit else out

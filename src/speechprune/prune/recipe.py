@@ -68,9 +68,19 @@ class Target(_Strict):
 
 class Calibration(_Strict):
     data: str = "asterisk"
-    split: Literal["dev", "all"] | None = "dev"  # never test: nothing that calibrates reads it
+    split: Literal["dev"] | None = "dev"  # never test (nor all): nothing that calibrates reads it
     utterances: int = Field(default=32, ge=1)
     batch_size: int = Field(default=8, ge=1)
+
+    @property
+    def spec(self) -> str:
+        """The ``name[:split]`` training-data spec this calibration reads (a manifest has no split)."""
+        return self.data if self.data.endswith(".jsonl") else f"{self.data}:{self.split or 'dev'}"
+
+    @model_validator(mode="after")
+    def _data_spec(self) -> "Calibration":
+        _check_specs([self.spec])
+        return self
 
 
 class Schedule(_Strict):
@@ -94,18 +104,18 @@ class Recovery(_Strict):
 
     @model_validator(mode="after")
     def _data_specs(self) -> "Recovery":
-        from ..data.datasets import BUNDLED_DATASETS, SYNTHETIC_SETS
-
-        for spec in self.data:
-            name, sep, split = spec.partition(":")
-            if name in SYNTHETIC_SETS and not (split.isdigit() and int(split) > 0):
-                raise ValueError(f"{spec!r}: a synthetic set needs a count, e.g. '{name}:600'")
-            if name in BUNDLED_DATASETS and split not in ("", "dev"):
-                raise ValueError(f"{spec!r}: training may read the dev split only")
-            if name not in SYNTHETIC_SETS and name not in BUNDLED_DATASETS and not spec.endswith(".jsonl"):
-                raise ValueError(f"{spec!r}: not a bundled set ({', '.join(BUNDLED_DATASETS)}), a synthetic set "
-                                 f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}) or a .jsonl manifest")
+        _check_specs(self.data)
         return self
+
+
+def _check_specs(specs: list[str]) -> None:
+    from ..data.datasets import parse_training_spec
+
+    for spec in specs:
+        try:
+            parse_training_spec(spec)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 class Recipe(_Strict):

@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 
 from ..bench import flops as F
-from ..data.datasets import BUNDLED_DATASETS, SYNTHETIC_SETS, load_dataset, synthetic_utterances
-from ..data.manifest import Utterance
-from ..errors import ConfigError
+from ..data.datasets import training_utterances
 from ..evaluate.backends import TorchWhisper
 from ..io import atomic_write_json, atomic_write_text
 from ..models.adapters import adapter_for
@@ -26,25 +24,6 @@ from ..models.registry import resolve_model
 from ..models.whisper import whisper_shape
 from .recipe import Recipe
 from .structured import StepReport, prune
-
-
-def training_utterances(specs: list[str], limit: int | None = None) -> list[Utterance]:
-    """Utterances for calibration or training from ``name[:split]`` specs (``synth-telephone:N`` for N synthetic
-    clips, made on first use); the test split is refused."""
-    out: list[Utterance] = []
-    for spec in specs:
-        name, sep, split = spec.partition(":")
-        if name in SYNTHETIC_SETS:
-            if not split.isdigit() or int(split) < 1:
-                raise ConfigError(f"{spec!r}: a synthetic set needs a count, e.g. '{name}:600'")
-            out += synthetic_utterances(name, int(split))
-            continue
-        if name in BUNDLED_DATASETS:
-            if split in ("test", "all"):
-                raise ConfigError(f"{spec!r}: nothing that calibrates or trains may read the test split; use dev")
-            split = split or "dev"
-        out += load_dataset(name, split if sep or name in BUNDLED_DATASETS else None)
-    return out[:limit] if limit else out
 
 
 def shape_record(model) -> dict:
@@ -70,7 +49,7 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
     batches = None
     if recipe.needs_calibration:
         cal = recipe.calibration
-        utts = training_utterances([f"{cal.data}:{cal.split or 'dev'}"], cal.utterances)
+        utts = training_utterances([cal.spec], cal.utterances)
         batches = student.labelled_batches(utts, cal.batch_size, progress=progress)
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
