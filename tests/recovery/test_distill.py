@@ -12,7 +12,7 @@ from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.models.adapters import adapter_for
 from speechprune.prune.recipe import Recovery
-from speechprune.recovery.distill import distill, distillation_loss, hidden_state_loss
+from speechprune.recovery.distill import distill, distillation_loss, hidden_state_loss, layerwise_loss
 
 from tiny_models import ToyTokenizer, toy_vocab
 
@@ -54,15 +54,35 @@ def test_teacher_batches_hold_its_own_transcripts_and_logits(tiny_model, clips):
                            b["labels"][mask][b["labels"][mask] != toy_vocab().eot])
 
 
-@pytest.mark.parametrize("encoder_weight", [0.0, 1.0])
-def test_recovery_brings_a_pruned_student_closer_to_its_teacher(tiny_model, clips, encoder_weight):
+def test_teacher_hidden_states_are_every_inner_encoder_layer_output(tiny_model, clips):
     teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
-    batches = teacher.labelled_batches(read_manifest(clips), 5, OPTS, teacher_logits=True)
+    b = teacher.labelled_batches(read_manifest(clips)[:2], 2, OPTS, teacher_logits=True, teacher_hidden=True)[0]
+    with torch.no_grad():
+        states = tiny_model.model.encoder(b["input_features"], output_hidden_states=True).hidden_states
+    n = len(tiny_model.model.encoder.layers)
+    assert b["teacher_hidden"].shape[0] == n - 1 and b["teacher_hidden"].dtype == torch.float16
+    for i in range(n - 1):  # layer i's output is layer i + 1's input
+        assert torch.allclose(b["teacher_hidden"][i].float(), states[i + 1], atol=1e-2)
+    assert torch.allclose(b["teacher_encoder"].float(), states[-1], atol=1e-2)
+
+
+def test_layerwise_loss_refuses_a_different_depth():
+    t = torch.randn(3, 2, 5, 4)
+    assert layerwise_loss(list(t), t) < 1e-6
+    with pytest.raises(ValueError, match="depth"):
+        layerwise_loss(list(t[:2]), t)
+
+
+@pytest.mark.parametrize("encoder_weight, hidden_weight", [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
+def test_recovery_brings_a_pruned_student_closer_to_its_teacher(tiny_model, clips, encoder_weight, hidden_weight):
+    teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
+    batches = teacher.labelled_batches(read_manifest(clips), 5, OPTS, teacher_logits=True,
+                                       teacher_hidden=bool(hidden_weight))
     student = copy.deepcopy(tiny_model)
     a = adapter_for(student)
     ffn = next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn")
     a.prune_units(student, ffn, list(range(8)))
-    cfg = Recovery(steps=30, lr=1e-3, batch_size=5, encoder_weight=encoder_weight)
+    cfg = Recovery(steps=30, lr=1e-3, batch_size=5, encoder_weight=encoder_weight, hidden_weight=hidden_weight)
 
     def loss() -> float:
         b = batches[0]

@@ -144,7 +144,7 @@ class TorchWhisper:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def labelled_batches(self, utterances, batch_size: int, options: DecodeOptions = DecodeOptions(),
-                         pseudo_labels: bool = True, teacher_logits: bool = False,
+                         pseudo_labels: bool = True, teacher_logits: bool = False, teacher_hidden: bool = False,
                          progress: bool = False) -> list[dict]:
         """Teacher-forcing batches ``{input_features, decoder_input_ids, labels}`` for calibration and training.
 
@@ -152,7 +152,8 @@ class TorchWhisper:
         student's data); else the utterances' reference texts, tokenized. With ``teacher_logits`` each batch also
         gets this model's logits at the label positions (``[n_labels, vocab]``, fp16, for distillation), computed
         from the encoder output the labels were decoded from, and that encoder output (``teacher_encoder``, fp16).
-        Unreadable audio is skipped. Labels are -100 on the prompt and on padding."""
+        With ``teacher_hidden`` also the output of every encoder layer but the last (``teacher_hidden``,
+        ``[layers - 1, batch, frames, d_model]``, fp16; the last is ``teacher_encoder``). Unreadable audio is skipped. Labels are -100 on the prompt and on padding."""
         from tqdm import tqdm
 
         from ..data.audio import load_audio
@@ -173,7 +174,14 @@ class TorchWhisper:
             if not utts:
                 continue
             feats = frontend(audios)
-            enc = self.encode(feats) if pseudo_labels or teacher_logits else None
+            hidden = None
+            if teacher_hidden:
+                with torch.inference_mode():
+                    x = torch.from_numpy(feats).to(self.device, self._dtype)
+                    states = self._encoder(input_features=x, output_hidden_states=True).hidden_states
+                enc, hidden = states[-1], torch.stack(states[1:-1]).half().cpu()  # states[i]: layer i's input
+            else:
+                enc = self.encode(feats) if pseudo_labels or teacher_logits else None
             if pseudo_labels:
                 dec = self.decode(enc, [u.language for u in utts], [u.task for u in utts], options)
                 targets, langs = dec.tokens, dec.languages
@@ -194,6 +202,8 @@ class TorchWhisper:
                     logits = self.model(encoder_outputs=(enc,), decoder_input_ids=ids.to(self.device)).logits
                 batch["teacher_logits"] = logits[labels.to(self.device) != -100].half().cpu()
                 batch["teacher_encoder"] = enc.half().cpu()
+            if hidden is not None:
+                batch["teacher_hidden"] = hidden
             batches.append(batch)
         return batches
 

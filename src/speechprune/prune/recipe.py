@@ -99,6 +99,7 @@ class Recovery(_Strict):
     ce_weight: float = Field(default=1.0, ge=0)
     temperature: float = Field(default=2.0, gt=0)
     encoder_weight: float = Field(default=0.0, ge=0)  # weight of the encoder-output distillation term
+    hidden_weight: float = Field(default=0.0, ge=0)  # weight of the per-layer encoder hidden-state term
     max_utterances: int | None = Field(default=None, ge=1)
     seed: int = 0
 

@@ -57,7 +57,8 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
     if recipe.recovery is not None and recipe.recovery.steps > 0:
         rc = recipe.recovery
         utts = training_utterances(rc.data, rc.max_utterances)
-        rec_batches = student.labelled_batches(utts, rc.batch_size, teacher_logits=True, progress=progress)
+        rec_batches = student.labelled_batches(utts, rc.batch_size, teacher_logits=True,
+                                               teacher_hidden=bool(rc.hidden_weight), progress=progress)
 
     record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(), "dense": shape_record(model),
               "steps": []}

@@ -37,11 +37,23 @@ def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor
     return ((student_hidden - t) ** 2).mean() / (t**2).mean().clamp_min(1e-12)
 
 
+def layerwise_loss(student_states, teacher_states: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden_state_loss`` over layers: the student's inner encoder layer outputs against the teacher's
+    (``teacher_states``: ``[layers, batch, frames, d]``). The depths must match (pruning that removes encoder layers
+    cannot use this term)."""
+    if len(student_states) != teacher_states.shape[0]:
+        raise ValueError(f"hidden-state distillation needs the teacher's encoder depth: the student has "
+                         f"{len(student_states) + 1} layers, the teacher {teacher_states.shape[0] + 1}")
+    t = teacher_states.to(student_states[0].device)
+    return sum(hidden_state_loss(s, t[i]) for i, s in enumerate(student_states)) / len(student_states)
+
+
 def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True) -> dict:
     """Fine-tune ``student`` in place for ``cfg.steps`` optimizer steps over ``batches`` (cycled, shuffled per
     epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits`` (and ``teacher_encoder`` when
     ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
-    frame where the logits give one per label). Returns loss statistics."""
+    frame where the logits give one per label; and ``teacher_hidden`` when ``cfg.hidden_weight``: the same for every
+    inner encoder layer's output). Returns loss statistics."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
     device = next(student.parameters()).device
@@ -62,12 +74,15 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
         b = batches[i]
         labels = b["labels"].to(device)
         mask = labels != -100
-        out = student(input_features=b["input_features"].to(device), decoder_input_ids=b["decoder_input_ids"].to(device))
+        out = student(input_features=b["input_features"].to(device), decoder_input_ids=b["decoder_input_ids"].to(device),
+                      output_hidden_states=bool(cfg.hidden_weight))
         loss = distillation_loss(out.logits[mask], b["teacher_logits"].to(device), labels[mask], cfg.temperature,
                                  cfg.kl_weight, cfg.ce_weight)
         if cfg.encoder_weight:
             loss = loss + cfg.encoder_weight * hidden_state_loss(out.encoder_last_hidden_state,
                                                                  b["teacher_encoder"].to(device))
+        if cfg.hidden_weight:
+            loss = loss + cfg.hidden_weight * layerwise_loss(out.encoder_hidden_states[1:-1], b["teacher_hidden"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
