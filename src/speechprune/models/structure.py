@@ -25,7 +25,7 @@ class LayerShape:
     ffn_dim: int  # 0: the block is removed
     cross_attn: AttentionShape | None = None  # decoder layers only
     # low-rank factorized projections: ("self_attn.q", rank), ... (the weight-site key within the layer:
-    # <component>.<role>); such a projection costs rank * (in + out) multiply-adds per token instead of in * out
+    # <component>.<role>), sorted; such a projection costs rank * (in + out) multiply-adds per token instead of in * out
     ranks: tuple[tuple[str, int], ...] = ()
 
     def rank(self, name: str) -> int | None:

@@ -454,7 +454,7 @@ def _layer_ranks(layer, stack: str) -> tuple[tuple[str, int], ...]:
             attn = _attn_of(layer, kind)
             mods = {role: getattr(attn, f"{role}_proj") for role in ("q", "k", "v", "out")}
         out += [(f"{kind}.{role}", int(m.rank)) for role, m in mods.items() if getattr(m, "rank", None) is not None]
-    return tuple(out)
+    return tuple(sorted(out))  # a canonical order: shapes compare equal however they were made
 
 
 def whisper_shape(model) -> "EncoderDecoderShape":
@@ -490,7 +490,7 @@ def _with_ranks(shape, lowrank: dict | None):
         stack, layer, name = key.split(".", 2)
         if layer.isdigit():  # layer sites only; the stem and embeddings are never factorized
             per_layer.setdefault((stack, int(layer)), []).append((name, int(rank)))
-    stacks = {stack: tuple(replace(l, ranks=tuple(per_layer.get((stack, i), ()))) for i, l in
+    stacks = {stack: tuple(replace(l, ranks=tuple(sorted(per_layer.get((stack, i), [])))) for i, l in
                            enumerate(getattr(shape, stack))) for stack in _STACKS}
     return replace(shape, **stacks)
 
