@@ -256,3 +256,26 @@ def test_incremental_schedule_saves_a_smaller_model_at_every_step_and_resumes(tm
     other = parse_lowrank_recipe({"method": "svd", "target": {"rank": 4}})
     with pytest.raises(ConfigError, match="another model or recipe"):
         run_lowrank(str(src), other, tmp_path / "out", progress=False)
+
+
+def test_cli_factorizes_a_model_dry_runs_and_refuses_bad_recipes_in_one_line(tmp_path):
+    from cli_helpers import cli
+    from export.test_onnx import save_tiny_folder
+
+    src = save_tiny_folder(build_tiny("whisper", seed=5), tmp_path / "src")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: svd\ntarget: {rank: 6}\nsites: {stacks: [encoder]}\n")
+    proc = cli("lowrank", str(src), "--recipe", str(recipe), "--out", str(tmp_path / "out"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "factorizes 12 of 12 linear layers" in " ".join(proc.stdout.split())
+    assert not (tmp_path / "out").exists()
+    proc = cli("lowrank", str(src), "--recipe", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "out" / "lowrank.json").read_text())
+    assert set(record["steps"][0]["ranks"]) == {f"encoder.{i}.{k}" for i in range(2)
+                                                for k in ("self_attn.q", "self_attn.k", "self_attn.v",
+                                                          "self_attn.out", "ffn.in", "ffn.out")}
+    recipe.write_text("method: svd\ntarget: {rank: 6, energy: 0.5}\n")
+    proc = cli("lowrank", str(src), "--recipe", str(recipe), "--out", str(tmp_path / "out2"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: {recipe}: bad low-rank recipe: target: a target needs exactly one of")
