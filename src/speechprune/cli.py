@@ -208,6 +208,52 @@ def prune_cmd(
     console.print(f"wrote {out}/prune.json and a model per step; final model: {out}/step-{r.schedule.steps}")
 
 
+@app.command("lowrank")
+def lowrank_cmd(
+    model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
+    recipe: Path = typer.Option(..., help="YAML low-rank recipe, or the name of a bundled one (recipes/lowrank/)"),
+    out: Path = typer.Option(..., help="output folder: a model per step, lowrank.json (a rerun resumes)"),
+    device: str = typer.Option("cpu"),
+    threads: Optional[int] = typer.Option(None),
+    dry_run: bool = typer.Option(False, help="validate the recipe against the model, show the plan from the "
+                                             "weights alone, and stop"),
+) -> None:
+    """Low-rank factorization: each chosen linear layer becomes two smaller ones (SVD, plain or activation-aware),
+    step by step with optional recovery between steps."""
+    from .prune.lowrank_recipe import load_lowrank_recipe
+
+    _set_threads(threads)
+    r = load_lowrank_recipe(recipe)
+    if dry_run:
+        from .models.registry import resolve_model
+        from .models.whisper import load_whisper
+        from .prune.lowrank_run import validate_lowrank
+
+        m, _ = load_whisper(resolve_model(model))
+        plan = validate_lowrank(r, m)
+        console.print(f"recipe {recipe} is valid for {model}: the last step factorizes {len(plan.ranks)} of "
+                      f"{len(plan.ranks) + len(plan.skipped)} linear layers, their weights "
+                      f"{plan.params_before / 1e6:.2f} M -> {plan.params_after / 1e6:.2f} M (planned from the "
+                      f"weights{'; activation-aware ranks follow calibration' if r.method == 'activation' else ''})")
+        return
+    from .prune.lowrank_run import run_lowrank
+
+    record = run_lowrank(model, r, out, device=device)
+    t = Table(title=f"{model} factorized with {recipe.name} ({r.method}, {r.target.describe()})")
+    for col in ("step", "params M", "encoder GFLOP", "decoder MFLOP/token", "low-rank layers", "recovery loss"):
+        t.add_column(col, justify="right")
+    d = record["dense"]
+    t.add_row("dense", f"{d['params'] / 1e6:.2f}", f"{d['flops_encoder'] / 1e9:.2f}",
+              f"{d['flops_decoder_per_token'] / 1e6:.1f}", "0", "")
+    for s in record["steps"]:
+        rec = s.get("recovery") or {}
+        t.add_row(str(s["step"]), f"{s['params'] / 1e6:.2f}", f"{s['flops_encoder'] / 1e9:.2f}",
+                  f"{s['flops_decoder_per_token'] / 1e6:.1f}", str(len(s["ranks"])),
+                  f"{rec.get('loss_first', 0):.3f} -> {rec.get('loss_last', 0):.3f}" if rec.get("steps") else "")
+    console.print(t)
+    console.print(f"wrote {out}/lowrank.json and a model per step; final model: {out}/step-{r.schedule.steps}")
+
+
 @app.command("export")
 def export_cmd(
     model: str = typer.Argument(..., help="bundled model name or a (dense or pruned) Whisper folder"),

@@ -68,3 +68,29 @@ def test_removed_blocks_cost_nothing():
     full, cut = F.encoder_flops(s), F.encoder_flops(half)
     assert cut.conv == full.conv
     assert cut.ffn == full.ffn // 2 and cut.attn_scores == full.attn_scores // 2
+
+
+def test_formulas_count_lowrank_projections_as_two_matmuls_like_the_torch_counter():
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    from speechprune.prune.lowrank import factorize, lowrank_sites
+
+    model = tiny_whisper(attn_implementation="eager")
+    dense = whisper_shape(model)
+    sites = lowrank_sites(model)
+    factorize(sites, {s.key: 3 + i % 5 for i, s in enumerate(sites) if s.role != "out" or s.component == "ffn"})
+    shape = whisper_shape(model)
+    assert F.encoder_flops(shape).total < F.encoder_flops(dense).total
+    x = torch.randn(1, 80, 3000)
+    assert F.encoder_flops(shape).total == counted(lambda: model.model.encoder(input_features=x))
+    enc = torch.randn(1, 1500, 32)
+    dec = model.model.decoder
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def step(ids):
+        h = dec(input_ids=torch.tensor([ids]), encoder_hidden_states=enc, past_key_values=cache,
+                use_cache=True).last_hidden_state
+        model.proj_out(h[:, -1])
+
+    assert counted(lambda: step([60, 62])) == F.decoder_first_step_flops(shape, 2)
+    assert counted(lambda: step([5])) == F.decoder_token_flops(shape, 3)

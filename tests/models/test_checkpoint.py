@@ -176,3 +176,75 @@ def test_structure_that_does_not_fit_is_refused(whisper, processor, tmp_path):
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="no pruning adapter for model_type 'bert'"):
         load_pruned(out)
+
+
+# ----- low-rank factorized models
+
+
+def _factorize(model, ranks: dict[str, int]):
+    from speechprune.prune.lowrank import factorize, lowrank_sites
+
+    factorize(lowrank_sites(model), ranks)
+    return model
+
+
+def test_lowrank_model_round_trips_bit_identically_also_on_top_of_structured_pruning(whisper, processor, tmp_path):
+    from speechprune.models.lowrank import LowRankLinear, lowrank_ranks
+
+    _heavy_surgery(whisper)  # encoder.0 keeps 2 heads, decoder.1 FFN 32 wide, removed blocks
+    ranks = {"encoder.0.self_attn.q": 5, "encoder.0.ffn.in": 20, "decoder.1.ffn.out": 9, "decoder.1.cross_attn.k": 7}
+    _factorize(whisper, ranks)
+    out = save_pruned(whisper, processor, tmp_path / "lr")
+    config = json.loads((out / "config.json").read_text())
+    assert config["speechprune_lowrank"] == ranks
+    model, _ = load_pruned(out)
+    assert lowrank_ranks(model) == ranks
+    assert isinstance(model.model.encoder.layers[0].self_attn.q_proj, LowRankLinear)
+    assert torch.equal(_logits(model), _logits(whisper))
+    assert whisper_shape(model) == whisper_shape(whisper) == whisper_shape_from_config(model.config)
+    assert whisper_shape(model).encoder[0].rank("self_attn.q") == 5
+    via_whisper, _ = load_whisper(out)  # the usual loader takes the same path
+    assert torch.equal(_logits(via_whisper), _logits(whisper))
+    # saving the reloaded model again writes the same description; a dense model writes none
+    again = save_pruned(model, processor, tmp_path / "again")
+    assert json.loads((again / "config.json").read_text())["speechprune_lowrank"] == ranks
+    dense = save_pruned(_fresh_dense(), processor, tmp_path / "dense")
+    assert "speechprune_lowrank" not in json.loads((dense / "config.json").read_text())
+
+
+def _fresh_dense():
+    from models.conftest import make_tiny_whisper
+
+    return make_tiny_whisper(seed=1)
+
+
+def test_lowrank_wav2vec2_round_trips(build, tmp_path):
+    from speechprune.models.lowrank import lowrank_ranks
+
+    model = build("wav2vec2")
+    ranks = {"encoder.0.self_attn.v": 3, "encoder.1.ffn.in": 10}
+    _factorize(model, ranks)
+    out = save_pruned(model, None, tmp_path / "w2v")
+    loaded, _ = load_pruned(out)
+    assert lowrank_ranks(loaded) == ranks
+    x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"encoder.9.ffn.in": 4}, "no weight site 'encoder.9.ffn.in'"),
+    ({"encoder.0.ffn.in": 0}, "rank 0"),
+    ({"encoder.0.ffn.in": "4"}, "rank '4'"),
+    ({"encoder.conv.0": 4}, "Conv1d, not a factorizable Linear"),
+    ([1, 2], "expected {site key: rank}"),
+])
+def test_a_bad_lowrank_record_is_refused_in_one_line(whisper, processor, tmp_path, bad, msg):
+    out = save_pruned(whisper, processor, tmp_path / "m")
+    config = json.loads((out / "config.json").read_text())
+    config["speechprune_lowrank"] = bad
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"config.json: speechprune_lowrank does not fit this model: .*"
+                       + msg.replace("{", r"\{").replace("}", r"\}")) as e:
+        load_pruned(out)
+    assert "\n" not in str(e.value)

@@ -6,6 +6,9 @@ softmax, activations, biases and embedding look-ups (each under 1 % here). Atten
 shapes rather than with ``torch.utils.flop_counter``, which can miss CPU scaled-dot-product attention; a
 test cross-checks these formulas against the counter on an eager-attention model.
 
+A low-rank factorized projection (``LayerShape.ranks``: ``up(down(x))``, rank r) costs ``r * (in + out)``
+multiply-adds per token instead of ``in * out``: two smaller matmuls, which is what ``LowRankLinear`` runs.
+
 Whisper tiny.en, one 30 s window: encoder 36.9 GFLOP (FFN 38 %, attention scores 37 %, projections 19 %,
 convs 5 %); decoder first step ~3.6 GFLOP (cross-attention K/V over 1500 frames), then ~66 MFLOP per token.
 """
@@ -20,6 +23,23 @@ from ..models.structure import AttentionShape, EncoderDecoderShape, LayerShape
 def _mm(m: int, k: int, n: int) -> int:
     """FLOPs of an [m, k] x [k, n] matmul."""
     return 2 * m * k * n
+
+
+def _linear(m: int, k: int, n: int, rank: int | None = None) -> int:
+    """FLOPs of a projection of ``m`` tokens from ``k`` to ``n`` features: one matmul, or two through ``rank``."""
+    return _mm(m, k, n) if rank is None else _mm(m, k, rank) + _mm(m, rank, n)
+
+
+def _qkv_out(layer: LayerShape, kind: str, m_q: int, m_kv: int, d: int, a: int) -> int:
+    """Projection FLOPs of one attention block: q over ``m_q`` tokens, k and v over ``m_kv``, out over ``m_q``."""
+    r = lambda role: layer.rank(f"{kind}.{role}")  # noqa: E731
+    return (_linear(m_q, d, a, r("q")) + _linear(m_kv, d, a, r("k")) + _linear(m_kv, d, a, r("v"))
+            + _linear(m_q, a, d, r("out")))
+
+
+def _ffn(layer: LayerShape, m: int, d: int) -> int:
+    f = layer.ffn_dim
+    return 0 if not f else _linear(m, d, f, layer.rank("ffn.in")) + _linear(m, f, d, layer.rank("ffn.out"))
 
 
 @dataclass(frozen=True)
@@ -44,16 +64,17 @@ def encoder_flops(s: EncoderDecoderShape) -> EncoderFlops:
     for layer in s.encoder:
         if layer.self_attn is not None:
             a = layer.self_attn.dim
-            proj += _mm(t, d, 3 * a) + _mm(t, a, d)
+            proj += _qkv_out(layer, "self_attn", t, t, d, a)
             scores += 2 * _mm(t, a, t)  # Q K^T and A V
-        ffn += 2 * _mm(t, d, layer.ffn_dim)
+        ffn += _ffn(layer, t, d)
     return EncoderFlops(conv, proj, scores, ffn)
 
 
-def _self_attn_token(a: AttentionShape | None, d: int, context: int) -> int:
+def _self_attn_token(layer: LayerShape, d: int, context: int) -> int:
+    a = layer.self_attn
     if a is None:
         return 0
-    return _mm(1, d, 3 * a.dim) + _mm(1, a.dim, d) + 2 * _mm(1, a.dim, context)
+    return _qkv_out(layer, "self_attn", 1, 1, d, a.dim) + 2 * _mm(1, a.dim, context)
 
 
 def decoder_token_flops(s: EncoderDecoderShape, context: int) -> int:
@@ -62,17 +83,20 @@ def decoder_token_flops(s: EncoderDecoderShape, context: int) -> int:
     d = s.d_dec
     total = _mm(1, d, s.vocab_size)
     for layer in s.decoder:
-        total += _self_attn_token(layer.self_attn, d, context)
+        total += _self_attn_token(layer, d, context)
         if layer.cross_attn is not None:
             c = layer.cross_attn.dim
-            total += _mm(1, d, c) + _mm(1, c, d) + 2 * _mm(1, c, s.n_audio_ctx)
-        total += 2 * _mm(1, d, layer.ffn_dim)
+            total += _qkv_out(layer, "cross_attn", 1, 0, d, c) + 2 * _mm(1, c, s.n_audio_ctx)  # K/V cached
+        total += _ffn(layer, 1, d)
     return total
 
 
 def cross_kv_flops(s: EncoderDecoderShape) -> int:
     """FLOPs of projecting the encoder output to cross-attention keys and values (once per utterance)."""
-    return sum(_mm(s.n_audio_ctx, s.d_model, 2 * l.cross_attn.dim) for l in s.decoder if l.cross_attn is not None)
+    t, d = s.n_audio_ctx, s.d_model
+    return sum(_linear(t, d, l.cross_attn.dim, l.rank("cross_attn.k")) + _linear(t, d, l.cross_attn.dim,
+                                                                                   l.rank("cross_attn.v"))
+               for l in s.decoder if l.cross_attn is not None)
 
 
 def decoder_first_step_flops(s: EncoderDecoderShape, prompt_len: int) -> int:

@@ -59,7 +59,7 @@ class OnnxWhisper:
         from transformers import WhisperTokenizerFast
 
         from ..export.onnx import open_sessions, read_manifest
-        from ..models.units import STRUCTURE_KEY
+        from ..models.units import LOWRANK_KEY, STRUCTURE_KEY
         from ..models.whisper import whisper_shape_from_config
 
         folder = Path(folder)
@@ -80,7 +80,8 @@ class OnnxWhisper:
             self._past_names = names["decoder_step"]["inputs"][2:]  # past self K/V, then cross K/V
             self._n_self = len(names["decoder_step"]["outputs"]) - 1
             output_vocab = self.manifest["output_vocab"]
-            config = SimpleNamespace(**cfg, **{STRUCTURE_KEY: self.manifest["structure"]})
+            config = SimpleNamespace(**cfg, **{STRUCTURE_KEY: self.manifest["structure"],
+                                               LOWRANK_KEY: self.manifest.get("lowrank")})
             shape = whisper_shape_from_config(config)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"malformed speechprune_onnx.json ({type(e).__name__}: {e})", folder) from None

@@ -25,6 +25,9 @@ What it cannot, and how it is expressed instead, exactly (outputs unchanged, no 
   one-dimensional heads with zero weights behind an identity layer norm (CT2 adds the residual only for blocks
   that have a layer norm; its values cannot matter, the block's output is zero);
 - a removed FFN: width 1, zero weights and biases.
+
+Low-rank factorized layers (``LowRankLinear``) are refused in one line: ``WhisperSpec`` has one ``Dense`` per
+projection, and multiplying the factors back would ship the dense cost under a low-rank name.
 """
 
 from __future__ import annotations
@@ -211,6 +214,12 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
     if folder.is_dir() and not tokenizer_file.is_file():  # faster-whisper would fetch one from the hub without it
         raise ModelError("no tokenizer.json, which faster-whisper needs beside the model", folder)
     model, processor = load_whisper(folder)
+    from speechprune.models.lowrank import lowrank_ranks
+
+    ranks = lowrank_ranks(model)
+    if ranks:  # WhisperSpec has one Dense per projection; multiplying the factors back would give no speed
+        raise ConfigError(f"CTranslate2 cannot express low-rank factorized layers ({len(ranks)} here, e.g. "
+                          f"{next(iter(ranks))}); export with --format onnx instead", folder)
     structure = adapter_for(model).structure(model)
     try:
         variables = whisper_ct2_variables(model)

@@ -52,6 +52,10 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
     model, processor = load_whisper(folder)
     structure = adapter_for(model).structure(model)
     reasons = stock_incompatibilities(structure)
+    from speechprune.models.lowrank import lowrank_ranks
+
+    if lowrank_ranks(model):
+        reasons.append(f"{len(lowrank_ranks(model))} linear layers are low-rank factorized")
     if reasons:
         raise ConfigError(f"a stock Hugging Face config cannot express this model: {'; '.join(reasons)} "
                           "(use --format onnx or ct2, or load the folder with speechprune)", folder)

@@ -189,6 +189,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     from speechprune.models.checkpoint import PROCESSOR_FILES
     from speechprune.models.whisper import load_whisper
     from speechprune.models.whisper_graph import whisper_graphs
+    from speechprune.models.lowrank import lowrank_ranks
 
     source, out = Path(model_dir), Path(out_dir)
     if not 14 <= opset <= 21:
@@ -232,6 +233,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
             "decoder_cross_layers": list(graphs.io.cross_layers),
             "config": shape,
             "structure": adapter_for(model).structure(model),
+            "lowrank": lowrank_ranks(model),  # {site key: rank} of factorized projections (FLOPs), {} if none
             "n_mels": shape["num_mel_bins"],
             "params": sum(p.numel() for p in model.parameters()),
             "output_vocab": ids,

@@ -12,6 +12,10 @@ layers removed at most, no head pruning, no removed blocks), the stock config fi
 ``WhisperForConditionalGeneration.from_pretrained`` and ``transformers.pipeline``, which ignore the extra key.
 Other folders need ``load_pruned`` (or ``load_whisper``, which detects the key): a plain ``from_pretrained``
 refuses mismatched widths, but would silently re-initialise a removed block.
+
+Low-rank factorized linears (``models.lowrank.LowRankLinear``) are recorded family-neutrally as ``{site key: rank}``
+under ``speechprune_lowrank``; ``load_pruned`` rebuilds them after ``apply_structure``. Such a folder is never stock
+compatible.
 """
 
 from __future__ import annotations
@@ -62,8 +66,15 @@ def save_pruned(model, processor_or_tokenizer_folder: Any, out_dir: str | Path, 
     if isinstance(source, (str, Path)) and not Path(source).is_dir():
         raise ConfigError("processor folder does not exist", source)
 
+    from speechprune.models.lowrank import LOWRANK_KEY, lowrank_ranks
+
     adapter = adapter_for(model)
     setattr(model.config, STRUCTURE_KEY, adapter.structure(model))
+    ranks = lowrank_ranks(model)  # read off the modules, so a stale config value never survives a save
+    if ranks:
+        setattr(model.config, LOWRANK_KEY, ranks)
+    elif hasattr(model.config, LOWRANK_KEY):
+        delattr(model.config, LOWRANK_KEY)
     with staged_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if isinstance(source, (str, Path)):
@@ -127,6 +138,13 @@ def load_pruned(folder: str | Path, device: str = "cpu", dtype=None):
     structure = raw.get(STRUCTURE_KEY)
     if structure is not None:
         adapter.apply_structure(model, structure)
+    from speechprune.models.lowrank import LOWRANK_KEY, apply_lowrank
+
+    if raw.get(LOWRANK_KEY) is not None:
+        try:
+            apply_lowrank(model, raw[LOWRANK_KEY])
+        except ModelError as e:
+            raise ModelError(str(e), config_file) from None
 
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(folder):

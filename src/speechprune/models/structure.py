@@ -24,6 +24,13 @@ class LayerShape:
     self_attn: AttentionShape | None  # None: the block is removed
     ffn_dim: int  # 0: the block is removed
     cross_attn: AttentionShape | None = None  # decoder layers only
+    # low-rank factorized projections: ("self_attn.q", rank), ... (the weight-site key within the layer:
+    # <component>.<role>), sorted; such a projection costs rank * (in + out) multiply-adds per token instead of in * out
+    ranks: tuple[tuple[str, int], ...] = ()
+
+    def rank(self, name: str) -> int | None:
+        """The rank of projection ``name`` ("self_attn.q", "ffn.in", ...), or None when it is dense."""
+        return dict(self.ranks).get(name)
 
 
 @dataclass(frozen=True)

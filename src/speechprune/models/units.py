@@ -26,6 +26,8 @@ COMPONENTS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "conv", "embed"
 # The config attribute (and config.json key) under which adapters keep a pruned model's per-layer structure.
 STRUCTURE_KEY = "speechprune_structure"
 STRUCTURE_FORMAT = 1
+# The config key under which a model's low-rank factorized weight sites are kept: {site key: rank} (models/lowrank.py).
+LOWRANK_KEY = "speechprune_lowrank"
 ORIGINAL_KEYS = frozenset({"layers", "heads", "head_dim", "ffn"})  # a stack's "original" entry
 
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from speechprune.errors import ConfigError, ModelError
-from speechprune.models.units import ORIGINAL_KEYS, STRUCTURE_FORMAT, STRUCTURE_KEY
+from speechprune.models.units import LOWRANK_KEY, ORIGINAL_KEYS, STRUCTURE_FORMAT, STRUCTURE_KEY
 from speechprune.models.ct2 import Ct2Model, read_ct2
 
 CT2_GELU = 3  # ctranslate2 ActivationType.GELU
@@ -398,7 +398,8 @@ def load_whisper(folder: Path | str, device: str = "cpu", dtype=None):
     if not is_whisper_folder(folder):
         raise ModelError("not a Whisper model folder (no config.json with model_type 'whisper')", folder)
     dtype = torch.float32 if dtype is None else dtype
-    if STRUCTURE_KEY in _read_json(folder / "config.json"):  # a pruned folder: per-layer widths, removed blocks
+    raw_config = _read_json(folder / "config.json")
+    if STRUCTURE_KEY in raw_config or LOWRANK_KEY in raw_config:  # pruned: per-layer widths, removed blocks, low rank
         from speechprune.models.checkpoint import load_pruned
 
         model, processor = load_pruned(folder, device=device, dtype=dtype)
@@ -441,8 +442,24 @@ def _ffn_dim(layer) -> int:
     return 0 if fc1 is None else fc1.out_features
 
 
+def _layer_ranks(layer, stack: str) -> tuple[tuple[str, int], ...]:
+    """The low-rank factorized projections of a layer, as ``LayerShape.ranks`` (a module with a ``rank``)."""
+    out = []
+    for kind in _KINDS[stack]:
+        if not _present(layer, kind):
+            continue
+        if kind == "ffn":
+            mods = {"in": layer.fc1, "out": layer.fc2}
+        else:
+            attn = _attn_of(layer, kind)
+            mods = {role: getattr(attn, f"{role}_proj") for role in ("q", "k", "v", "out")}
+        out += [(f"{kind}.{role}", int(m.rank)) for role, m in mods.items() if getattr(m, "rank", None) is not None]
+    return tuple(sorted(out))  # a canonical order: shapes compare equal however they were made
+
+
 def whisper_shape(model) -> "EncoderDecoderShape":
-    """Per-layer shape of a ``WhisperForConditionalGeneration``, read from its modules (so pruned widths count)."""
+    """Per-layer shape of a ``WhisperForConditionalGeneration``, read from its modules (so pruned widths and
+    low-rank factorized projections count)."""
     from speechprune.models.structure import EncoderDecoderShape, LayerShape
 
     enc, dec = model.model.encoder, model.model.decoder
@@ -452,17 +469,39 @@ def whisper_shape(model) -> "EncoderDecoderShape":
         n_frames=2 * int(model.config.max_source_positions),
         n_audio_ctx=int(model.config.max_source_positions),
         vocab_size=int(model.proj_out.out_features),
-        encoder=tuple(LayerShape(_attention_shape(l.self_attn), _ffn_dim(l)) for l in enc.layers),
+        encoder=tuple(LayerShape(_attention_shape(l.self_attn), _ffn_dim(l), ranks=_layer_ranks(l, "encoder"))
+                      for l in enc.layers),
         decoder=tuple(
-            LayerShape(_attention_shape(l.self_attn), _ffn_dim(l), _attention_shape(l.encoder_attn)) for l in dec.layers
+            LayerShape(_attention_shape(l.self_attn), _ffn_dim(l), _attention_shape(l.encoder_attn),
+                       ranks=_layer_ranks(l, "decoder")) for l in dec.layers
         ),
         conv_kernel=int(enc.conv1.kernel_size[0]),
     )
 
 
+def _with_ranks(shape, lowrank: dict | None):
+    """``shape`` with the ranks of a ``speechprune_lowrank`` record (``{"encoder.2.self_attn.q": rank, ...}``)."""
+    from dataclasses import replace
+
+    if not lowrank:
+        return shape
+    per_layer: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for key, rank in lowrank.items():
+        stack, layer, name = key.split(".", 2)
+        if layer.isdigit():  # layer sites only; the stem and embeddings are never factorized
+            per_layer.setdefault((stack, int(layer)), []).append((name, int(rank)))
+    stacks = {stack: tuple(replace(l, ranks=tuple(sorted(per_layer.get((stack, i), [])))) for i, l in
+                           enumerate(getattr(shape, stack))) for stack in _STACKS}
+    return replace(shape, **stacks)
+
+
 def whisper_shape_from_config(config) -> "EncoderDecoderShape":
     """The shape a ``WhisperConfig`` describes: uniform layers, or the per-layer ``speechprune_structure`` of a
-    pruned folder."""
+    pruned folder, with the low-rank projections of ``speechprune_lowrank`` if any."""
+    return _with_ranks(_shape_from_config(config), getattr(config, LOWRANK_KEY, None))
+
+
+def _shape_from_config(config) -> "EncoderDecoderShape":
     from speechprune.models.structure import AttentionShape, EncoderDecoderShape, LayerShape
 
     d = int(config.d_model)

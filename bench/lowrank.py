@@ -1,0 +1,181 @@
+"""Low-rank factorization of tiny.en at three sizes, plain SVD against activation-aware: WER, parameters, FLOPs and
+latency measured side by side with the dense model.
+
+Each point factorizes every attention (self and cross) and FFN projection of encoder and decoder, one shot from the
+dense model, to a parameter target: one energy threshold for all layers such that they keep ``params`` of their
+weights (``speechprune.prune.lowrank.plan_ranks``; a layer whose rank would not be smaller stays dense). Then it is
+saved (and reloaded: what is evaluated is what a user loads), evaluated, optionally recovered by distillation from
+the dense teacher and evaluated again, and timed in one interleaved run next to the dense model (batch 1, medians).
+
+One JSON record per point is appended to ``OUT/lowrank.jsonl`` as it finishes (a rerun skips finished points and
+resumes a killed evaluation); ``OUT/lowrank.md`` is the table. Calibration (32 dev utterances: activation
+statistics) and the teacher's recovery batches are computed once and shared by every point.
+
+Full run (test split, every point, recovery):
+    .venv/bin/python bench/lowrank.py --out runs/lowrank
+Smoke (dev split, 8 utterances, two points, no recovery):
+    .venv/bin/python bench/lowrank.py --out /tmp/lr-smoke --split dev --limit 8 --recovery-steps 0 \
+        --bench-utterances 2 --only activation-p50 svd-p50
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from speechprune.bench.latency import BenchOptions, benchmark
+from speechprune.data.datasets import load_dataset
+from speechprune.evaluate.backends import TorchWhisper
+from speechprune.evaluate.decoding import DecodeOptions
+from speechprune.evaluate.runner import eval_settings, evaluate
+from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
+from speechprune.models.checkpoint import save_pruned
+from speechprune.models.lowrank import lowrank_ranks
+from speechprune.models.registry import resolve_model
+from speechprune.prune.lowrank import factorize, input_grams
+from speechprune.prune.lowrank_recipe import parse_lowrank_recipe
+from speechprune.prune.lowrank_run import select_sites, step_plan
+from speechprune.prune.recipe import Recovery
+from speechprune.prune.run import shape_record, training_utterances
+from speechprune.recovery.distill import distill
+
+CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
+SIZES = {"p75": 0.75, "p50": 0.5, "p35": 0.35}  # share of the factorized layers' weights kept
+# name -> recipe (one shot; recovery is the script's option)
+POINTS: dict[str, dict] = {f"{method}-{tag}": {"method": method, "target": {"params": keep}, "calibration": CAL}
+                           for tag, keep in SIZES.items() for method in ("activation", "svd")}
+
+
+def _eval(backend, utts, out: Path, name: str, split: str, limit: int | None) -> dict:
+    settings = eval_settings(name, "asterisk", split, backend.name, DecodeOptions(), limit)
+    return evaluate(backend, utts, out, DecodeOptions(), settings=settings, progress=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="whisper-tiny.en")
+    ap.add_argument("--out", type=Path, default=Path("runs/lowrank"))
+    ap.add_argument("--split", default="test", choices=["test", "dev"], help="evaluation split (dev for trials)")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
+    ap.add_argument("--recovery-steps", type=int, default=60)
+    ap.add_argument("--recovery-data", nargs="+", default=["asterisk:dev", "synth-telephone:600"])
+    ap.add_argument("--recovery-utterances", type=int, default=320)
+    ap.add_argument("--bench-utterances", type=int, default=12)
+    ap.add_argument("--bench-repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", default=None, help=f"point names (default: all of {', '.join(POINTS)})")
+    args = ap.parse_args()
+    unknown = [n for n in args.only or [] if n not in POINTS]
+    if unknown:
+        ap.error(f"unknown point {unknown[0]!r}; choose from {', '.join(POINTS)}")
+
+    torch.set_num_threads(args.threads)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    done = {r["name"]: r for r in read_jsonl_tolerant(out / "lowrank.jsonl")}
+    names = [n for n in (args.only or POINTS) if n not in done]
+    src = resolve_model(args.model)
+    dense = TorchWhisper.from_folder(src, name="dense")
+    utts = load_dataset("asterisk", args.split)[: args.limit] if args.limit else load_dataset("asterisk", args.split)
+    dense_metrics = _eval(dense, utts, out / "dense" / "eval", "dense", args.split, args.limit)
+    rec_cfg = Recovery(data=args.recovery_data, steps=args.recovery_steps, batch_size=8, lr=3e-4,
+                       max_utterances=args.recovery_utterances)
+    grams = rec_batches = None
+
+    for name in names:
+        recipe = parse_lowrank_recipe({"name": name, **POINTS[name]}, source=f"point {name}")
+        t0 = time.perf_counter()
+        sites = select_sites(dense.model, recipe)
+        if recipe.needs_calibration and grams is None:  # statistics of the dense model, shared by every point
+            cal = dense.labelled_batches(training_utterances(["asterisk:dev"], CAL["utterances"]), CAL["batch_size"])
+            grams = input_grams(dense.model, sites, cal)
+            del cal
+        model = copy.deepcopy(dense.model)
+        sites = select_sites(model, recipe)
+        plan = step_plan(sites, recipe.target, 1, 1, grams=grams if recipe.needs_calibration else None,
+                         damping=recipe.damping)
+        errors = factorize(sites, plan.ranks, grams if recipe.needs_calibration else None, recipe.damping)
+        factorize_s = time.perf_counter() - t0
+        folder = save_pruned(model, src, out / name / "factorized", overwrite=True)
+        final = TorchWhisper.from_folder(folder, name=name)
+        before = _eval(final, utts, out / name / "eval-factorized", name, args.split, args.limit)
+        recovery = None
+        after = {"wer": None}
+        if args.recovery_steps:
+            if rec_batches is None:
+                train = training_utterances(rec_cfg.data, rec_cfg.max_utterances)
+                rec_batches = dense.labelled_batches(train, rec_cfg.batch_size, teacher_logits=True, progress=True)
+            recovery = distill(model, rec_batches, rec_cfg, progress=False)
+            folder = save_pruned(model, src, out / name / "recovered", overwrite=True)
+            final = TorchWhisper.from_folder(folder, name=name)
+            after = _eval(final, utts, out / name / "eval-recovered", name, args.split, args.limit)
+        bench = benchmark([dense, final], utts, DecodeOptions(),
+                          BenchOptions(1, args.bench_repeats, args.bench_utterances), threads=args.threads,
+                          progress=False)
+        b, bd = bench["backends"][name], bench["backends"]["dense"]
+        record = {
+            "name": name, "method": recipe.method, "target": recipe.target.model_dump(exclude_none=True),
+            "energy": plan.energy, "split": args.split, "limit": args.limit,
+            "n_factorized": len(plan.ranks), "n_dense": len(plan.skipped), "ranks": lowrank_ranks(model),
+            "site_weights_dense": plan.params_before, "site_weights": plan.params_after,
+            "output_error_mean": sum(errors.values()) / max(1, len(errors)),
+            "dense": shape_record(dense.model), **shape_record(final.model),
+            "wer_dense": dense_metrics["wer"], "wer_factorized": before["wer"], "wer_recovered": after["wer"],
+            "recovery": recovery, "factorize_seconds": factorize_s,
+            "latency_ms_dense": bd["latency_ms_median"], "latency_ms": b["latency_ms_median"],
+            "latency_ratio": bench["latency_ratio"][name],
+            # per stage: free of the output length, which a damaged model changes (repetition loops)
+            "encoder_ratio": b["encoder_ms_median"] / bd["encoder_ms_median"],
+            "decoder_token_ratio": (None if not b["decoder_ms_per_token"] or not bd["decoder_ms_per_token"]
+                                    else b["decoder_ms_per_token"] / bd["decoder_ms_per_token"]),
+            "tokens_median": b["tokens_median"], "tokens_median_dense": bd["tokens_median"],
+            "encoder_ms_dense": bd["encoder_ms_median"], "encoder_ms": b["encoder_ms_median"],
+            "decoder_ms_per_token_dense": bd["decoder_ms_per_token"], "decoder_ms_per_token": b["decoder_ms_per_token"],
+            "other_cpu_load": bench["other_cpu_load"], "environment": bench["environment"],
+        }
+        append_jsonl(out / "lowrank.jsonl", record)
+        done[name] = record
+        rec = "-" if after["wer"] is None else f"{100 * after['wer']:.2f} %"
+        print(f"{name}: {len(plan.ranks)} layers factorized, params {record['params'] / 1e6:.2f} M, WER "
+              f"{100 * before['wer']:.2f} % one-shot, {rec} recovered, latency x{record['latency_ratio']:.2f}",
+              flush=True)
+    atomic_write_text(out / "lowrank.md", to_markdown([done[n] for n in POINTS if n in done]))
+    print((out / "lowrank.md").read_text())
+
+
+def to_markdown(rows: list[dict]) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    def ms(v, digits=0):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    head = ("| point | method | layers kept share | low-rank layers | params M (dense) | enc GFLOP (dense) "
+            "| dec MFLOP/token (dense) | WER one-shot | WER recovered | dense WER | latency ms (dense) | latency ratio "
+            "| enc ms (dense) | dec ms/token (dense) |")
+    lines = [head, "|---|---|" + "---:|" * 12]
+    for r in rows:
+        d = r["dense"]
+        lines.append(
+            f"| {r['name']} | {r['method']} | {r['site_weights'] / r['site_weights_dense']:.2f} "
+            f"| {r['n_factorized']} of {r['n_factorized'] + r['n_dense']} "
+            f"| {r['params'] / 1e6:.2f} ({d['params'] / 1e6:.2f}) "
+            f"| {r['flops_encoder'] / 1e9:.2f} ({d['flops_encoder'] / 1e9:.2f}) "
+            f"| {r['flops_decoder_per_token'] / 1e6:.1f} ({d['flops_decoder_per_token'] / 1e6:.1f}) "
+            f"| {pct(r['wer_factorized'])} | {pct(r['wer_recovered'])} | {pct(r['wer_dense'])} "
+            f"| {ms(r['latency_ms'])} ({ms(r['latency_ms_dense'])}) | {r['latency_ratio']:.2f} "
+            f"| {ms(r['encoder_ms'])} ({ms(r['encoder_ms_dense'])}) "
+            f"| {ms(r['decoder_ms_per_token'], 1)} ({ms(r['decoder_ms_per_token_dense'], 1)}) |")
+    split = {(r["split"], r["limit"]) for r in rows}
+    note = ", ".join(f"{s}{'' if n is None else f' (first {n})'}" for s, n in sorted(split, key=str))
+    return "\n".join(lines) + (f"\n\nWER on asterisk {note}; latency: batch 1, medians, interleaved with the dense "
+                               "model. The end-to-end ratio also moves with the number of tokens decoded (a damaged "
+                               "model may loop to the token limit); encoder ms and decoder ms/token do not.\n")
+
+
+if __name__ == "__main__":
+    main()
