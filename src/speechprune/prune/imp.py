@@ -20,7 +20,7 @@ import torch
 from ..errors import ConfigError
 from ..recovery.distill import distill
 from .sparse_recipe import SparsifyRecipe
-from .unstructured import fold_masks, prunable_sites, select_masks, sparsity_record, weight_scores
+from .unstructured import fold_masks, recipe_sites, select_masks, sparsity_record, weight_scores
 
 
 def round_sparsities(final: float, rounds: int) -> list[float]:
@@ -54,9 +54,7 @@ def imp(model, recipe: SparsifyRecipe, batches: list[dict] | None,
     cfg = recipe.imp
     if cfg is None:
         raise ConfigError("the recipe has no 'imp' section")
-    sites = prunable_sites(model, recipe.components, stacks=recipe.stacks)
-    if not sites:
-        raise ConfigError("the recipe's components and stacks select no weights in this model")
+    sites = recipe_sites(model, recipe)
     train = cfg.recovery.steps > 0
     if train and not batches:
         raise ConfigError("imp retrains after each round and needs recovery batches (or recovery steps: 0)")

@@ -192,10 +192,9 @@ def sparsity_record(model, sites: list[WeightSite]) -> dict:
             "targeted_params": targeted, "params": params, "nonzero_params": nonzero}
 
 
-def sparsify(model, recipe: "SparsifyRecipe", batches: list[dict] | None = None, progress: bool = False) -> dict:
-    """One-shot unstructured (or N:M) pruning of ``model`` in place by ``recipe`` (its ``imp`` is ignored: see
-    :func:`speechprune.prune.imp.imp`); ``batches``: labelled calibration batches for Taylor and Wanda. Returns
-    :func:`sparsity_record` plus the method."""
+def recipe_sites(model, recipe: "SparsifyRecipe") -> list[WeightSite]:
+    """The weight sites ``recipe`` prunes in ``model``; ``ConfigError`` when there are none, or when an N:M
+    pattern does not fit a tensor's input width (the recipe's dry run)."""
     sites = prunable_sites(model, recipe.components, stacks=recipe.stacks)
     if not sites:
         raise ConfigError("the recipe's components and stacks select no weights in this model")
@@ -204,6 +203,14 @@ def sparsify(model, recipe: "SparsifyRecipe", batches: list[dict] | None = None,
         bad = [s for s in sites if s.weight.shape[-1] % m]
         if bad:
             raise ConfigError(f"{bad[0].key}: input width {bad[0].weight.shape[-1]} does not divide into groups of {m}")
+    return sites
+
+
+def sparsify(model, recipe: "SparsifyRecipe", batches: list[dict] | None = None, progress: bool = False) -> dict:
+    """One-shot unstructured (or N:M) pruning of ``model`` in place by ``recipe`` (its ``imp`` is ignored: see
+    :func:`speechprune.prune.imp.imp`); ``batches``: labelled calibration batches for Taylor and Wanda. Returns
+    :func:`sparsity_record` plus the method."""
+    sites = recipe_sites(model, recipe)
     scores = weight_scores(model, sites, recipe.criterion, batches, progress=progress)
     masks = select_masks(scores, recipe.effective_scope, sparsity=recipe.sparsity, nm=recipe.nm)
     fold_masks(sites, masks)
