@@ -229,3 +229,20 @@ def dense_bytes(model, dtype: torch.dtype | None = None) -> int:
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     return len(save(state))
+
+
+def size_report(model) -> dict:
+    """Weights-file bytes of ``model`` serialized dense and in the compressed format (``auto`` layouts), each with
+    fp32 and fp16 values (compare fp16 with fp16), and the layouts chosen for fp32."""
+    from safetensors.torch import save
+
+    state = _unique_state(model)
+    out = {}
+    for values, suffix in (("float32", ""), ("float16", "_fp16")):
+        tensors, meta = encode_state(state, "auto", values)
+        out[f"sparse{suffix}_bytes"] = len(save(tensors, metadata={META_KEY: json.dumps(meta)}))
+        if not suffix:
+            out["layouts"] = {k: sum(1 for e in meta["tensors"].values() if e["layout"] == k) for k in LAYOUTS}
+    out["dense_bytes"] = dense_bytes(model)
+    out["dense_fp16_bytes"] = dense_bytes(model, torch.float16)
+    return out
