@@ -254,6 +254,49 @@ def lowrank_cmd(
     console.print(f"wrote {out}/lowrank.json and a model per step; final model: {out}/step-{r.schedule.steps}")
 
 
+@app.command("sparsify")
+def sparsify_cmd(
+    model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
+    recipe: Path = typer.Option(..., help="unstructured YAML recipe, or a bundled name (see recipes/unstructured/)"),
+    out: Path = typer.Option(..., help="output folder: model/, sparse/ (compressed), sparsify.json"),
+    values: str = typer.Option("float32", help="value dtype of the compressed copy: float32 (exact) or float16"),
+    device: str = typer.Option("cpu"),
+    threads: Optional[int] = typer.Option(None),
+    overwrite: bool = typer.Option(False, help="replace existing output folders"),
+    dry_run: bool = typer.Option(False, help="validate the recipe against the model and stop"),
+) -> None:
+    """Unstructured pruning that zeroes single weights (magnitude, Taylor, Wanda; N:M; IMP with rewinding), saved
+    dense and in a compressed sparse format. Masked weights still run dense kernels: no speed-up is claimed."""
+    from .prune.sparse_recipe import load_sparsify_recipe
+
+    _set_threads(threads)
+    r = load_sparsify_recipe(recipe)
+    if values not in ("float32", "float16"):
+        raise SpeechpruneError(f"--values {values!r}: choose float32 or float16")
+    if dry_run:
+        from .models.registry import resolve_model
+        from .models.whisper import load_whisper
+        from .prune.unstructured import recipe_sites
+
+        m, _ = load_whisper(resolve_model(model))
+        n = sum(s.weight.numel() for s in recipe_sites(m, r))
+        console.print(f"recipe {recipe} is valid for {model} ({n / 1e6:.2f} M weights targeted)")
+        return
+    from .prune.run_unstructured import run_sparsify
+
+    rec = run_sparsify(model, r, out, device=device, values=values, overwrite=overwrite)
+    t = Table(title=f"{model} sparsified with {recipe.name}")
+    for col in ("target", "reached", "params M", "nonzero M", "dense MB", "sparse MB", "layouts"):
+        t.add_column(col, justify="right")
+    d = rec["disk"]
+    t.add_row(r.pattern or f"{100 * r.sparsity:.0f} %", f"{100 * rec['sparsity']:.1f} %", f"{rec['params'] / 1e6:.2f}",
+              f"{rec['nonzero_params'] / 1e6:.2f}", f"{d['dense_bytes'] / 1e6:.1f}", f"{d['sparse_bytes'] / 1e6:.1f}",
+              ", ".join(f"{k} {v}" for k, v in d["layouts"].items() if v))
+    console.print(t)
+    console.print(f"wrote {out}/model (dense with zeros), {out}/sparse (compressed) and {out}/sparsify.json; "
+                  "latency is that of the dense model (dense kernels)")
+
+
 @app.command("export")
 def export_cmd(
     model: str = typer.Argument(..., help="bundled model name or a (dense or pruned) Whisper folder"),

@@ -31,6 +31,22 @@ def layer_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, t
     return {k: _keep_top(v.reshape(-1), int(round(s * v.numel()))).view(v.shape) for k, v in scores.items()}
 
 
+def row_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """Per output row (dim 0) of every tensor: prune the ``sparsity`` share of each row's lowest scores, so every
+    row keeps the same count (Wanda's comparison group, where scores are comparable only within a row)."""
+    s = check_sparsity(sparsity)
+    out = {}
+    for k, v in scores.items():
+        rows = v.reshape(v.shape[0], -1).float()
+        n_prune = int(round(s * rows.shape[1]))
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        if n_prune > 0:
+            idx = torch.argsort(rows, dim=1, stable=True)[:, :n_prune]
+            keep.scatter_(1, idx, False)
+        out[k] = keep.view(v.shape)
+    return out
+
+
 def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """Across all tensors together: prune the ``sparsity`` share of the lowest scores (tensors end up with
     different sparsities). Scores must be comparable across tensors (raw magnitudes are; see the criteria)."""
@@ -44,6 +60,17 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, 
         out[k] = keep[start:start + n].view(scores[k].shape)
         start += n
     return out
+
+
+def parse_nm(pattern: str) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``; ``ValueError`` unless it reads N:M with 0 < N < M."""
+    try:
+        n, m = (int(x) for x in str(pattern).split(":"))
+    except ValueError:
+        raise ValueError(f"N:M pattern must read like '2:4', got {pattern!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"N:M needs 0 < N < M, got {pattern!r}")
+    return n, m
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +49,14 @@ def layerwise_loss(student_states, teacher_states: torch.Tensor) -> torch.Tensor
     return sum(hidden_state_loss(s, t[i]) for i, s in enumerate(student_states)) / len(student_states)
 
 
-def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True) -> dict:
+def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True,
+            after_step: Callable[[], None] | None = None) -> dict:
     """Fine-tune ``student`` in place for ``cfg.steps`` optimizer steps over ``batches`` (cycled, shuffled per
     epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits`` (and ``teacher_encoder`` when
     ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
     frame where the logits give one per label; and ``teacher_hidden`` when ``cfg.hidden_weight``: the same for every
-    inner encoder layer's output). Returns loss statistics."""
+    inner encoder layer's output). ``after_step`` runs after every optimizer step (unstructured pruning re-applies
+    its fixed masks there). Returns loss statistics."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
     device = next(student.parameters()).device
@@ -87,6 +90,8 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
+        if after_step is not None:
+            after_step()
         sched.step()
         losses.append(float(loss.detach()))
     student.eval()

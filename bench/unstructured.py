@@ -1,0 +1,196 @@
+"""Unstructured pruning of tiny.en side by side: WER, nonzero parameters, disk (dense vs the compressed format) and
+masked-dense latency against sparsity, per method; IMP with and without rewinding at the same final sparsities.
+
+Methods (one-shot, no retraining): magnitude per tensor and global, Taylor, Wanda (per output row), 2:4 by Wanda
+and by magnitude (fixed 50 %); IMP (``--imp``): iterative magnitude pruning in ``--imp-rounds`` rounds with
+``--recovery-steps`` distillation steps after each (asterisk dev, the dense model as teacher), rewinding survivors to
+the pretrained weights or not. Calibration (Taylor, Wanda) and training read the dev split only; the final table
+evaluates the test split (``--split dev --limit N`` for quick runs).
+
+One JSON record per point is appended to ``OUT/points.jsonl`` as it finishes (a rerun skips finished points and
+resumes a killed evaluation); ``OUT/storage.json`` holds real serialized file sizes over a fine sparsity grid (and
+the crossovers); ``OUT/report.md`` and the plots come from :mod:`speechprune.report.sparsity`. Latency is measured
+for masked-dense models, which run dense kernels: it is reported, never claimed as a speed-up.
+
+    # the full run (slow on a 2-core CPU: hours with IMP)
+    python bench/unstructured.py --out runs/unstructured --split test --imp
+    # a smoke run
+    python bench/unstructured.py --out runs/unstructured-smoke --split dev --limit 8 \
+        --methods magnitude-layer wanda --sparsities 0.5 --bench-utterances 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from speechprune.bench.latency import BenchOptions, benchmark
+from speechprune.data.datasets import load_dataset
+from speechprune.evaluate.backends import TorchWhisper
+from speechprune.evaluate.decoding import DecodeOptions
+from speechprune.evaluate.runner import eval_settings, evaluate
+from speechprune.export.sparse import crossover_sparsity, serialized_bytes, size_report, dense_bytes
+from speechprune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
+from speechprune.models.registry import resolve_model
+from speechprune.prune.imp import imp
+from speechprune.prune.recipe import Recovery
+from speechprune.prune.run import training_utterances
+from speechprune.prune.sparse_recipe import parse_sparsify_recipe
+from speechprune.prune.unstructured import sparsify
+from speechprune.report.sparsity import crossover, write_sparsity_report
+
+CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
+METHODS: dict[str, dict] = {
+    "magnitude-layer": {"criterion": "magnitude", "scope": "layer"},
+    "magnitude-global": {"criterion": "magnitude", "scope": "global"},
+    "taylor": {"criterion": "taylor", "scope": "layer"},
+    "wanda": {"criterion": "wanda", "scope": "row"},
+    "wanda-2:4": {"criterion": "wanda", "pattern": "2:4"},
+    "magnitude-2:4": {"criterion": "magnitude", "pattern": "2:4"},
+}
+IMP_METHODS = {"imp-rewind": "pretrained", "imp-norewind": "none"}
+STORAGE_GRID = (0.0, 0.01, 0.02, 0.03, 0.035, 0.04, 0.05, 0.06, 0.065, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def storage_curve(dense_model, out: Path) -> dict:
+    """Real serialized sizes of tiny.en with its layers magnitude-pruned (per tensor) over ``STORAGE_GRID``."""
+    path = out / "storage.json"
+    if path.is_file():
+        import json
+
+        return json.loads(path.read_text())
+    rows = []
+    for s in STORAGE_GRID:
+        m = copy.deepcopy(dense_model)
+        if s:
+            sparsify(m, parse_sparsify_recipe({"sparsity": s}))
+        rows.append({"sparsity": s, "dense": dense_bytes(m), "auto": serialized_bytes(m, "auto"),
+                     "bitmask": serialized_bytes(m, "bitmask"), "csr": serialized_bytes(m, "csr"),
+                     "dense_fp16": dense_bytes(m, torch.float16), "auto_fp16": serialized_bytes(m, "auto", "float16")})
+        print(f"storage {100 * s:.1f} %: dense {rows[-1]['dense'] / 1e6:.2f} MB, auto {rows[-1]['auto'] / 1e6:.2f} MB",
+              flush=True)
+    xs = [r["sparsity"] for r in rows]
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    record = {"what": "weights file bytes of the whole model (embeddings, norms, stem included) with the attention "
+                      "and FFN weights magnitude-pruned per tensor to each sparsity; serialized safetensors",
+              "rows": rows,
+              "crossover": {"auto fp32": crossover(xs, col("auto"), col("dense")),
+                            "bitmask fp32": crossover(xs, col("bitmask"), col("dense")),
+                            "csr fp32": crossover(xs, col("csr"), col("dense")),
+                            "auto fp16 vs dense fp16": crossover(xs, col("auto_fp16"), col("dense_fp16"))},
+              "analytic": {"bitmask fp32": crossover_sparsity("bitmask", 4, 4),
+                           "csr int16 fp32": crossover_sparsity("csr", 4, 4, 2),
+                           "bitmask fp16 vs dense fp16": crossover_sparsity("bitmask", 2, 2)}}
+    atomic_write_json(path, record)
+    return record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="whisper-tiny.en")
+    ap.add_argument("--out", type=Path, default=Path("runs/unstructured"))
+    ap.add_argument("--split", choices=("test", "dev"), default="test", help="evaluation split (test: final table)")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate the first N utterances only")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--sparsities", nargs="*", type=float, default=[0.3, 0.5, 0.7, 0.9])
+    ap.add_argument("--imp", action="store_true", help="also IMP with and without rewinding at each sparsity")
+    ap.add_argument("--imp-rounds", type=int, default=3)
+    ap.add_argument("--recovery-steps", type=int, default=60, help="IMP: distillation steps after each round")
+    ap.add_argument("--recovery-utterances", type=int, default=200)
+    ap.add_argument("--bench-utterances", type=int, default=8, help="latency: utterances timed (0: skip)")
+    ap.add_argument("--no-storage", action="store_true", help="skip the file-size curve")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    done = {r["name"] for r in read_jsonl_tolerant(out / "points.jsonl")}
+    src = resolve_model(args.model)
+    dense = TorchWhisper.from_folder(src, name="dense")
+    utts = load_dataset("asterisk", args.split)
+    utts = utts[: args.limit] if args.limit else utts
+    bench_utts = load_dataset("asterisk", args.split)[: max(1, args.bench_utterances)]
+    decode = DecodeOptions()
+
+    def evaluate_model(model, name: str) -> dict:
+        be = TorchWhisper(model, dense.tokenizer, dense.vocab, name=name)
+        settings = eval_settings(name, "asterisk", args.split, "torch", decode, args.limit)
+        return evaluate(be, utts, out / name / "eval", decode, settings=settings, progress=True), be
+
+    def record(name: str, method: str, target, model, result: dict, seconds: float) -> None:
+        metrics, be = evaluate_model(model, name)
+        lat = lat_dense = load = None
+        if args.bench_utterances:
+            b = benchmark([dense] if name == "dense" else [dense, be], bench_utts, decode, BenchOptions(1, 2, args.bench_utterances),
+                          threads=args.threads, progress=False)
+            lat, lat_dense = b["backends"][name]["latency_ms_median"], b["backends"]["dense"]["latency_ms_median"]
+            load = b["other_cpu_load"]
+        rec = {"name": name, "method": method, "target": target, "split": args.split, "limit": args.limit,
+               "wer": metrics["wer"], "cer": metrics["cer"], "n_utterances": metrics["n_utterances"],
+               **{k: v for k, v in result.items() if k not in ("target",)},
+               "disk": size_report(model), "seconds": seconds,
+               "latency_ms": lat, "latency_ms_dense": lat_dense, "other_cpu_load": load,
+               "latency_note": "masked-dense: dense kernels, no sparse speed-up; taken under shared-machine load"}
+        append_jsonl(out / "points.jsonl", rec)
+        done.add(name)
+        print(f"{name}: sparsity {100 * rec.get('sparsity', 0):.1f} %, WER {100 * rec['wer']:.2f} %, "
+              f"sparse {rec['disk']['sparse_bytes'] / 1e6:.1f} MB vs dense {rec['disk']['dense_bytes'] / 1e6:.1f} MB",
+              flush=True)
+
+    if "dense" not in done:
+        t0 = time.perf_counter()
+        from speechprune.prune.unstructured import prunable_sites, sparsity_record
+
+        record("dense", "dense", None, dense.model, {"target": None, **sparsity_record(
+            dense.model, prunable_sites(dense.model))}, time.perf_counter() - t0)
+
+    cal_batches = None
+    for method in args.methods:
+        spec = METHODS[method]
+        targets = [0.5] if "pattern" in spec else args.sparsities
+        for s in targets:
+            name = f"{method}-{round(100 * s)}"
+            if name in done:
+                continue
+            recipe = parse_sparsify_recipe({"name": name, "calibration": CAL, **spec,
+                                            **({} if "pattern" in spec else {"sparsity": s})})
+            if recipe.needs_calibration and cal_batches is None:
+                cal_batches = dense.labelled_batches(training_utterances(["asterisk:dev"], CAL["utterances"]),
+                                                     CAL["batch_size"], progress=True)
+            model = copy.deepcopy(dense.model)
+            t0 = time.perf_counter()
+            result = sparsify(model, recipe, cal_batches if recipe.needs_calibration else None, progress=True)
+            record(name, method, s, model, result, time.perf_counter() - t0)
+
+    if args.imp:
+        rec_cfg = Recovery(data=["asterisk:dev"], steps=args.recovery_steps, batch_size=8, lr=1e-4,
+                           max_utterances=args.recovery_utterances)
+        rec_batches = None
+        for method, rewind in IMP_METHODS.items():
+            for s in args.sparsities:
+                name = f"{method}-{round(100 * s)}"
+                if name in done:
+                    continue
+                if rec_batches is None and args.recovery_steps:
+                    train = training_utterances(rec_cfg.data, rec_cfg.max_utterances)
+                    rec_batches = dense.labelled_batches(train, rec_cfg.batch_size, teacher_logits=True, progress=True)
+                recipe = parse_sparsify_recipe({"name": name, "sparsity": s, "imp": {
+                    "rounds": args.imp_rounds, "rewind": rewind, "recovery": rec_cfg.model_dump()}})
+                model = copy.deepcopy(dense.model)
+                t0 = time.perf_counter()
+                result = imp(model, recipe, rec_batches, progress=True)
+                record(name, method, s, model, result, time.perf_counter() - t0)
+
+    if not args.no_storage:
+        storage_curve(dense.model, out)
+    md = write_sparsity_report(out, f"Unstructured pruning of {args.model}")
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()

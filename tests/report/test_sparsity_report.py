@@ -1,0 +1,49 @@
+"""Sparsity tables and plots from benchmark records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from speechprune.io import append_jsonl
+from speechprune.report.sparsity import crossover, wer_table, write_sparsity_report
+
+
+def test_crossover_interpolates_where_sparse_falls_below_dense():
+    xs = [0.0, 0.02, 0.04, 0.1]
+    assert crossover(xs, [101, 100.5, 99, 95], [100] * 4) == pytest.approx(0.02 + 0.02 * 0.5 / 1.5)
+    assert crossover(xs, [101] * 4, [100] * 4) is None
+    assert crossover(xs, [99] * 4, [100] * 4) == 0.0
+
+
+def _point(method, target, wer, sparsity=None):
+    return {"name": f"{method}-{target}", "method": method, "target": target, "split": "dev", "limit": 8,
+            "wer": wer, "sparsity": target if sparsity is None else sparsity, "params": 37.8e6,
+            "nonzero_params": 30e6, "disk": {"dense_bytes": 151e6, "sparse_bytes": 120e6, "sparse_fp16_bytes": 60e6,
+                                             "layouts": {"dense": 10, "bitmask": 48, "csr": 0}},
+            "latency_ms": 300.0, "latency_ms_dense": 290.0}
+
+
+def test_wer_table_places_each_point_under_its_sparsity():
+    points = [{**_point("dense", None, 0.05), "sparsity": 0.0}, _point("wanda", 0.5, 0.12),
+              _point("wanda", 0.9, 1.5), _point("taylor", 0.3, 0.07)]
+    table = wer_table(points)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
+    assert rows["wanda"] == ["-", "12.00", "-", "150.00", "5.00"]
+    assert rows["taylor"] == ["7.00", "-", "-", "-", "5.00"]
+
+
+def test_report_writes_tables_and_plots(tmp_path):
+    append_jsonl(tmp_path / "points.jsonl", {**_point("dense", None, 0.05), "sparsity": 0.0})
+    for t, w in ((0.3, 0.06), (0.5, 0.12)):
+        append_jsonl(tmp_path / "points.jsonl", _point("wanda", t, w))
+    rows = [{"sparsity": s, "dense": 100, "auto": 100 - 40 * s, "bitmask": 103 - 40 * s, "csr": 150 - 100 * s,
+             "dense_fp16": 50, "auto_fp16": 50 - 20 * s} for s in (0.0, 0.5, 0.9)]
+    (tmp_path / "storage.json").write_text(json.dumps({"rows": rows, "crossover": {"auto fp32": 0.03, "csr fp32": None}}))
+    md = write_sparsity_report(tmp_path).read_text()
+    assert "| wanda | 6.00 | 12.00 | - | - | 5.00 |" in md
+    assert "auto fp32 3.0 %" in md and "csr fp32 never in range" in md
+    assert "no speed-up" in md or "not a speed-up" in md
+    for name in ("wer_vs_sparsity.png", "disk_vs_sparsity.png", "latency_vs_sparsity.png"):
+        assert (tmp_path / name).stat().st_size > 1000
