@@ -340,6 +340,45 @@ def analyze_sensitivity_cmd(
     console.print(f"wrote {out}/summary.json and {out}/plots/")
 
 
+@analyze_app.command("plan")
+def analyze_plan_cmd(
+    sweep: Path = typer.Argument(..., help="a sensitivity sweep folder (speechprune analyze sensitivity --out)"),
+    target: str = typer.Option(..., help="METRIC:AMOUNT to remove, METRIC params | encoder-flops | decoder-flops, "
+                                         "AMOUNT a fraction of the dense total (0.4) or an absolute amount (5e6)"),
+    out: Path = typer.Option(..., help="the planned recipe (YAML); its predictions go to <stem>.json next to it"),
+    uniform_out: Optional[Path] = typer.Option(None, help="the uniform recipe at the same target "
+                                                          "(default <stem>-uniform.yaml next to --out)"),
+) -> None:
+    """Per-component sparsities from a sweep that meet a global target at the least predicted WER increase, as a
+    structured recipe for `speechprune prune`, next to the uniform allocation at the same target."""
+    from .analysis.plan import write_plan
+
+    record = write_plan(sweep, target, out, uniform_out)
+    t = Table(title=f"plan for {target} (predicted from {sweep})")
+    for col in ("allocation", "fractions removed", "predicted WER +pts", "params M", "encoder GFLOP", "recipe"):
+        t.add_column(col, justify="right")
+    for name in ("plan", "uniform"):
+        a = record[name]
+        t.add_row(name, ", ".join(f"{c} {v['sparsity']:.2f}" for c, v in a["per_component"].items() if v["sparsity"] > 0),
+                  f"{100 * a['predicted_wer_increase']:.1f}", f"{a['realized']['params'] / 1e6:.2f}",
+                  f"{a['realized']['flops_encoder'] / 1e9:.2f}", a["recipe"])
+    console.print(t)
+    console.print(f"wrote {out}, {record['uniform']['recipe']} and {out.with_suffix('.json')}")
+
+
+@app.command("report")
+def report_cmd(
+    dirs: list[Path] = typer.Argument(..., help="run folders (analyses, prunes, evals, benches), searched recursively"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML page; the records it shows go to <stem>.json"),
+    title: str = typer.Option("speechprune report"),
+) -> None:
+    """Gather runs into one self-contained HTML page: WER vs latency, size and sparsity, and tables."""
+    from .report.html import write_html_report
+
+    write_html_report(dirs, out, title)
+    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
 def _quiet_libraries() -> None:
     """The CLI prints its own progress; silence transformers' bars and advice, and never reach a hub."""
     import os
