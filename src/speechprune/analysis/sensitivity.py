@@ -347,6 +347,7 @@ def plot_sweep(summary: dict, folder: str | Path) -> list[Path]:
         ax.set_xlabel("sparsity of the component")
         ax.set_ylabel("WER % (dev subset)")
         ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{summary.get('settings', {}).get('model', '')}: {method} pruning, one component at a time")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
