@@ -370,6 +370,104 @@ def run_cmd(
     console.print(f"wrote {report} and {report.with_suffix('.json')}")
 
 
+analyze_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="Analyses of a model: sensitivity sweeps and sparsity plans.")
+app.add_typer(analyze_app, name="analyze")
+
+
+def _csv(text: str | None, what: str, cast=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SpeechpruneError(f"--{what}: cannot read {text!r} as a comma-separated list") from None
+    if not items:
+        raise SpeechpruneError(f"--{what} is empty")
+    return items
+
+
+@analyze_app.command("sensitivity")
+def analyze_sensitivity_cmd(
+    model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
+    data: str = typer.Argument(DEFAULT_DATA, help="bundled data set or a JSONL manifest"),
+    out: Path = typer.Option(..., help="sweep folder (points.jsonl, summary.json, plots/); a rerun resumes"),
+    split: str = typer.Option("dev", help="dev | all (never test: the sweep selects what to prune)"),
+    components: Optional[str] = typer.Option(None, help="comma-separated stack.component (encoder.ffn, "
+                                             "decoder.cross_attn, encoder.conv, decoder.embed...); default: all but norms"),
+    levels: str = typer.Option("0.1,0.3,0.5,0.7,0.9", help="comma-separated sparsity levels"),
+    methods: str = typer.Option("unstructured,structured", help="unstructured (L1 magnitude per tensor) and/or "
+                                "structured (heads / FFN neurons per layer)"),
+    criterion: str = typer.Option("magnitude", help="structured unit scores: magnitude | activation | taylor | random"),
+    limit: Optional[int] = typer.Option(24, min=1, help="score the first N utterances"),
+    max_new_tokens: int = typer.Option(64, min=1, help="token cap per hypothesis (a looping model stops there)"),
+    batch_size: int = typer.Option(8, min=1),
+    worker: int = typer.Option(0, min=0, help="this process's share: every --workers-th point from --worker"),
+    workers: int = typer.Option(1, min=1),
+    threads: Optional[int] = typer.Option(None),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """WER on dev, size and FLOPs of the model with one component type pruned at a time, per sparsity and method."""
+    from .analysis.sensitivity import run_sweep
+
+    _set_threads(threads)
+    summary = run_sweep(model, data, out, split=split, components=_csv(components, "components"),
+                        levels=_csv(levels, "levels", float), methods=_csv(methods, "methods"), limit=limit,
+                        criterion=criterion, worker=worker, workers=workers, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, device=device)
+    t = Table(title=f"{model}: WER % on {data} {split} (first {limit}) with one component pruned")
+    levels_seen = sorted({r["sparsity"] for per in summary["curves"].values() for rs in per.values() for r in rs})
+    for col in ["method", "component"] + [f"{s:g}" for s in levels_seen]:
+        t.add_column(col, justify="right")
+    for method, per in summary["curves"].items():
+        for c, rs in per.items():
+            by = {r["sparsity"]: r["wer"] for r in rs}
+            t.add_row(method, c, *[f"{100 * by[s]:.1f}" if s in by else "" for s in levels_seen])
+    console.print(t)
+    if summary["dense"]:
+        console.print(f"dense WER {100 * summary['dense']['wer']:.2f} %; {summary['n_points']} points in {out}/points.jsonl")
+    console.print(f"wrote {out}/summary.json and {out}/plots/")
+
+
+@analyze_app.command("plan")
+def analyze_plan_cmd(
+    sweep: Path = typer.Argument(..., help="a sensitivity sweep folder (speechprune analyze sensitivity --out)"),
+    target: str = typer.Option(..., help="METRIC:AMOUNT to remove, METRIC params | encoder-flops | decoder-flops, "
+                                         "AMOUNT a fraction of the dense total (0.4) or an absolute amount (5e6)"),
+    out: Path = typer.Option(..., help="the planned recipe (YAML); its predictions go to <stem>.json next to it"),
+    uniform_out: Optional[Path] = typer.Option(None, help="the uniform recipe at the same target "
+                                                          "(default <stem>-uniform.yaml next to --out)"),
+) -> None:
+    """Per-component sparsities from a sweep that meet a global target at the least predicted WER increase, as a
+    structured recipe for `speechprune prune`, next to the uniform allocation at the same target."""
+    from .analysis.plan import write_plan
+
+    record = write_plan(sweep, target, out, uniform_out)
+    t = Table(title=f"plan for {target} (predicted from {sweep})")
+    for col in ("allocation", "fractions removed", "predicted WER +pts", "params M", "encoder GFLOP", "recipe"):
+        t.add_column(col, justify="right")
+    for name in ("plan", "uniform"):
+        a = record[name]
+        t.add_row(name, ", ".join(f"{c} {v['sparsity']:.2f}" for c, v in a["per_component"].items() if v["sparsity"] > 0),
+                  f"{100 * a['predicted_wer_increase']:.1f}", f"{a['realized']['params'] / 1e6:.2f}",
+                  f"{a['realized']['flops_encoder'] / 1e9:.2f}", a["recipe"])
+    console.print(t)
+    console.print(f"wrote {out}, {record['uniform']['recipe']} and {out.with_suffix('.json')}")
+
+
+@app.command("report")
+def report_cmd(
+    dirs: list[Path] = typer.Argument(..., help="run folders (analyses, prunes, evals, benches), searched recursively"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML page; the records it shows go to <stem>.json"),
+    title: str = typer.Option("speechprune report"),
+) -> None:
+    """Gather runs into one self-contained HTML page: WER vs latency, size and sparsity, and tables."""
+    from .report.html import write_html_report
+
+    write_html_report(dirs, out, title)
+    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
 def _quiet_libraries() -> None:
     """The CLI prints its own progress; silence transformers' bars and advice, and never reach a hub."""
     import os

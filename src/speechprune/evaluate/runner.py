@@ -9,9 +9,11 @@ ends with the same metrics as an uninterrupted run; other settings in the same `
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 from tqdm import tqdm
 
 from ..data.audio import load_audio
@@ -56,24 +58,39 @@ def claim_run_dir(out_dir: Path, settings: dict) -> None:
         atomic_write_json(path, settings)
 
 
-def decode_batch(backend: Backend, frontend: FeatureFrontend, utts: list[Utterance], options: DecodeOptions) -> list[dict]:
-    """Decode one batch; unreadable audio becomes a record with an ``error`` instead of a hypothesis.
+@dataclass
+class FeatureBatch:
+    """One batch's log-mel windows, ready to decode by any backend (several models can share it): ``owners[i]``
+    is the utterance window ``i`` belongs to; ``errors`` holds the records of utterances whose audio failed."""
 
-    A clip longer than one 30 s window is cut into windows (:func:`split_windows`) that are decoded in the same
-    batch; their texts are joined with a space.
-    """
-    records: dict[str, dict] = {}
-    owners, audios = [], []  # per window: the utterance it belongs to
+    utts: list[Utterance]
+    owners: list[Utterance]
+    features: np.ndarray | None  # [windows, n_mels, 3000]; None when no audio of the batch could be read
+    errors: dict[str, dict]
+
+
+def prepare_batch(frontend: FeatureFrontend, utts: list[Utterance]) -> FeatureBatch:
+    """Read and window the batch's audio (:func:`split_windows`) and compute its features once."""
+    errors: dict[str, dict] = {}
+    owners, audios = [], []
     for u in utts:
         try:
             windows = split_windows(load_audio(u.audio, max_seconds=MAX_CLIP_SECONDS))
         except AudioError as e:
-            records[u.id] = {"id": u.id, "audio": str(u.audio), "error": str(e)}
+            errors[u.id] = {"id": u.id, "audio": str(u.audio), "error": str(e)}
             continue
         owners += [u] * len(windows)
         audios += windows
-    if audios:
-        enc = backend.encode(frontend(audios))
+    return FeatureBatch(list(utts), owners, frontend(audios) if audios else None, errors)
+
+
+def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOptions, encoded=None) -> list[dict]:
+    """Decode a prepared batch: one record per utterance, in order (a window's texts joined with a space).
+    ``encoded``: the batch's encoder output, when the caller already has it (e.g. from a model with the same encoder)."""
+    records = dict(batch.errors)
+    if batch.features is not None:
+        owners = batch.owners
+        enc = backend.encode(batch.features) if encoded is None else encoded
         out = backend.decode(enc, [u.language for u in owners], [u.task for u in owners], options)
         texts: dict[str, list[str]] = {}
         tokens: dict[str, int] = {}
@@ -93,7 +110,16 @@ def decode_batch(backend: Backend, frontend: FeatureFrontend, utts: list[Utteran
                 "n_tokens": tokens[u.id],
                 "n_windows": len(texts[u.id]),
             }
-    return [records[u.id] for u in utts]
+    return [records[u.id] for u in batch.utts]
+
+
+def decode_batch(backend: Backend, frontend: FeatureFrontend, utts: list[Utterance], options: DecodeOptions) -> list[dict]:
+    """Decode one batch; unreadable audio becomes a record with an ``error`` instead of a hypothesis.
+
+    A clip longer than one 30 s window is cut into windows (:func:`split_windows`) that are decoded in the same
+    batch; their texts are joined with a space.
+    """
+    return decode_prepared(backend, prepare_batch(frontend, utts), options)
 
 
 def score(records: list[dict]) -> dict:

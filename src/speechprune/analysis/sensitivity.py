@@ -1,0 +1,359 @@
+"""Sensitivity sweep: how much WER each component type costs at each sparsity, by each pruning method.
+
+A *point* is ``(component, method, sparsity)``: a deep copy of the dense model has that one component pruned to that
+sparsity, then decodes the same dev subset. Components are ``stack.component`` pairs from the adapter's
+``weight_sites`` (``encoder.self_attn``, ``decoder.cross_attn``, ``encoder.ffn``, ``encoder.conv``,
+``decoder.embed``...). Methods:
+
+* ``unstructured``: L1 magnitude per tensor (``prune.unstructured.magnitude_prune``) on every weight of the
+  component; valid for every component but norms. Zeros only: parameters and FLOPs of the dense shape stay, the
+  point records the non-zero count. Embeddings: tied weights are skipped (Whisper's token embedding is the output
+  projection), so ``decoder.embed`` is the positional table there.
+* ``structured``: heads (attention) or FFN neurons of that component in every layer of its stack, by a one-target
+  ``Recipe`` through ``prune.structured.prune`` (criterion magnitude by default); physically smaller, FLOPs fall.
+  Valid for ``self_attn``, ``cross_attn`` and ``ffn``.
+
+Every point decodes the same log-mel features, computed once per sweep; points that prune only the decoder reuse
+the dense encoder's outputs (their encoder is the dense one), so they cost a decode only.
+
+Norms are not swept: a zeroed scale is not a smaller model and no structured unit owns one.
+
+Output folder::
+
+    DIR/sweep.json      the pinned settings (model, data, split, limit, criterion, decoding); a rerun must match
+    DIR/points.jsonl    one record per finished point, appended under an exclusive lock and flushed
+    DIR/summary.json    per method and component: sparsity -> WER, costs (rewritten at the end of every worker)
+    DIR/plots/          WER vs sparsity per component, one figure per method
+
+A killed sweep resumes where it stopped (finished points are skipped); ``worker i of n`` takes every n-th point of
+the deterministic point list, so n processes on one machine split a sweep and append to the same file.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import ConfigError
+from ..io import atomic_write_json, read_jsonl_tolerant
+
+POINTS = "points.jsonl"
+SWEEP = "sweep.json"
+SUMMARY = "summary.json"
+METHODS = ("unstructured", "structured")
+STRUCTURED_KINDS = ("self_attn", "cross_attn", "ffn")
+DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DENSE_KEY = "dense"
+
+
+@dataclass(frozen=True)
+class Point:
+    component: str  # "encoder.ffn"; "dense" for the baseline
+    method: str  # unstructured | structured | dense
+    sparsity: float
+
+    @property
+    def key(self) -> str:
+        return DENSE_KEY if self.method == "dense" else f"{self.component}|{self.method}|{self.sparsity:.4g}"
+
+    @property
+    def stack(self) -> str:
+        return self.component.split(".")[0]
+
+    @property
+    def kind(self) -> str:
+        return self.component.split(".")[1]
+
+
+def model_components(model) -> list[str]:
+    """``stack.component`` of every weight site of ``model`` (norms included), in model order."""
+    from ..models.adapters import adapter_for
+
+    return list(dict.fromkeys(f"{s.stack}.{s.component}" for s in adapter_for(model).weight_sites(model)))
+
+
+def valid(component: str, method: str) -> bool:
+    kind = component.split(".")[1]
+    if kind == "norm":
+        return False
+    return method == "unstructured" or kind in STRUCTURED_KINDS
+
+
+def sweep_points(components: Iterable[str], levels: Iterable[float], methods: Iterable[str]) -> list[Point]:
+    """The deterministic point list: the dense baseline, then method x component x level (invalid pairs left out)."""
+    points = [Point(DENSE_KEY, "dense", 0.0)]
+    for m in methods:
+        for c in components:
+            if valid(c, m):
+                points += [Point(c, m, float(s)) for s in levels]
+    return points
+
+
+def check_request(available: list[str], components: list[str] | None, levels: list[float],
+                  methods: list[str]) -> list[str]:
+    """Validate the sweep's request against the model; returns the components to sweep."""
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    for s in levels:
+        if not 0.0 < s < 1.0:
+            raise ConfigError(f"sparsity level {s} is outside (0, 1)")
+    if len(set(levels)) != len(levels):
+        raise ConfigError("sparsity levels repeat")
+    wanted = components or [c for c in available if any(valid(c, m) for m in methods)]
+    for c in wanted:
+        if c not in available:
+            raise ConfigError(f"unknown component {c!r}; this model has {', '.join(available)}")
+        if c.endswith(".norm"):
+            raise ConfigError(f"{c}: norms are not swept (a zeroed scale is not a smaller model; no unit owns one)")
+        if not any(valid(c, m) for m in methods):
+            raise ConfigError(f"{c}: no requested method applies (structured prunes self_attn, cross_attn, ffn)")
+    return wanted
+
+
+def shard(points: list[Point], worker: int, workers: int) -> list[Point]:
+    """Every ``workers``-th point starting at ``worker`` (0-based)."""
+    if workers < 1 or not 0 <= worker < workers:
+        raise ConfigError(f"--worker must be in 0..{workers - 1} (of --workers {workers}), got {worker}")
+    return points[worker::workers]
+
+
+def append_locked(path: str | Path, record: dict) -> None:
+    """Append one JSON line under an exclusive ``flock`` and fsync it: concurrent workers never interleave lines,
+    and a killed worker leaves at most a truncated last line that readers drop."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    with open(path, "ab") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:  # a killed writer may have left half a line: start ours on a fresh one
+                with open(path, "rb") as r:
+                    r.seek(-1, os.SEEK_END)
+                    if r.read(1) != b"\n":
+                        f.write(b"\n")
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_points(out: str | Path) -> dict[str, dict]:
+    """Finished points by key (the last record of a key wins)."""
+    return {r["key"]: r for r in read_jsonl_tolerant(Path(out) / POINTS) if isinstance(r, dict) and "key" in r}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pruning one point
+
+
+def prune_point(model, point: Point, criterion: str = "magnitude", batches: list[dict] | None = None) -> None:
+    """Prune ``model`` in place as ``point`` says (the dense point leaves it as it is)."""
+    from ..models.adapters import adapter_for
+
+    if point.method == "dense":
+        return
+    if point.method == "unstructured":
+        from ..prune.unstructured import magnitude_prune
+
+        magnitude_prune(model, point.sparsity, components=[point.kind], stacks=[point.stack])
+    elif point.method == "structured":
+        from ..prune.recipe import Recipe, Target
+        from ..prune.structured import prune
+
+        recipe = Recipe(criterion=criterion, targets=[Target(stack=point.stack, kind=point.kind, sparsity=point.sparsity)])
+        prune(model, adapter_for(model), recipe, batches)
+    else:
+        raise ConfigError(f"unknown method {point.method!r}")
+
+
+def cost_record(model) -> dict:
+    """Size and FLOPs of a (possibly zeroed) Whisper model: ``params`` counts tensors' elements, ``nonzero`` the
+    elements that are not zero; FLOPs come from the shape (zeros do not lower them)."""
+    import torch
+
+    from ..bench import flops as F
+    from ..models.whisper import whisper_shape
+
+    shape = whisper_shape(model)
+    params = nonzero = 0
+    for p in model.parameters():
+        params += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
+    return {
+        "params": params,
+        "nonzero_params": nonzero,
+        "flops_encoder": F.encoder_flops(shape).total,
+        "flops_decoder_per_token": F.decoder_token_flops(shape, 3),
+        "flops_decoder_first_step": F.decoder_first_step_flops(shape, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sweep
+
+
+def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", components: list[str] | None = None,
+              levels: Iterable[float] = DEFAULT_LEVELS, methods: Iterable[str] = METHODS, limit: int | None = 24,
+              criterion: str = "magnitude", worker: int = 0, workers: int = 1, batch_size: int = 8,
+              max_new_tokens: int = 64, device: str = "cpu", progress: bool = True) -> dict:
+    """Run (or resume) this worker's share of a sweep; returns the summary of every point finished so far.
+
+    ``max_new_tokens`` caps each hypothesis (asterisk prompts are a few words): a badly pruned model that loops
+    would otherwise decode to the 224-token limit on every utterance; a capped loop still scores as errors.
+    """
+    from tqdm import tqdm
+
+    from ..data.datasets import load_dataset
+    from ..evaluate.backends import TorchWhisper
+    from ..evaluate.decoding import DecodeOptions
+    from ..evaluate.frontend import FeatureFrontend
+    from ..evaluate.runner import decode_prepared, prepare_batch, score
+    from ..models.registry import resolve_model
+
+    if split == "test":
+        raise ConfigError("a sensitivity sweep selects what to prune: it reads dev (or all of a manifest), never test")
+    levels, methods = [float(s) for s in levels], list(methods)
+    if criterion not in ("magnitude", "activation", "random", "taylor"):
+        raise ConfigError(f"unknown criterion {criterion!r}")
+    out = Path(out)
+    options = DecodeOptions(max_new_tokens=max_new_tokens)
+    settings = {"kind": "sensitivity", "model": model_name, "data": data, "split": split, "limit": limit,
+                "criterion": criterion, "max_new_tokens": max_new_tokens, "beam_size": 1}
+    out.mkdir(parents=True, exist_ok=True)
+    dense = TorchWhisper.from_folder(resolve_model(model_name), device=device)
+    wanted = check_request(model_components(dense.model), components, levels, methods)
+    claim_sweep_dir(out, settings)
+    points = shard(sweep_points(wanted, levels, methods), worker, workers)
+    done = read_points(out)
+    todo = [p for p in points if p.key not in done]
+    if todo:
+        utts = load_dataset(data, split)
+        utts = utts[:limit] if limit else utts
+        frontend = FeatureFrontend(dense.n_mels)
+        feats = [prepare_batch(frontend, utts[i : i + batch_size]) for i in range(0, len(utts), batch_size)]
+        batches = None
+        if criterion in ("activation", "taylor") and any(p.method == "structured" for p in todo):
+            from ..prune.run import training_utterances
+
+            cal = training_utterances([f"{data}:dev" if data in ("asterisk", "asterisk-multiword") else data], 32)
+            batches = dense.labelled_batches(cal, batch_size, progress=progress)
+        dense_enc = None  # the dense encoder's outputs per batch, computed once for the decoder points
+        bar = tqdm(todo, desc=f"sensitivity w{worker}/{workers}", unit="point", disable=not progress, dynamic_ncols=True)
+        for p in bar:
+            bar.set_postfix_str(p.key)
+            model = copy.deepcopy(dense.model)
+            prune_point(model, p, criterion, batches)
+            be = TorchWhisper(model, dense.tokenizer, dense.vocab, device=device)
+            t0 = time.perf_counter()
+            if p.stack == "decoder" and p.method != "dense":  # the encoder is the dense one: reuse its outputs
+                if dense_enc is None:
+                    dense_enc = [None if b.features is None else dense.encode(b.features) for b in feats]
+                records = [r for b, e in zip(feats, dense_enc) for r in decode_prepared(be, b, options, encoded=e)]
+            else:
+                records = [r for b in feats for r in decode_prepared(be, b, options)]
+            seconds = time.perf_counter() - t0
+            m = score(records)
+            rec = {"key": p.key, "component": p.component, "method": p.method, "sparsity": p.sparsity,
+                   "criterion": criterion if p.method == "structured" else None,
+                   "wer": m["wer"], "cer": m["cer"], "n_utterances": m["n_utterances"], "n_words": m["n_words"],
+                   "word_errors": m["word_errors"], "n_failed": m["n_failed"],
+                   "n_tokens": sum(r.get("n_tokens", 0) for r in records),
+                   "decode_seconds": seconds, **cost_record(model)}
+            append_locked(out / POINTS, rec)
+            del model, be
+    return summarize(out)
+
+
+def claim_sweep_dir(out: Path, settings: dict) -> None:
+    """Pin the sweep's settings in ``sweep.json`` (a rerun or another worker must match)."""
+    path = out / SWEEP
+    if path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before != settings:
+            changed = sorted(k for k in set(settings) | set(before or {}) if (before or {}).get(k) != settings.get(k))
+            raise ConfigError(f"holds a sweep with other settings ({', '.join(changed)}); use another --out", out)
+    else:
+        atomic_write_json(path, settings)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Summary and plots
+
+
+def curves(points: dict[str, dict]) -> dict[str, dict[str, list[dict]]]:
+    """``{method: {component: [point records sorted by sparsity]}}`` (the dense point excluded)."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for r in points.values():
+        if r["method"] == "dense":
+            continue
+        out.setdefault(r["method"], {}).setdefault(r["component"], []).append(r)
+    for per in out.values():
+        for c in per:
+            per[c].sort(key=lambda r: r["sparsity"])
+    return out
+
+
+def summarize(out: str | Path, plots: bool = True) -> dict:
+    """Write ``summary.json`` (and the plots) from every point in ``points.jsonl``; returns the summary."""
+    out = Path(out)
+    points = read_points(out)
+    settings = json.loads((out / SWEEP).read_text(encoding="utf-8")) if (out / SWEEP).exists() else {}
+    dense = points.get(DENSE_KEY)
+    summary = {"settings": settings, "dense": dense, "n_points": len(points), "curves": {}}
+    for method, per in curves(points).items():
+        summary["curves"][method] = {
+            c: [{k: r[k] for k in ("sparsity", "wer", "cer", "params", "nonzero_params", "flops_encoder",
+                                   "flops_decoder_per_token", "decode_seconds") if k in r} for r in rs]
+            for c, rs in per.items()
+        }
+    atomic_write_json(out / SUMMARY, summary)
+    if plots and summary["curves"]:
+        plot_sweep(summary, out / "plots")
+    return summary
+
+
+def plot_sweep(summary: dict, folder: str | Path) -> list[Path]:
+    """WER vs sparsity, one line per component, one PNG per method; the dense WER as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    base = (summary.get("dense") or {}).get("wer")
+    for method, per in summary["curves"].items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for c, rs in sorted(per.items()):
+            xs, ys = [r["sparsity"] for r in rs], [100 * r["wer"] for r in rs]
+            if base is not None:  # every curve starts at the dense model
+                xs, ys = [0.0] + xs, [100 * base] + ys
+            ax.plot(xs, ys, marker="o", label=c)
+        if base is not None:
+            ax.axhline(100 * base, color="grey", ls="--", lw=1, label="dense")
+        ax.set_xlabel("sparsity of the component")
+        ax.set_ylabel("WER % (dev subset)")
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{summary.get('settings', {}).get('model', '')}: {method} pruning, one component at a time")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / f"sensitivity-{method}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,74 @@
+"""The HTML report rendered from small synthetic run folders."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from speechprune.errors import ConfigError
+from speechprune.report.html import collect, write_html_report
+
+
+def _write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    main = tmp_path / "main"
+    _write(main / "report.json", {"title": "main job", "rows": [
+        {"backend": "torch", "wer": 0.0489, "cer": 0.01, "latency_ms_median": 343.04, "latency_ratio": 1.0,
+         "gflops_encoder": 36.94, "params_m": 37.76, "disk_mb": 151.0},
+        {"backend": "torch-pruned", "wer": 0.2317, "cer": 0.1, "latency_ms_median": 223.68, "latency_ratio": 0.652,
+         "gflops_encoder": 19.41, "params_m": 31.85, "disk_mb": 127.4}]})
+    _write(main / "eval" / "dense" / "metrics.json", {"wer": 0.0489, "cer": 0.01, "n_utterances": 282, "n_failed": 0,
+                                                      "settings": {"model": "whisper-tiny.en", "split": "test"}})
+    _write(main / "eval" / "dense" / "run.json", {"model": "whisper-tiny.en"})
+    _write(main / "prune" / "prune.json", {"model": "m", "recipe": {"name": "fast"}, "dense": {"params": 37760256},
+                                           "steps": [{"step": 1, "params": 31848576, "removed_modules": ["encoder.2.self_attn"]}]})
+    sweep = tmp_path / "sweep"
+    _write(sweep / "sweep.json", {"kind": "sensitivity", "model": "tiny", "data": "asterisk", "split": "dev", "limit": 20})
+    pts = [{"key": "dense", "component": "dense", "method": "dense", "sparsity": 0.0, "wer": 0.037, "params": 100,
+            "nonzero_params": 100, "flops_encoder": 1e9, "flops_decoder_per_token": 1e6}]
+    for s, w in ((0.1, 0.04), (0.5, 0.777)):
+        pts.append({"key": f"encoder.ffn|structured|{s}", "component": "encoder.ffn", "method": "structured",
+                    "sparsity": s, "wer": w, "params": 90, "nonzero_params": 90, "flops_encoder": 8e8,
+                    "flops_decoder_per_token": 1e6})
+    (sweep / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pts) + '{"key": "trunc')
+    _write(tmp_path / "ablation" / "summary.json", {"model": "tiny", "layers": [
+        {"layer": "encoder.0", "wer_delta": 0.1234}, {"layer": "encoder.1", "wer_delta": 0.5678}]})
+    _write(tmp_path / "odd" / "thing.json", {"nothing": {"useful": [1, 2]}})
+    (tmp_path / "odd" / "broken.json").write_text("{not json")
+    return tmp_path
+
+
+def test_report_shows_every_known_record_and_is_self_contained(runs, tmp_path):
+    out = write_html_report([runs / "main", runs / "sweep", runs / "ablation", runs / "odd"], tmp_path / "r" / "report.html")
+    page = out.read_text()
+    for number in ("4.89", "23.17", "343", "223.7", "31,848,576", "77.7", "0.1234", "0.5678"):
+        assert number in page, number
+    assert "encoder.2.self_attn" in page
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(imgs) == 3  # WER vs latency, vs size, vs sparsity
+    assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
+    assert "http" not in page.lower() and "<script" not in page and "<link" not in page
+    assert "thing.json: unknown record" in page and "broken.json: unreadable" in page
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert len(data["sweeps"][0]["points"]) == 3 and len(data["evals"]) == 1 and len(data["prunes"]) == 1
+
+
+def test_missing_data_is_said_not_drawn(runs, tmp_path):
+    col = collect([runs / "ablation"])
+    assert not col.main and not col.sweeps and len(col.tables) == 1
+    out = write_html_report([runs / "ablation"], tmp_path / "a.html")
+    page = out.read_text()
+    assert "no sensitivity sweep" in page and "data:image/png" not in page
+
+
+def test_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        collect([tmp_path / "nope"])
