@@ -1,0 +1,1 @@
+"""Analysis of trained models: layer ablation, weight-change signatures, sensitivity sweeps."""
