@@ -371,7 +371,8 @@ def run_cmd(
 
 
 analyze_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                          help="Analyses of a model: sensitivity sweeps and sparsity plans.")
+                          help="Analyses of a model: layer ablation, weight-change signatures, sensitivity sweeps "
+                               "and sparsity plans (JSON plus plots).")
 app.add_typer(analyze_app, name="analyze")
 
 
@@ -466,6 +467,80 @@ def report_cmd(
 
     write_html_report(dirs, out, title)
     console.print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+@analyze_app.command("ablation")
+def analyze_ablation_cmd(
+    model: str = typer.Argument(..., help="bundled model name or a (dense or pruned) Whisper folder"),
+    data: str = typer.Argument(DEFAULT_DATA, help="bundled data set or a JSONL manifest (with reference texts)"),
+    out: Path = typer.Option(..., help="output folder: records.jsonl, summary.json, heatmaps (a rerun resumes)"),
+    split: str = typer.Option("dev", help="dev | all | test (test only with --allow-test)"),
+    methods: str = typer.Option("reinit,rerandom,skip", help="comma-separated: reinit, rerandom, skip"),
+    seeds: int = typer.Option(3, min=1, help="seeds for reinit/rerandom (skip is deterministic: seed 0 only)"),
+    metric: str = typer.Option("proxy", help="proxy (teacher-forced loss on the references) | wer | both"),
+    limit: Optional[int] = typer.Option(32, min=1, help="first N utterances of the split"),
+    wer_limit: Optional[int] = typer.Option(None, min=1, help="WER on the first N of those (default all)"),
+    wer_seeds: int = typer.Option(1, min=1, help="with --metric both: WER on the first N seeds only"),
+    modules: bool = typer.Option(False, "--modules", help="ablate each block (self_attn, cross_attn, ffn) instead "
+                                                          "of whole layers"),
+    stack: Optional[str] = typer.Option(None, help="only this stack (encoder | decoder)"),
+    proxy_threshold: float = typer.Option(0.10, help="ambient: relative proxy-loss increase below this"),
+    wer_threshold: float = typer.Option(0.01, help="ambient: absolute WER increase below this (0.01 = 1 point)"),
+    init_from: Optional[str] = typer.Option(None, help="reinit restores this checkpoint's weights (stored initial "
+                                                       "weights) instead of the family's initialization"),
+    batch_size: int = typer.Option(8, min=1),
+    allow_test: bool = typer.Option(False, "--allow-test", help="allow --split test (final analysis only)"),
+    threads: Optional[int] = typer.Option(None),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Layer ablation: re-initialize, re-randomize or skip each layer; classify layers as critical or ambient."""
+    from .analysis.jobs import ablation_job
+
+    _set_threads(threads)
+    s = ablation_job(model, data, out, split=split, methods=tuple(_csv(methods, "methods")), seeds=seeds,
+                     metric=metric, limit=limit,
+                     wer_limit=wer_limit, wer_seeds=wer_seeds, modules=modules,
+                     stacks=(stack,) if stack else None, proxy_threshold=proxy_threshold,
+                     wer_threshold=wer_threshold, init_from=init_from, batch_size=batch_size, allow_test=allow_test,
+                     device=device)
+    for name in s["metrics"]:
+        t = Table(title=f"{model}: {name} delta vs dense {s['dense'][name]:.4f} (A ambient, C critical)")
+        t.add_column("target")
+        for m in s["methods"]:
+            t.add_column(m, justify="right")
+        for target in s["targets"]:
+            cells = []
+            for m in s["methods"]:
+                c = s["table"].get(target, {}).get(m, {}).get(name)
+                cells.append("-" if not c or c["delta"] is None else f"{c['delta']:+.3f} {c['class'][0].upper()}")
+            t.add_row(target, *cells)
+        console.print(t)
+    console.print(f"wrote {out}/summary.json, {out}/records.jsonl and heatmaps")
+
+
+@analyze_app.command("signatures")
+def analyze_signatures_cmd(
+    before: str = typer.Argument(..., help="a model (bundled name or folder), or init:SEED for the family's "
+                                           "initialization of AFTER's architecture"),
+    after: str = typer.Argument(..., help="a model of the same architecture (bundled name or folder)"),
+    out: Path = typer.Option(..., help="output folder: signatures.json and a heatmap per stack"),
+    ablation: Optional[Path] = typer.Option(None, help="an ablation summary.json (or its folder) to correlate with"),
+) -> None:
+    """Weight-change signatures: ||W_after - W_before||_F per module type and layer, normalized to [0, 1]."""
+    from .analysis.jobs import signatures_job
+
+    rec = signatures_job(before, after, out, ablation=ablation)
+    t = Table(title=f"per-layer weight change {before} -> {after} (1 = the stack's most changed layer)")
+    t.add_column("layer")
+    t.add_column("signature", justify="right")
+    for k, v in rec["layers"].items():
+        t.add_row(k, f"{v:.3f}")
+    console.print(t)
+    for metric, by_method in rec.get("correlation", {}).items():
+        for m, c in by_method.items():
+            rho = "-" if c["spearman"] is None else f"{c['spearman']:+.2f}"
+            console.print(f"Spearman(signature, ablation {metric} {m}) = {rho} over {c['n']} layers")
+    console.print(f"wrote {out}/signatures.json and heatmaps")
 
 
 def _quiet_libraries() -> None:

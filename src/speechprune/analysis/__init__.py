@@ -1,1 +1,1 @@
-"""Analyses of a model: what each part costs when pruned (sensitivity sweeps, sparsity plans)."""
+"""Analyses of a model: layer ablation, weight-change signatures, sensitivity sweeps and sparsity plans."""

@@ -1,0 +1,147 @@
+"""The analysis jobs behind ``speechprune analyze``: load, run, write JSON and plots. The CLI only parses options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError, ModelError
+from .ablation import SUMMARY, AblationConfig, Metric, heatmap_matrix, run_ablation
+
+INIT_PREFIX = "init:"  # "init:SEED" as BEFORE: the family's initialization of AFTER's architecture
+
+
+def load_model(spec: str, device: str = "cpu"):
+    """``(model, folder)`` for a bundled model name or a model folder of any supported family (dense or pruned)."""
+    from ..models.checkpoint import load_pruned
+    from ..models.registry import BUNDLED_MODELS, resolve_model
+
+    path = Path(spec).expanduser()
+    if spec in BUNDLED_MODELS and not path.is_dir():
+        folder = resolve_model(spec)
+    elif path.is_dir():
+        folder = path
+    elif path.exists():
+        raise ModelError("expected a model folder or a bundled model name, got a file", path)
+    else:
+        raise ModelError(f"no such model folder, and not a bundled model name ({', '.join(BUNDLED_MODELS)})", path)
+    model, _ = load_pruned(folder, device=device)
+    return model, folder
+
+
+def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", methods: tuple[str, ...] = ("reinit", "rerandom", "skip"),
+                 seeds: int = 3, metric: str = "proxy", limit: int | None = 32, wer_limit: int | None = None,
+                 wer_seeds: int = 1, modules: bool = False, stacks: tuple[str, ...] | None = None,
+                 proxy_threshold: float = 0.10, wer_threshold: float = 0.01, init_from: str | None = None,
+                 batch_size: int = 8, max_new_tokens: int | None = None, allow_test: bool = False, device: str = "cpu",
+                 progress: bool = True) -> dict:
+    """Ablate a Whisper model's layers (or blocks) on ``data``/``split`` and write ``OUT/records.jsonl``,
+    ``OUT/summary.json`` and a heatmap per metric (``OUT/ablation_<metric>.png``). ``metric``: proxy | wer | both;
+    WER runs on the first ``wer_limit`` (default: all) of the ``limit`` utterances and the first ``wer_seeds``
+    seeds. ``init_from``: a checkpoint whose weights ``reinit`` restores (default: the family's initialization).
+    The test split is refused unless ``allow_test``: choosing what to prune from test results would leak."""
+    from ..data.datasets import load_dataset
+    from ..evaluate.backends import TorchWhisper
+    from ..evaluate.decoding import WhisperVocab
+    from .scoring import WhisperScorer
+
+    if metric not in ("proxy", "wer", "both"):
+        raise ConfigError(f"unknown metric {metric!r}; choose from proxy, wer, both")
+    if split == "test" and not allow_test:
+        raise ConfigError("ablation on the test split is refused: ablation results select what to prune; use dev "
+                          "(or pass --allow-test for a final, reported analysis)")
+    config = AblationConfig(methods=tuple(methods), seeds=seeds, modules=modules, stacks=stacks)
+    utts = load_dataset(data, split)[:limit] if limit else load_dataset(data, split)
+    m, folder = load_model(model, device)
+    from ..models.adapters import family_for_model
+
+    if family_for_model(m).model_type != "whisper":
+        raise ConfigError(f"analyze ablation scores Whisper models; {model} is {family_for_model(m).model_type}")
+    from transformers import WhisperTokenizerFast
+
+    try:
+        tok = WhisperTokenizerFast.from_pretrained(folder, local_files_only=True)
+    except Exception as e:
+        raise ModelError(f"cannot load the tokenizer ({type(e).__name__})", folder) from None
+    backend = TorchWhisper(m, tok, WhisperVocab.from_folder(folder), device=device)
+    metrics = []
+    if metric in ("proxy", "both"):
+        proxy = WhisperScorer(backend, utts, batch_size, max_new_tokens, progress=progress)
+        metrics.append(Metric("proxy", proxy.proxy, relative=True, threshold=proxy_threshold))
+    if metric in ("wer", "both"):
+        wer_utts = utts[:wer_limit] if wer_limit else utts
+        scorer = proxy if metric == "both" and len(wer_utts) == len(utts) else WhisperScorer(
+            backend, wer_utts, batch_size, max_new_tokens, progress=progress)
+        metrics.append(Metric("wer", scorer.wer, relative=False, threshold=wer_threshold,
+                              seeds=wer_seeds if metric == "both" else None))
+    source = load_model(init_from, device)[0] if init_from else None
+    settings = {"model": model, "data": data, "split": split, "limit": limit, "wer_limit": wer_limit,
+                "wer_seeds": wer_seeds, "proxy_threshold": proxy_threshold, "wer_threshold": wer_threshold,
+                "init_from": init_from, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    summary = run_ablation(m, metrics, out, config, settings=settings, source=source, progress=progress)
+    plot_ablation(summary, out)
+    return summary
+
+
+def plot_ablation(summary: dict, out: str | Path) -> list[Path]:
+    """One heatmap per metric: targets x methods, seed-mean delta, ``A``/``C`` marks for ambient/critical."""
+    from .heatmap import plot_heatmap
+
+    paths = []
+    for metric, info in summary["metrics"].items():
+        rows, cols, vals = heatmap_matrix(summary, metric)
+        marks = [[("A" if (summary["table"].get(t, {}).get(m, {}).get(metric) or {}).get("class") == "ambient"
+                   else "C") if v is not None else "" for m, v in zip(cols, r)] for t, r in zip(rows, vals)]
+        what = "relative increase of the proxy loss" if info["relative"] else f"absolute increase of {metric}"
+        paths.append(plot_heatmap(vals, rows, cols, Path(out) / f"ablation_{metric}.png",
+                                  f"ablation: {what} vs dense (A = ambient, < {info['threshold']:g})",
+                                  vmin=0.0, marks=marks))
+    return paths
+
+
+def signatures_job(before: str, after: str, out: str | Path, ablation: str | Path | None = None,
+                   device: str = "cpu") -> dict:
+    """Weight-change signatures between ``before`` (a model, or ``init:SEED``: the family's initialization of
+    ``after``'s architecture) and ``after``: ``OUT/signatures.json`` (per-site rows, per-layer values, correlation
+    with an ablation ``summary.json`` when given) and a [0, 1] heatmap per stack (``OUT/signatures_<stack>.png``)."""
+    from ..io import atomic_write_json
+    from .ablation import init_like
+    from .heatmap import plot_heatmap
+    from .signatures import compare_models, correlate_with_ablation, layer_signatures, signature_table
+
+    abl = None
+    if ablation is not None:
+        path = Path(ablation)
+        if path.is_dir():
+            path = path / SUMMARY
+        try:
+            abl = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read the ablation summary ({type(e).__name__})", path) from None
+        if not isinstance(abl, dict) or "table" not in abl:
+            raise ConfigError("not an ablation summary.json (no 'table')", path)
+    m_after, after_folder = load_model(after, device)
+    if before.startswith(INIT_PREFIX):
+        try:
+            seed = int(before[len(INIT_PREFIX):])
+        except ValueError:
+            raise ConfigError(f"BEFORE {before!r}: write init:SEED with an integer seed") from None
+        m_before = init_like(m_after, seed)
+    else:
+        m_before, _ = load_model(before, device)
+    rows = compare_models(m_before, m_after, after_folder)
+    layers = layer_signatures(rows)
+    record = {"before": before, "after": after, "rows": rows, "layers": layers,
+              "normalization": "per module type: ||W_after - W_before||_F / its max over layers; per layer: root sum "
+                               "of squares over the layer's modules / its stack's max"}
+    if abl is not None:
+        record["ablation"] = str(ablation)
+        record["correlation"] = correlate_with_ablation(layers, abl)
+    out = Path(out)
+    atomic_write_json(out / "signatures.json", record)
+    for stack in dict.fromkeys(r["stack"] for r in rows):
+        types, cols, grid = signature_table(rows, stack)
+        if types:
+            plot_heatmap(grid, types, cols, out / f"signatures_{stack}.png",
+                         f"{stack}: ||W_after - W_before||_F / max over layers", vmin=0.0, vmax=1.0)
+    return record
