@@ -58,7 +58,7 @@ def test_recipes_load_by_name(tmp_path, monkeypatch):
     ("sparsity: 0.5\ncriterion: obd", "criterion"),
     ("sparsity: 0.5\nimp: {rounds: 0}", r"imp.rounds"),
     ("sparsity: 0.5\nimp: {rewind: 0}", "rewind must be"),
-    ("sparsity: 0.5\nimp: {recovery: {data: ['asterisk:test']}}", "dev split only"),
+    ("sparsity: 0.5\nimp: {recovery: {data: ['asterisk:test']}}", "test split; use dev"),
     ("sparsity: 0.5\ncomponents: [norm]", "components"),
 ])
 def test_bad_recipes_are_refused_in_one_line(tmp_path, text, problem):
