@@ -5,7 +5,8 @@ Methods (one-shot, no retraining): magnitude per tensor and global, Taylor, Wand
 and by magnitude (fixed 50 %); IMP (``--imp``): iterative magnitude pruning in ``--imp-rounds`` rounds with
 ``--recovery-steps`` distillation steps after each (asterisk dev, the dense model as teacher), rewinding survivors to
 the pretrained weights or not. Calibration (Taylor, Wanda) and training read the dev split only; the final table
-evaluates the test split (``--split dev --limit N`` for quick runs).
+evaluates the test split (``--split dev --limit N`` for quick runs: the scored dev utterances are then held out of
+calibration and training).
 
 One JSON record per point is appended to ``OUT/points.jsonl`` as it finishes (a rerun skips finished points and
 resumes a killed evaluation); ``OUT/storage.json`` holds real serialized file sizes over a fine sparsity grid (and
@@ -116,6 +117,10 @@ def main() -> None:
     utts = utts[: args.limit] if args.limit else utts
     bench_utts = load_dataset("asterisk", args.split)[: max(1, args.bench_utterances)]
     decode = DecodeOptions()
+    held_out = {u.id for u in utts} if args.split == "dev" else set()  # never calibrate or train on what is scored
+
+    def dev_utterances(limit: int | None):
+        return [u for u in training_utterances(["asterisk:dev"]) if u.id not in held_out][:limit]
 
     def evaluate_model(model, name: str) -> dict:
         be = TorchWhisper(model, dense.tokenizer, dense.vocab, name=name)
@@ -160,7 +165,7 @@ def main() -> None:
             recipe = parse_sparsify_recipe({"name": name, "calibration": CAL, **spec,
                                             **({} if "pattern" in spec else {"sparsity": s})})
             if recipe.needs_calibration and cal_batches is None:
-                cal_batches = dense.labelled_batches(training_utterances(["asterisk:dev"], CAL["utterances"]),
+                cal_batches = dense.labelled_batches(dev_utterances(CAL["utterances"]),
                                                      CAL["batch_size"], progress=True)
             model = copy.deepcopy(dense.model)
             t0 = time.perf_counter()
@@ -177,7 +182,7 @@ def main() -> None:
                 if name in done:
                     continue
                 if rec_batches is None and args.recovery_steps:
-                    train = training_utterances(rec_cfg.data, rec_cfg.max_utterances)
+                    train = dev_utterances(rec_cfg.max_utterances)
                     rec_batches = dense.labelled_batches(train, rec_cfg.batch_size, teacher_logits=True, progress=True)
                 recipe = parse_sparsify_recipe({"name": name, "sparsity": s, "imp": {
                     "rounds": args.imp_rounds, "rewind": rewind, "recovery": rec_cfg.model_dump()}})
