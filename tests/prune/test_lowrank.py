@@ -154,6 +154,16 @@ def test_activation_aware_factorization_of_a_whisper_leaves_plain_modules_and_cu
     assert _no_hooks(model)
     assert set(grams) == {s.key for s in sites} and all(g.shape[0] == s.module.in_features for s, g in
                                                         zip(sites, grams.values()))
+    from speechprune.prune.reconstruct import _capture
+
+    by_key = {s.key: s for s in sites}
+    for key in ("encoder.0.self_attn.k", "encoder.1.ffn.out", "decoder.1.cross_attn.v"):
+        with _capture(by_key[key].module, "input") as seen, torch.no_grad():
+            for b in batches:
+                model(**b)
+        x = torch.cat(seen).double()
+        assert torch.allclose(grams[key], x.T @ x / len(x), rtol=1e-4, atol=1e-6)
+    assert torch.equal(grams["encoder.0.self_attn.q"], grams["encoder.0.self_attn.v"])  # the same inputs
     plain, aware = build_tiny("whisper"), build_tiny("whisper")
     ranks = {s.key: 6 for s in sites}
     e_plain = L.factorize(L.lowrank_sites(plain), ranks)
