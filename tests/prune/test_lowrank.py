@@ -24,7 +24,8 @@ def _matrix(n_out, n_in, spectrum=None):
     u, _ = torch.linalg.qr(torch.randn(n_out, n_out, generator=G, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(n_in, n_in, generator=G, dtype=torch.float64))
     k = min(n_out, n_in)
-    s = torch.linspace(3, 0.1, k, dtype=torch.float64) if spectrum is None else torch.tensor(spectrum, dtype=torch.float64)
+    s = (torch.linspace(3, 0.1, k, dtype=torch.float64) if spectrum is None
+         else torch.tensor(spectrum, dtype=torch.float64))
     return (u[:, :k] * s) @ v[:, :k].T
 
 
@@ -172,7 +173,9 @@ def test_activation_aware_factorization_of_a_whisper_leaves_plain_modules_and_cu
     assert sum(p.numel() for p in aware.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         ref = model.model.encoder(batches[0]["input_features"]).last_hidden_state
-        err = lambda m: float(((m.model.encoder(batches[0]["input_features"]).last_hidden_state - ref) ** 2).mean())  # noqa: E731
+        def err(m):
+            return float(((m.model.encoder(batches[0]["input_features"]).last_hidden_state - ref) ** 2).mean())
+
         assert err(aware) < err(plain)
     first = sites[0].key  # the first encoder projection sees the same inputs in both models
     assert e_aware[first] < L.output_error(L.dense_weight(sites[0].module),
