@@ -292,3 +292,25 @@ def test_cli_factorizes_a_model_dry_runs_and_refuses_bad_recipes_in_one_line(tmp
     proc = cli("lowrank", str(src), "--recipe", str(recipe), "--out", str(tmp_path / "out2"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"error: {recipe}: bad low-rank recipe: target: a target needs exactly one of")
+
+
+def test_activation_aware_schedule_recovers_between_steps(tmp_path, clips):
+    from export.test_onnx import save_tiny_folder
+    from speechprune.prune.lowrank_run import run_lowrank
+
+    # room for 224 new tokens: the driver labels with default decoding, and a random model never stops early
+    src = save_tiny_folder(build_tiny("whisper", seed=6, max_target_positions=448), tmp_path / "src")
+    recipe = parse_lowrank_recipe({
+        "method": "activation", "target": {"params": 0.6}, "schedule": {"steps": 2},
+        "sites": {"components": ["ffn"], "stacks": ["encoder"]},
+        "calibration": {"data": str(clips), "split": "all", "utterances": 2, "batch_size": 2},
+        "recovery": {"data": [str(clips)], "steps": 2, "batch_size": 2, "max_utterances": 2}})
+    record = run_lowrank(str(src), recipe, tmp_path / "out", progress=False)
+    first, second = record["steps"]
+    assert first["recovery"]["steps"] == 2 and second["recovery"]["steps"] == 2
+    assert first["site_weights_after"] > second["site_weights_after"]
+    dense = first["site_weights_before"]  # the parameter share is of the dense layers: 0.8 after step 1, 0.6 after 2
+    assert first["site_weights_after"] <= 0.8 * dense and second["site_weights_after"] <= 0.6 * dense
+    assert second["site_weights_before"] == first["site_weights_after"]
+    assert all(second["ranks"][k] <= first["ranks"].get(k, 10**6) for k in second["ranks"])
+    assert all(0 <= e < 1 for e in first["output_error"].values())
