@@ -15,7 +15,7 @@ Full run (test split, every point, recovery):
     .venv/bin/python bench/lowrank.py --out runs/lowrank
 Smoke (dev split, 8 utterances, two points, no recovery):
     .venv/bin/python bench/lowrank.py --out /tmp/lr-smoke --split dev --limit 8 --recovery-steps 0 \
-        --bench-utterances 2 --only activation-p50 svd-p50
+        --bench-utterances 2 --only activation-p75 svd-p75
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from speechprune.prune.run import shape_record, training_utterances
 from speechprune.recovery.distill import distill
 
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
-SIZES = {"p75": 0.75, "p50": 0.5, "p35": 0.35}  # share of the factorized layers' weights kept
+SIZES = {"p90": 0.9, "p75": 0.75, "p60": 0.6}  # share of the chosen layers' weights kept
 # name -> recipe (one shot; recovery is the script's option)
 POINTS: dict[str, dict] = {f"{method}-{tag}": {"method": method, "target": {"params": keep}, "calibration": CAL}
                            for tag, keep in SIZES.items() for method in ("activation", "svd")}

@@ -24,7 +24,8 @@ def _matrix(n_out, n_in, spectrum=None):
     u, _ = torch.linalg.qr(torch.randn(n_out, n_out, generator=G, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(n_in, n_in, generator=G, dtype=torch.float64))
     k = min(n_out, n_in)
-    s = torch.linspace(3, 0.1, k, dtype=torch.float64) if spectrum is None else torch.tensor(spectrum, dtype=torch.float64)
+    s = (torch.linspace(3, 0.1, k, dtype=torch.float64) if spectrum is None
+         else torch.tensor(spectrum, dtype=torch.float64))
     return (u[:, :k] * s) @ v[:, :k].T
 
 
@@ -154,6 +155,16 @@ def test_activation_aware_factorization_of_a_whisper_leaves_plain_modules_and_cu
     assert _no_hooks(model)
     assert set(grams) == {s.key for s in sites} and all(g.shape[0] == s.module.in_features for s, g in
                                                         zip(sites, grams.values()))
+    from speechprune.prune.reconstruct import _capture
+
+    by_key = {s.key: s for s in sites}
+    for key in ("encoder.0.self_attn.k", "encoder.1.ffn.out", "decoder.1.cross_attn.v"):
+        with _capture(by_key[key].module, "input") as seen, torch.no_grad():
+            for b in batches:
+                model(**b)
+        x = torch.cat(seen).double()
+        assert torch.allclose(grams[key], x.T @ x / len(x), rtol=1e-4, atol=1e-6)
+    assert torch.equal(grams["encoder.0.self_attn.q"], grams["encoder.0.self_attn.v"])  # the same inputs
     plain, aware = build_tiny("whisper"), build_tiny("whisper")
     ranks = {s.key: 6 for s in sites}
     e_plain = L.factorize(L.lowrank_sites(plain), ranks)
@@ -162,7 +173,9 @@ def test_activation_aware_factorization_of_a_whisper_leaves_plain_modules_and_cu
     assert sum(p.numel() for p in aware.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         ref = model.model.encoder(batches[0]["input_features"]).last_hidden_state
-        err = lambda m: float(((m.model.encoder(batches[0]["input_features"]).last_hidden_state - ref) ** 2).mean())  # noqa: E731
+        def err(m):
+            return float(((m.model.encoder(batches[0]["input_features"]).last_hidden_state - ref) ** 2).mean())
+
         assert err(aware) < err(plain)
     first = sites[0].key  # the first encoder projection sees the same inputs in both models
     assert e_aware[first] < L.output_error(L.dense_weight(sites[0].module),
@@ -279,3 +292,25 @@ def test_cli_factorizes_a_model_dry_runs_and_refuses_bad_recipes_in_one_line(tmp
     proc = cli("lowrank", str(src), "--recipe", str(recipe), "--out", str(tmp_path / "out2"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"error: {recipe}: bad low-rank recipe: target: a target needs exactly one of")
+
+
+def test_activation_aware_schedule_recovers_between_steps(tmp_path, clips):
+    from export.test_onnx import save_tiny_folder
+    from speechprune.prune.lowrank_run import run_lowrank
+
+    # room for 224 new tokens: the driver labels with default decoding, and a random model never stops early
+    src = save_tiny_folder(build_tiny("whisper", seed=6, max_target_positions=448), tmp_path / "src")
+    recipe = parse_lowrank_recipe({
+        "method": "activation", "target": {"params": 0.6}, "schedule": {"steps": 2},
+        "sites": {"components": ["ffn"], "stacks": ["encoder"]},
+        "calibration": {"data": str(clips), "split": "all", "utterances": 2, "batch_size": 2},
+        "recovery": {"data": [str(clips)], "steps": 2, "batch_size": 2, "max_utterances": 2}})
+    record = run_lowrank(str(src), recipe, tmp_path / "out", progress=False)
+    first, second = record["steps"]
+    assert first["recovery"]["steps"] == 2 and second["recovery"]["steps"] == 2
+    assert first["site_weights_after"] > second["site_weights_after"]
+    dense = first["site_weights_before"]  # the parameter share is of the dense layers: 0.8 after step 1, 0.6 after 2
+    assert first["site_weights_after"] <= 0.8 * dense and second["site_weights_after"] <= 0.6 * dense
+    assert second["site_weights_before"] == first["site_weights_after"]
+    assert all(second["ranks"][k] <= first["ranks"].get(k, 10**6) for k in second["ranks"])
+    assert all(0 <= e < 1 for e in first["output_error"].values())

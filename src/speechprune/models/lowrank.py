@@ -78,8 +78,9 @@ class LowRankLinear(nn.Module):
             raise ValueError(f"factor shapes do not chain: down {tuple(down.shape)}, up {tuple(up.shape)}, "
                              f"bias {None if bias is None else tuple(bias.shape)}")
         m = cls(n_in, n_out, rank, bias=bias is not None, device="meta")
-        m.down.weight = nn.Parameter(down.detach().clone(memory_format=torch.contiguous_format), requires_grad=requires_grad)
-        m.up.weight = nn.Parameter(up.detach().clone(memory_format=torch.contiguous_format), requires_grad=requires_grad)
+        # contiguous copies: SVD factors come out column-major, and a reloaded model must run the same kernels
+        m.down.weight = nn.Parameter(down.detach().contiguous().clone(), requires_grad=requires_grad)
+        m.up.weight = nn.Parameter(up.detach().contiguous().clone(), requires_grad=requires_grad)
         if bias is not None:
             m.up.bias = nn.Parameter(bias.detach().clone(), requires_grad=requires_grad)
         return m

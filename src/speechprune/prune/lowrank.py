@@ -235,16 +235,23 @@ def _gram_hooks(sites: list[WeightSite]) -> Iterator[dict[str, list]]:
     the forward pre-hooks are removed on exit, whatever happens."""
     acc: dict[str, list] = {}
     handles = []
+    last: list = [None, None]  # the last input seen and its Gram: q, k and v read the same tensor in turn
 
     def make(key: str):
         def pre_hook(mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            g = x.T @ x
+            x = args[0]
+            if x is last[0]:
+                g = last[1]
+            else:  # a float32 product per batch (fast), summed over batches in float64
+                flat = x.detach().reshape(-1, x.shape[-1]).float()
+                g = (flat.T @ flat).double()
+                last[0], last[1] = x, g  # holding x keeps its id from being reused by another tensor
+            n = x.numel() // x.shape[-1]
             if key in acc:
                 acc[key][0] += g
-                acc[key][1] += x.shape[0]
+                acc[key][1] += n
             else:
-                acc[key] = [g, x.shape[0]]
+                acc[key] = [g.clone(), n]
         return pre_hook
 
     try:
@@ -254,6 +261,7 @@ def _gram_hooks(sites: list[WeightSite]) -> Iterator[dict[str, list]]:
     finally:
         for h in handles:
             h.remove()
+        last.clear()
 
 
 @torch.no_grad()
