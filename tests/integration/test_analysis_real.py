@@ -1,5 +1,5 @@
-"""Ablation scoring on the real tiny.en and a few real dev prompts: the cached dense encoder output gives the same
-scores as recomputing it, and damage shows in both the proxy loss and the WER."""
+"""Ablation scoring on the real tiny.en and a few real dev prompts: the cached dense encoder output (and cached
+encoder layer inputs) give the same scores as recomputing them, and damage shows in the proxy loss and the WER."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration,
 
 def test_proxy_and_wer_on_real_tiny_en():
     from speechprune.analysis.ablation import Target, ablated
-    from speechprune.analysis.scoring import WhisperScorer
+    from speechprune.analysis.scoring import ALL, WhisperScorer
     from speechprune.data.datasets import load_dataset
     from speechprune.evaluate.backends import TorchWhisper
     from speechprune.models.adapters import adapter_for
@@ -21,13 +21,22 @@ def test_proxy_and_wer_on_real_tiny_en():
 
     be = TorchWhisper.from_folder(resolve_model("whisper-tiny.en"))
     scorer = WhisperScorer(be, load_dataset("asterisk", "dev")[:4], batch_size=4)
-    dense = scorer.proxy(be.model, frozenset({"decoder"}))
-    assert dense == pytest.approx(scorer.proxy(be.model), rel=1e-4)  # cached encoder output == recomputed
+    dense = scorer.proxy(be.model, {})
+    assert dense == pytest.approx(scorer.proxy(be.model, ALL), rel=1e-4)  # cached encoder output == recomputed
+    assert dense == pytest.approx(scorer.proxy(be.model, {"encoder": 2}), rel=1e-4)  # from cached layer-2 input
     assert 0 < dense < 1.5  # the references are easy prompts: under 1.5 nats per token
-    assert scorer.wer(be.model) < 0.3
+    assert scorer.wer(be.model, {}) < 0.3
     adapter = adapter_for(be.model)
     with ablated(be.model, adapter, Target("decoder", 0), "skip") as damaged:
-        assert scorer.proxy(damaged, frozenset({"decoder"})) > 2 * dense
-    with ablated(be.model, adapter, Target("encoder", 0), "rerandom", seed=0) as damaged:
-        assert scorer.proxy(damaged, frozenset({"encoder"})) > 2 * dense
-    assert scorer.proxy(be.model, frozenset()) == pytest.approx(dense, rel=1e-6)  # restored
+        assert scorer.proxy(damaged, {"decoder": 0}) > 2 * dense
+    for method, layer in [("rerandom", 2), ("skip", 1), ("skip", 3)]:
+        with ablated(be.model, adapter, Target("encoder", layer), method, seed=0) as damaged:
+            cached = scorer.proxy(damaged, {"encoder": layer})
+            assert cached > 1.2 * dense
+            assert cached == pytest.approx(scorer.proxy(damaged, ALL), rel=1e-4)  # layer-input cache == full run
+    assert scorer.proxy(be.model, {}) == pytest.approx(dense, rel=1e-6)  # restored
+    assert adapter.n_layers(be.model, "encoder") == 4
+    # the cached path is the one taken: a corrupted cached layer input shows in the score
+    assert sorted(scorer.layer_inputs[0]) == [0, 1, 2, 3]
+    scorer.layer_inputs[0][2] = scorer.layer_inputs[0][2] * 0
+    assert scorer.proxy(be.model, {"encoder": 2}) > 1.2 * dense

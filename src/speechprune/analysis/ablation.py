@@ -159,7 +159,9 @@ def ablated(model, adapter, target: Target, method: str, seed: int = 0, source=N
 # ----------------------------------------------------------------------------------------------------------------
 # Scoring and the resumable run
 
-Scorer = Callable[[object, frozenset], float]  # (model, stacks changed) -> a score where higher is worse
+# (model, {stack: first changed layer}) -> a score where higher is worse; {} for the dense model. A scorer may reuse
+# the dense model's computation up to the first changed layer (a skipped layer counts as changed at its index).
+Scorer = Callable[[object, dict], float]
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: Abla
     for metric in metrics:  # the dense reference
         if (DENSE, DENSE, 0, metric.name) not in done:
             t0 = time.perf_counter()
-            record(None, DENSE, 0, metric, float(metric.fn(model, frozenset())), time.perf_counter() - t0)
+            record(None, DENSE, 0, metric, float(metric.fn(model, {})), time.perf_counter() - t0)
     points = plan(targets, config, stored_source=source is not None)
     todo = [(s, t, m) for s, t, m in points
             if any(wanted(x, s) and (t.key, m, s, x.name) not in done for x in metrics)]
@@ -272,7 +274,7 @@ def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: Abla
                 for metric in metrics:
                     if wanted(metric, seed) and (target.key, method, seed, metric.name) not in done:
                         t0 = time.perf_counter()
-                        value = float(metric.fn(damaged, frozenset({target.stack})))
+                        value = float(metric.fn(damaged, {target.stack: target.layer}))
                         record(target, method, seed, metric, value, time.perf_counter() - t0)
             bar.set_postfix_str(f"{target.key} {method} s{seed}")
             bar.update(1)

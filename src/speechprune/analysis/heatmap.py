@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 
@@ -18,13 +19,13 @@ def plot_heatmap(values: list[list[float | None]], rows: list[str], cols: list[s
     import numpy as np
 
     data = np.array([[math.nan if v is None else float(v) for v in r] for r in values], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.3 + 1.1 * max(len(cols), 1), 1.0 + 0.38 * max(len(rows), 1)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.0 + 1.1 * len(cols)), 1.4 + 0.38 * max(len(rows), 1)))
     cm = matplotlib.colormaps[cmap].copy()
     cm.set_bad("#dddddd")
     im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cm, vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
     lo, hi = im.get_clim()
     for i in range(len(rows)):
         for j in range(len(cols)):
