@@ -14,7 +14,9 @@ wide FFNs), never beyond the sweep's largest level, and a recipe sparsity of ``k
 
 ``allocate`` is an exact multiple-choice knapsack over a discretized target (a small DP): minimize summed damage
 subject to summed cost >= target. Costs are rounded down to the grid, so the plan always meets the target.
-``uniform`` gives every component the same sparsity, the smallest that meets the target, for comparison.
+``uniform`` gives every component the same sparsity, the smallest that meets the target, for comparison; since
+units come in steps the uniform recipe usually overshoots, and ``write_plan`` then asks the plan to remove at least as
+much as the uniform recipe does, so the two are compared at equal (or, for the plan, higher) cost.
 """
 
 from __future__ import annotations
@@ -266,6 +268,12 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
     goal = amount * total if amount < 1 else amount
     planned = allocate(curves, goal)
     s_uni, uni = uniform(curves, goal)
+    if uni.cost > goal:
+        # units come in steps (a head is 1/6 of a tiny.en layer), so the uniform recipe usually overshoots the target;
+        # the plan is asked to remove at least as much, so it is compared at equal or higher cost, never lower
+        planned = allocate(curves, uni.cost)
+    if uni.damage < planned.damage:  # the uniform fractions are an allocation too (the DP's grid may miss them)
+        planned = _allocation(curves, {c: v["sparsity"] for c, v in uni.per_component.items()})
     criterion = settings.get("criterion", "magnitude")
     tag = f"{metric}-{amount:g}"
     model_name = settings.get("model")
