@@ -197,8 +197,10 @@ def sweep_curves(points: dict[str, dict], metric: str, units: dict[str, int], me
     return out
 
 
-def recipe_dict(alloc: Allocation, name: str, model: str | None, criterion: str, sparsity: dict[str, float]) -> dict:
-    """A structured recipe: one per-layer target per component with a non-zero sparsity; validated."""
+def recipe_dict(alloc: Allocation, name: str, model: str | None, criterion: str, sparsity: dict[str, float],
+                calibration: dict | None = None) -> dict:
+    """A structured recipe: one per-layer target per component with a non-zero sparsity; validated. ``calibration``
+    (recipe keys) is kept for criteria that read data, so the recipe scores units as the sweep did."""
     from ..prune.recipe import parse_recipe
 
     targets = []
@@ -208,6 +210,8 @@ def recipe_dict(alloc: Allocation, name: str, model: str | None, criterion: str,
     if not targets:
         raise ConfigError("the plan prunes nothing")
     obj = {"name": name, "model": model, "criterion": criterion, "targets": targets}
+    if calibration and criterion in ("activation", "taylor"):
+        obj["calibration"] = calibration
     parse_recipe(obj)
     return obj
 
@@ -277,8 +281,11 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
     criterion = settings.get("criterion", "magnitude")
     tag = f"{metric}-{amount:g}"
     model_name = settings.get("model")
-    plan_recipe = recipe_dict(planned, f"plan-{tag}", model_name, criterion, planned.sparsity)
-    uni_recipe = recipe_dict(uni, f"uniform-{tag}", model_name, criterion, uni.sparsity)
+    cal = None
+    if settings.get("calibration") and settings.get("data") in ("asterisk", "asterisk-multiword"):
+        cal = {"data": settings["data"], "split": "dev", "utterances": settings["calibration"]}
+    plan_recipe = recipe_dict(planned, f"plan-{tag}", model_name, criterion, planned.sparsity, cal)
+    uni_recipe = recipe_dict(uni, f"uniform-{tag}", model_name, criterion, uni.sparsity, cal)
     uniform_out = Path(uniform_out) if uniform_out else out.with_name(f"{out.stem}-uniform{out.suffix or '.yaml'}")
     header = (f"# from the sensitivity sweep {sweep_dir} ({settings.get('split')} split, first {settings.get('limit')}); "
               f"target {target}\n")
