@@ -351,7 +351,9 @@ def plot_sweep(summary: dict, folder: str | Path) -> list[Path]:
         ax.set_ylabel("WER % (dev subset)")
         ax.set_yscale("symlog", linthresh=10)
         ax.set_ylim(bottom=0)
-        ax.set_title(f"{summary.get('settings', {}).get('model', '')}: {method} pruning, one component at a time")
+        st = summary.get("settings", {})
+        how = f"{method}, {st.get('criterion')}" if method == "structured" and st.get("criterion") else method
+        ax.set_title(f"{st.get('model', '')}: {how} pruning, one component at a time", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

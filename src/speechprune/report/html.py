@@ -214,7 +214,8 @@ def _sweep_plot(sweep: dict) -> str:
             ax.plot(xs, ys, marker="o", label=c)
         if dense:
             ax.axhline(100 * dense["wer"], color="grey", ls="--", lw=1)
-        ax.set_title(f"{method}")
+        crit = sweep["settings"].get("criterion")
+        ax.set_title(f"{method} ({crit})" if method == "structured" and crit else method)
         ax.set_xlabel("sparsity of the component")
         ax.set_ylabel("WER %")
         ax.set_yscale("symlog", linthresh=10)
