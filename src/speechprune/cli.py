@@ -402,6 +402,7 @@ def analyze_sensitivity_cmd(
     criterion: str = typer.Option("magnitude", help="structured unit scores: magnitude | activation | taylor | random"),
     limit: Optional[int] = typer.Option(24, min=1, help="score the first N utterances"),
     max_new_tokens: int = typer.Option(64, min=1, help="token cap per hypothesis (a looping model stops there)"),
+    calibration: int = typer.Option(32, min=1, help="dev utterances the activation / taylor criteria read"),
     batch_size: int = typer.Option(8, min=1),
     worker: int = typer.Option(0, min=0, help="this process's share: every --workers-th point from --worker"),
     workers: int = typer.Option(1, min=1),
@@ -415,7 +416,7 @@ def analyze_sensitivity_cmd(
     summary = run_sweep(model, data, out, split=split, components=_csv(components, "components"),
                         levels=_csv(levels, "levels", float), methods=_csv(methods, "methods"), limit=limit,
                         criterion=criterion, worker=worker, workers=workers, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, device=device)
+                        max_new_tokens=max_new_tokens, calibration=calibration, device=device)
     t = Table(title=f"{model}: WER % on {data} {split} (first {limit}) with one component pruned")
     levels_seen = sorted({r["sparsity"] for per in summary["curves"].values() for rs in per.values() for r in rs})
     for col in ["method", "component"] + [f"{s:g}" for s in levels_seen]:

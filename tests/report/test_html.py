@@ -41,14 +41,26 @@ def runs(tmp_path):
     (sweep / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pts) + '{"key": "trunc')
     _write(tmp_path / "ablation" / "summary.json", {"model": "tiny", "layers": [
         {"layer": "encoder.0", "wer_delta": 0.1234}, {"layer": "encoder.1", "wer_delta": 0.5678}]})
+    plan = tmp_path / "plan"
+    comp = {"encoder.ffn": {"sparsity": 0.5, "damage": 0.4, "cost": 7.0}}
+    _write(plan / "plan.json", {"target": "encoder-flops:0.2",
+                                "plan": {"recipe": str(plan / "plan.yaml"), "predicted_wer_increase": 0.49,
+                                         "predicted_removed": 7e9, "per_component": comp, "realized": {"params": 35}},
+                                "uniform": {"recipe": str(plan / "plan-uniform.yaml"), "predicted_wer_increase": 1.16,
+                                            "predicted_removed": 7e9, "per_component": comp}})
+    for name, wer in (("plan", 0.3141), ("plan-uniform", 0.9265)):
+        _write(plan / f"eval-{name}" / "metrics.json", {"wer": wer, "n_utterances": 40, "settings": {
+            "model": str(plan / f"prune-{name}" / "step-1"), "data": "heldout.jsonl", "split": None}})
     _write(tmp_path / "odd" / "thing.json", {"nothing": {"useful": [1, 2]}})
     (tmp_path / "odd" / "broken.json").write_text("{not json")
     return tmp_path
 
 
 def test_report_shows_every_known_record_and_is_self_contained(runs, tmp_path):
-    out = write_html_report([runs / "main", runs / "sweep", runs / "ablation", runs / "odd"], tmp_path / "r" / "report.html")
+    out = write_html_report([runs / "main", runs / "sweep", runs / "ablation", runs / "odd", runs / "plan"],
+                            tmp_path / "r" / "report.html")
     page = out.read_text()
+    assert "31.41 (heldout, 40 utt.)" in page and "92.65 (heldout, 40 utt.)" in page  # each eval beside its recipe
     for number in ("4.89", "23.17", "343", "223.7", "31,848,576", "77.7", "0.1234", "0.5678"):
         assert number in page, number
     assert "encoder.2.self_attn" in page
@@ -58,7 +70,8 @@ def test_report_shows_every_known_record_and_is_self_contained(runs, tmp_path):
     assert "http" not in page.lower() and "<script" not in page and "<link" not in page
     assert "thing.json: unknown record" in page and "broken.json: unreadable" in page
     data = json.loads(out.with_suffix(".json").read_text())
-    assert len(data["sweeps"][0]["points"]) == 3 and len(data["evals"]) == 1 and len(data["prunes"]) == 1
+    assert len(data["sweeps"][0]["points"]) == 3 and len(data["evals"]) == 3 and len(data["prunes"]) == 1
+    assert len(data["plans"]) == 1
 
 
 def test_missing_data_is_said_not_drawn(runs, tmp_path):

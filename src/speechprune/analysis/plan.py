@@ -14,7 +14,9 @@ wide FFNs), never beyond the sweep's largest level, and a recipe sparsity of ``k
 
 ``allocate`` is an exact multiple-choice knapsack over a discretized target (a small DP): minimize summed damage
 subject to summed cost >= target. Costs are rounded down to the grid, so the plan always meets the target.
-``uniform`` gives every component the same sparsity, the smallest that meets the target, for comparison.
+``uniform`` gives every component the same sparsity, the smallest that meets the target, for comparison; since
+units come in steps the uniform recipe usually overshoots, and ``write_plan`` then asks the plan to remove at least as
+much as the uniform recipe does, so the two are compared at equal (or, for the plan, higher) cost.
 """
 
 from __future__ import annotations
@@ -195,8 +197,10 @@ def sweep_curves(points: dict[str, dict], metric: str, units: dict[str, int], me
     return out
 
 
-def recipe_dict(alloc: Allocation, name: str, model: str | None, criterion: str, sparsity: dict[str, float]) -> dict:
-    """A structured recipe: one per-layer target per component with a non-zero sparsity; validated."""
+def recipe_dict(alloc: Allocation, name: str, model: str | None, criterion: str, sparsity: dict[str, float],
+                calibration: dict | None = None) -> dict:
+    """A structured recipe: one per-layer target per component with a non-zero sparsity; validated. ``calibration``
+    (recipe keys) is kept for criteria that read data, so the recipe scores units as the sweep did."""
     from ..prune.recipe import parse_recipe
 
     targets = []
@@ -206,6 +210,8 @@ def recipe_dict(alloc: Allocation, name: str, model: str | None, criterion: str,
     if not targets:
         raise ConfigError("the plan prunes nothing")
     obj = {"name": name, "model": model, "criterion": criterion, "targets": targets}
+    if calibration and criterion in ("activation", "taylor"):
+        obj["calibration"] = calibration
     parse_recipe(obj)
     return obj
 
@@ -266,11 +272,20 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
     goal = amount * total if amount < 1 else amount
     planned = allocate(curves, goal)
     s_uni, uni = uniform(curves, goal)
+    if uni.cost > goal:
+        # units come in steps (a head is 1/6 of a tiny.en layer), so the uniform recipe usually overshoots the target;
+        # the plan is asked to remove at least as much, so it is compared at equal or higher cost, never lower
+        planned = allocate(curves, uni.cost)
+    if uni.damage < planned.damage:  # the uniform fractions are an allocation too (the DP's grid may miss them)
+        planned = _allocation(curves, {c: v["sparsity"] for c, v in uni.per_component.items()})
     criterion = settings.get("criterion", "magnitude")
     tag = f"{metric}-{amount:g}"
     model_name = settings.get("model")
-    plan_recipe = recipe_dict(planned, f"plan-{tag}", model_name, criterion, planned.sparsity)
-    uni_recipe = recipe_dict(uni, f"uniform-{tag}", model_name, criterion, uni.sparsity)
+    cal = None
+    if settings.get("calibration") and settings.get("data") in ("asterisk", "asterisk-multiword"):
+        cal = {"data": settings["data"], "split": "dev", "utterances": settings["calibration"]}
+    plan_recipe = recipe_dict(planned, f"plan-{tag}", model_name, criterion, planned.sparsity, cal)
+    uni_recipe = recipe_dict(uni, f"uniform-{tag}", model_name, criterion, uni.sparsity, cal)
     uniform_out = Path(uniform_out) if uniform_out else out.with_name(f"{out.stem}-uniform{out.suffix or '.yaml'}")
     header = (f"# from the sensitivity sweep {sweep_dir} ({settings.get('split')} split, first {settings.get('limit')}); "
               f"target {target}\n")

@@ -204,11 +204,12 @@ def cost_record(model) -> dict:
 def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", components: list[str] | None = None,
               levels: Iterable[float] = DEFAULT_LEVELS, methods: Iterable[str] = METHODS, limit: int | None = 24,
               criterion: str = "magnitude", worker: int = 0, workers: int = 1, batch_size: int = 8,
-              max_new_tokens: int = 64, device: str = "cpu", progress: bool = True) -> dict:
+              max_new_tokens: int = 64, calibration: int = 32, device: str = "cpu", progress: bool = True) -> dict:
     """Run (or resume) this worker's share of a sweep; returns the summary of every point finished so far.
 
     ``max_new_tokens`` caps each hypothesis (asterisk prompts are a few words): a badly pruned model that loops
     would otherwise decode to the 224-token limit on every utterance; a capped loop still scores as errors.
+    ``calibration``: dev utterances (from the start of the dev split) that the activation and Taylor criteria read.
     """
     from tqdm import tqdm
 
@@ -228,6 +229,8 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     options = DecodeOptions(max_new_tokens=max_new_tokens)
     settings = {"kind": "sensitivity", "model": model_name, "data": data, "split": split, "limit": limit,
                 "criterion": criterion, "max_new_tokens": max_new_tokens, "beam_size": 1}
+    if criterion in ("activation", "taylor"):
+        settings["calibration"] = calibration
     out.mkdir(parents=True, exist_ok=True)
     dense = TorchWhisper.from_folder(resolve_model(model_name), device=device)
     wanted = check_request(model_components(dense.model), components, levels, methods)
@@ -244,7 +247,7 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
         if criterion in ("activation", "taylor") and any(p.method == "structured" for p in todo):
             from ..prune.run import training_utterances
 
-            cal = training_utterances([f"{data}:dev" if data in ("asterisk", "asterisk-multiword") else data], 32)
+            cal = training_utterances([f"{data}:dev" if data in ("asterisk", "asterisk-multiword") else data], calibration)
             batches = dense.labelled_batches(cal, batch_size, progress=progress)
         dense_enc = None  # the dense encoder's outputs per batch, computed once for the decoder points
         bar = tqdm(todo, desc=f"sensitivity w{worker}/{workers}", unit="point", disable=not progress, dynamic_ncols=True)
@@ -348,7 +351,9 @@ def plot_sweep(summary: dict, folder: str | Path) -> list[Path]:
         ax.set_ylabel("WER % (dev subset)")
         ax.set_yscale("symlog", linthresh=10)
         ax.set_ylim(bottom=0)
-        ax.set_title(f"{summary.get('settings', {}).get('model', '')}: {method} pruning, one component at a time")
+        st = summary.get("settings", {})
+        how = f"{method}, {st.get('criterion')}" if method == "structured" and st.get("criterion") else method
+        ax.set_title(f"{st.get('model', '')}: {how} pruning, one component at a time", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -214,7 +214,8 @@ def _sweep_plot(sweep: dict) -> str:
             ax.plot(xs, ys, marker="o", label=c)
         if dense:
             ax.axhline(100 * dense["wer"], color="grey", ls="--", lw=1)
-        ax.set_title(f"{method}")
+        crit = sweep["settings"].get("criterion")
+        ax.set_title(f"{method} ({crit})" if method == "structured" and crit else method)
         ax.set_xlabel("sparsity of the component")
         ax.set_ylabel("WER %")
         ax.set_yscale("symlog", linthresh=10)
@@ -224,6 +225,20 @@ def _sweep_plot(sweep: dict) -> str:
     fig.suptitle(f"{sweep['settings'].get('model')}: WER vs sparsity, one component at a time")
     fig.tight_layout()
     return _png(fig)
+
+
+def _measured(col: Collection, recipe: str | None) -> str:
+    """WER of the evaluations whose model is a prune with ``recipe`` (``.../prune-<recipe stem>/step-N``)."""
+    if not recipe:
+        return "-"
+    tag = f"/prune-{Path(recipe).stem}/"
+    out = []
+    for e in col.evals:
+        st = e["metrics"].get("settings") or {}
+        if tag in str(st.get("model", "")) and e["metrics"].get("wer") is not None:
+            where = f"{Path(str(st.get('data'))).stem} {st.get('split') or ''}".strip()
+            out.append(f"{100 * e['metrics']['wer']:.2f} ({where}, {e['metrics'].get('n_utterances')} utt.)")
+    return "; ".join(out) or "-"
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -308,9 +323,9 @@ def render(col: Collection, title: str = "speechprune report") -> str:
             real = a.get("realized") or {}
             rows.append([name, ", ".join(f"{c} {v['sparsity']:.3f}" for c, v in a["per_component"].items() if v["sparsity"] > 0),
                          _pct(a.get("predicted_wer_increase")), a.get("predicted_removed"), real.get("params"),
-                         real.get("flops_encoder"), _pct(a.get("dev_wer")), _pct(a.get("test_wer"))])
+                         real.get("flops_encoder"), _measured(col, a.get("recipe"))])
         parts.append(_table(["allocation", "unit fractions removed", "predicted WER +%", "predicted removed", "params",
-                             "encoder FLOPs", "dev WER %", "test WER %"], rows))
+                             "encoder FLOPs", "measured WER % (evals of its prune)"], rows))
     for t in col.tables:
         rows = t["rows"][:MAX_ROWS]
         keys = list(dict.fromkeys(k for r in rows for k in r))[:12]
