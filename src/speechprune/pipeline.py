@@ -52,7 +52,7 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
         r = load_recipe(recipe)
         if (out / "prune" / "model.txt").exists():
             before = json.loads((out / "prune" / "prune.json").read_text(encoding="utf-8"))
-            if before.get("recipe") != json.loads(json.dumps(r.model_dump())) or before.get("model") != model:
+            if not _same_recipe(before.get("recipe"), r) or before.get("model") != model:
                 raise ConfigError("holds a model pruned with another recipe or model; use another --out", out)
         else:
             run_prune(model, r, out / "prune")
@@ -83,5 +83,17 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
         record = benchmark(backends, utts, options, BenchOptions(max_utterances=bench_utterances), threads=threads)
         record.update(settings, settings=settings)
         atomic_write_json(bench_path, record)
-    title = f"speechprune: {model}{f' pruned with {Path(recipe).stem}' if recipe else ''} on {data} ({split})"
+    name = Path(recipe).name.removesuffix(".yaml").removesuffix(".yml") if recipe else None  # "tiny.en-fast": no stem
+    title = f"speechprune: {model}{f' pruned with {name}' if name else ''} on {data} ({split})"
     return write_report(out, record, metrics, title=title)
+
+
+def _same_recipe(stored, recipe) -> bool:
+    """Whether a recipe recorded by an earlier run is ``recipe``, read through today's schema (so a field added
+    since, with its default, does not make an old run look different)."""
+    from .prune.recipe import parse_recipe
+
+    try:
+        return parse_recipe(stored) == recipe
+    except Exception:
+        return False
