@@ -40,7 +40,8 @@ from speechprune.prune.lowrank import factorize, input_grams
 from speechprune.prune.lowrank_recipe import parse_lowrank_recipe
 from speechprune.prune.lowrank_run import select_sites, step_plan
 from speechprune.prune.recipe import Recovery
-from speechprune.prune.run import shape_record, training_utterances
+from speechprune.data.datasets import training_utterances
+from speechprune.prune.run import shape_record
 from speechprune.recovery.distill import distill
 
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}

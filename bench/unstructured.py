@@ -39,7 +39,7 @@ from speechprune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from speechprune.models.registry import resolve_model
 from speechprune.prune.imp import imp
 from speechprune.prune.recipe import Recovery
-from speechprune.prune.run import training_utterances
+from speechprune.data.datasets import training_utterances
 from speechprune.prune.sparse_recipe import parse_sparsify_recipe
 from speechprune.prune.unstructured import sparsify
 from speechprune.report.sparsity import crossover, write_sparsity_report

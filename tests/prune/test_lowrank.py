@@ -303,7 +303,7 @@ def test_activation_aware_schedule_recovers_between_steps(tmp_path, clips):
     recipe = parse_lowrank_recipe({
         "method": "activation", "target": {"params": 0.6}, "schedule": {"steps": 2},
         "sites": {"components": ["ffn"], "stacks": ["encoder"]},
-        "calibration": {"data": str(clips), "split": "all", "utterances": 2, "batch_size": 2},
+        "calibration": {"data": str(clips), "utterances": 2, "batch_size": 2},
         "recovery": {"data": [str(clips)], "steps": 2, "batch_size": 2, "max_utterances": 2}})
     record = run_lowrank(str(src), recipe, tmp_path / "out", progress=False)
     first, second = record["steps"]

@@ -245,7 +245,7 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
         feats = [prepare_batch(frontend, utts[i : i + batch_size]) for i in range(0, len(utts), batch_size)]
         batches = None
         if criterion in ("activation", "taylor") and any(p.method == "structured" for p in todo):
-            from ..prune.run import training_utterances
+            from ..data.datasets import training_utterances
 
             cal = training_utterances([f"{data}:dev" if data in ("asterisk", "asterisk-multiword") else data], calibration)
             batches = dense.labelled_batches(cal, batch_size, progress=progress)

@@ -31,7 +31,8 @@ from ..models.registry import resolve_model
 from ..models.units import WeightSite
 from .lowrank import Plan, factorize, input_grams, lowrank_sites, plan_ranks
 from .lowrank_recipe import LowRankRecipe, LowRankTarget
-from .run import shape_record, training_utterances
+from ..data.datasets import training_utterances
+from .run import shape_record
 
 RECORD = "lowrank.json"
 
@@ -133,7 +134,7 @@ def run_lowrank(model_name: str, recipe: LowRankRecipe, out: str | Path, device:
     cal_batches = None
     if recipe.needs_calibration:
         cal = recipe.calibration
-        utts = training_utterances([f"{cal.data}:{cal.split or 'dev'}"], cal.utterances)
+        utts = training_utterances([cal.spec], cal.utterances)
         cal_batches = [{k: v.to(device) for k, v in b.items()}
                        for b in dense.labelled_batches(utts, cal.batch_size, progress=progress)]
     rec_batches = None

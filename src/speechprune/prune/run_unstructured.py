@@ -20,7 +20,7 @@ from ..io import atomic_write_json
 from ..models.checkpoint import save_pruned
 from ..models.registry import resolve_model
 from .imp import imp
-from .run import training_utterances
+from ..data.datasets import training_utterances
 from .sparse_recipe import SparsifyRecipe
 from .unstructured import recipe_sites, sparsify
 
@@ -48,7 +48,7 @@ def run_sparsify(model_name: str, recipe: SparsifyRecipe, out: str | Path, devic
         batches = None
         if recipe.needs_calibration:
             cal = recipe.calibration
-            utts = training_utterances([f"{cal.data}:{cal.split or 'dev'}"], cal.utterances)
+            utts = training_utterances([cal.spec], cal.utterances)
             batches = student.labelled_batches(utts, cal.batch_size, progress=progress)
         result = sparsify(model, recipe, batches, progress=progress)
     seconds = time.perf_counter() - t0
