@@ -19,11 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
-from .recipe import BUNDLED_RECIPES, Calibration, Recovery, Schedule, _first_error
+from .recipe import BUNDLED_RECIPES, Calibration, Recovery, Schedule, _first_error, read_recipe_yaml
 
 BUNDLED_LOWRANK = BUNDLED_RECIPES / "lowrank"
 
@@ -94,25 +93,6 @@ def parse_lowrank_recipe(obj: dict, source: str | Path | None = None) -> LowRank
         raise ConfigError(f"bad low-rank recipe: {_first_error(e)}", source) from None
 
 
-def bundled_lowrank_recipes() -> list[str]:
-    return sorted(p.stem for p in BUNDLED_LOWRANK.glob("*.yaml"))
-
-
 def load_lowrank_recipe(path: str | Path) -> LowRankRecipe:
-    """Read and validate a YAML low-rank recipe (``yaml.safe_load``: no code runs): a file, or the name of a
-    bundled one in ``recipes/lowrank/``."""
-    path = Path(path)
-    if not path.exists() and path.parent == Path(".") and (BUNDLED_LOWRANK / f"{path.name}.yaml").is_file():
-        path = BUNDLED_LOWRANK / f"{path.name}.yaml"
-    try:
-        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"recipe not found (bundled: {', '.join(bundled_lowrank_recipes())})", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read recipe ({e.__class__.__name__})", path) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"not valid YAML{f' (line {mark.line + 1})' if mark else ''}", path) from None
-    if not isinstance(obj, dict):
-        raise ConfigError("a recipe must be a YAML mapping", path)
-    return parse_lowrank_recipe(obj, path)
+    """Read and validate a YAML low-rank recipe: a file, or the name of a bundled one in ``recipes/lowrank/``."""
+    return parse_lowrank_recipe(*read_recipe_yaml(path, BUNDLED_LOWRANK))

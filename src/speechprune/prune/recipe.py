@@ -160,16 +160,17 @@ def bundled_recipes() -> list[str]:
     return sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a YAML recipe (``yaml.safe_load``: no code runs): a file, or the name of a bundled one
-    (``whisper-tiny.en-fast``)."""
+def read_recipe_yaml(path: str | Path, bundled: Path) -> tuple[dict, Path]:
+    """The mapping in a YAML recipe (``yaml.safe_load``: no code runs) and its file: ``path``, or the name of a recipe
+    shipped in ``bundled``. Missing, unreadable or non-mapping files raise a one-line ``ConfigError``."""
     path = Path(path)
-    if not path.exists() and path.parent == Path(".") and (BUNDLED_RECIPES / f"{path.name}.yaml").is_file():
-        path = BUNDLED_RECIPES / f"{path.name}.yaml"
+    if not path.exists() and path.parent == Path(".") and (bundled / f"{path.name}.yaml").is_file():
+        path = bundled / f"{path.name}.yaml"
     try:
         obj = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"recipe not found (bundled: {', '.join(bundled_recipes())})", path) from None
+        names = sorted(p.stem for p in bundled.glob("*.yaml"))
+        raise ConfigError(f"recipe not found (bundled: {', '.join(names)})", path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read recipe ({e.__class__.__name__})", path) from None
     except yaml.YAMLError as e:
@@ -177,4 +178,9 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ConfigError(f"not valid YAML{f' (line {mark.line + 1})' if mark else ''}", path) from None
     if not isinstance(obj, dict):
         raise ConfigError("a recipe must be a YAML mapping", path)
-    return parse_recipe(obj, path)
+    return obj, path
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe: a file, or the name of a bundled one (``whisper-tiny.en-fast``)."""
+    return parse_recipe(*read_recipe_yaml(path, BUNDLED_RECIPES))

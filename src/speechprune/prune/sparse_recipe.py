@@ -22,11 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from ..errors import ConfigError
-from .recipe import Calibration, Recovery, _first_error, _Strict
+from .recipe import Calibration, Recovery, _first_error, _Strict, read_recipe_yaml
 
 BUNDLED_SPARSE_RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "unstructured"
 
@@ -98,25 +97,6 @@ def parse_sparsify_recipe(obj: dict, source: str | Path | None = None) -> Sparsi
         raise ConfigError(f"bad recipe: {_first_error(e)}", source) from None
 
 
-def bundled_sparse_recipes() -> list[str]:
-    return sorted(p.stem for p in BUNDLED_SPARSE_RECIPES.glob("*.yaml"))
-
-
 def load_sparsify_recipe(path: str | Path) -> SparsifyRecipe:
-    """Read and validate an unstructured recipe (``yaml.safe_load``): a file, or a bundled name
-    (``whisper-tiny.en-wanda50``)."""
-    path = Path(path)
-    if not path.exists() and path.parent == Path(".") and (BUNDLED_SPARSE_RECIPES / f"{path.name}.yaml").is_file():
-        path = BUNDLED_SPARSE_RECIPES / f"{path.name}.yaml"
-    try:
-        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"recipe not found (bundled: {', '.join(bundled_sparse_recipes())})", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read recipe ({e.__class__.__name__})", path) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"not valid YAML{f' (line {mark.line + 1})' if mark else ''}", path) from None
-    if not isinstance(obj, dict):
-        raise ConfigError("a recipe must be a YAML mapping", path)
-    return parse_sparsify_recipe(obj, path)
+    """Read and validate an unstructured recipe: a file, or a bundled name (``whisper-tiny.en-wanda50``)."""
+    return parse_sparsify_recipe(*read_recipe_yaml(path, BUNDLED_SPARSE_RECIPES))
