@@ -42,7 +42,7 @@ from speechprune.prune.lowrank_run import select_sites, step_plan
 from speechprune.prune.recipe import Recovery
 from speechprune.data.datasets import training_utterances
 from speechprune.prune.run import shape_record
-from speechprune.recovery.distill import distill
+from speechprune.recovery.distill import distill, recovery_batches
 
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
 SIZES = {"p90": 0.9, "p75": 0.75, "p60": 0.6}  # share of the chosen layers' weights kept
@@ -108,8 +108,7 @@ def main() -> None:
         after = {"wer": None}
         if args.recovery_steps:
             if rec_batches is None:
-                train = training_utterances(rec_cfg.data, rec_cfg.max_utterances)
-                rec_batches = dense.labelled_batches(train, rec_cfg.batch_size, teacher_logits=True, progress=True)
+                rec_batches = recovery_batches(dense, rec_cfg)
             recovery = distill(model, rec_batches, rec_cfg, progress=False)
             folder = save_pruned(model, src, out / name / "recovered", overwrite=True)
             final = TorchWhisper.from_folder(folder, name=name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from speechprune.prune.recipe import Recovery, parse_recipe
 from speechprune.data.datasets import training_utterances
 from speechprune.prune.run import shape_record
 from speechprune.prune.structured import prune
-from speechprune.recovery.distill import distill
+from speechprune.recovery.distill import distill, recovery_batches
 
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
 ENC_HEADS = {"stack": "encoder", "kind": "self_attn", "sparsity": 0.5}
@@ -95,8 +94,7 @@ def main() -> None:
         if recipe.needs_calibration and cal_batches is None:
             cal_batches = dense.labelled_batches(training_utterances(["asterisk:dev"], CAL["utterances"]), 8)
         if rec_batches is None and args.recovery_steps:
-            train = training_utterances(rec_cfg.data, rec_cfg.max_utterances)
-            rec_batches = dense.labelled_batches(train, rec_cfg.batch_size, teacher_logits=True, progress=True)
+            rec_batches = recovery_batches(dense, rec_cfg)
         t0 = time.perf_counter()
         model = copy.deepcopy(dense.model)
         recovery: list[dict] = []

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from speechprune.bench.latency import BenchOptions, benchmark
-from speechprune.data.datasets import load_dataset
+from speechprune.data.datasets import load_dataset, training_utterances
 from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.runner import eval_settings, evaluate
@@ -39,7 +39,7 @@ from speechprune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from speechprune.models.registry import resolve_model
 from speechprune.prune.imp import imp
 from speechprune.prune.recipe import Recovery
-from speechprune.data.datasets import training_utterances
+from speechprune.recovery.distill import recovery_batches
 from speechprune.prune.sparse_recipe import parse_sparsify_recipe
 from speechprune.prune.unstructured import sparsify
 from speechprune.report.sparsity import crossover, write_sparsity_report
@@ -182,8 +182,7 @@ def main() -> None:
                 if name in done:
                     continue
                 if rec_batches is None and args.recovery_steps:
-                    train = dev_utterances(rec_cfg.max_utterances)
-                    rec_batches = dense.labelled_batches(train, rec_cfg.batch_size, teacher_logits=True, progress=True)
+                    rec_batches = recovery_batches(dense, rec_cfg, dev_utterances(rec_cfg.max_utterances))
                 recipe = parse_sparsify_recipe({"name": name, "sparsity": s, "imp": {
                     "rounds": args.imp_rounds, "rewind": rewind, "recovery": rec_cfg.model_dump()}})
                 model = copy.deepcopy(dense.model)

@@ -67,12 +67,12 @@ def test_beam_of_one_is_greedy(tiny_model):
     feats = features(2, seed=3)
     assert decode(be, feats, beam_size=1, max_new_tokens=10).tokens == decode(be, feats, beam_size=1, max_new_tokens=10).tokens
     # beam_search with k=1 goes through a different loop (cache reordering), and must agree with greedy
-    from speechprune.evaluate.decoding import beam_search, greedy_search
+    from speechprune.evaluate.decoding import beam_search, greedy_search, reorder_cache
 
     enc = be.encode(feats)
     prompts = [[SOT, NO_TS]] * 2
     g, _ = greedy_search(be._stepper(enc), be._new_cache, prompts, be.vocab, 10)
-    b, _ = beam_search(be._stepper(enc), be._new_cache, lambda c, i: c.reorder_cache(i), prompts, be.vocab, 1, 10)
+    b, _ = beam_search(be._stepper(enc), be._new_cache, reorder_cache, prompts, be.vocab, 1, 10)
     assert b == g
 
 

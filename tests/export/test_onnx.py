@@ -13,7 +13,8 @@ import torch
 from speechprune.errors import ConfigError, ModelError, SpeechpruneError
 from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
-from speechprune.evaluate.onnx_backend import OnnxWhisper, OrtCache, reorder_cache, scatter_logits
+from speechprune.evaluate.decoding import GraphCache, reorder_cache
+from speechprune.evaluate.onnx_backend import OnnxWhisper, scatter_logits
 from speechprune.export.onnx import GRAPHS, MANIFEST, export_onnx
 
 from tiny_models import EOT, NO_TS, SOT, build_tiny, pruned_tiny_whisper
@@ -152,7 +153,7 @@ def test_int8_export_runs_and_mostly_agrees(exported):
 
 
 def test_cache_reorder_and_logit_scatter():
-    cache = OrtCache(group=2, self_kv=[np.arange(4.0)[:, None]], cross_kv=[np.array([[10.0], [20.0]])])
+    cache = GraphCache(group=2, self_kv=[np.arange(4.0)[:, None]], cross_kv=[np.array([[10.0], [20.0]])])
     reorder_cache(cache, torch.tensor([1, 1, 2, 3]))  # rows stay within their item: cross cache untouched
     assert cache.self_kv[0][:, 0].tolist() == [1, 1, 2, 3] and cache.group == 2 and len(cache.cross_kv[0]) == 2
     reorder_cache(cache, torch.tensor([2, 0, 2, 3]))  # row 0 takes item 1's beam: one cross row per row

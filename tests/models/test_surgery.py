@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import EOT, SOT, ToyTokenizer, tiny_whisper, toy_vocab
+from tiny_models import EOT, SOT, ToyTokenizer, toy_vocab
 
 from speechprune.bench.flops import encoder_flops
 from speechprune.errors import ConfigError, ModelError
@@ -205,8 +205,6 @@ def test_kv_cache_greedy_decoding_after_decoder_surgery_equals_uncached(build):
     feats = inputs("whisper")["input_features"].numpy()
     enc = backend.encode(feats)
     decoded = backend.decode(enc, [None, None], [None, None], DecodeOptions(beam_size=1, max_new_tokens=12))
-
-    step_logits: list[torch.Tensor] = []
 
     @torch.no_grad()
     def uncached_step(ids, cache):  # the whole sequence every step: no cache involved

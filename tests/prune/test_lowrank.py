@@ -167,7 +167,7 @@ def test_activation_aware_factorization_of_a_whisper_leaves_plain_modules_and_cu
     assert torch.equal(grams["encoder.0.self_attn.q"], grams["encoder.0.self_attn.v"])  # the same inputs
     plain, aware = build_tiny("whisper"), build_tiny("whisper")
     ranks = {s.key: 6 for s in sites}
-    e_plain = L.factorize(L.lowrank_sites(plain), ranks)
+    L.factorize(L.lowrank_sites(plain), ranks)
     e_aware = L.factorize(L.lowrank_sites(aware), ranks, grams)
     assert _no_hooks(aware) and lowrank_ranks(aware) == ranks
     assert sum(p.numel() for p in aware.parameters()) < sum(p.numel() for p in model.parameters())

@@ -97,3 +97,24 @@ def test_recovery_brings_a_pruned_student_closer_to_its_teacher(tiny_model, clip
     assert loss() < 0.9 * before
     assert not student.training
     assert all(p.grad is None for p in student.parameters())
+
+
+def test_recovery_that_trains_the_encoder_leaves_the_decoder_the_teachers(tiny_model, clips):
+    teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
+    batches = teacher.labelled_batches(read_manifest(clips), 5, OPTS, teacher_logits=True)
+    student = copy.deepcopy(tiny_model)
+    a = adapter_for(student)
+    a.prune_units(student, next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn"), list(range(8)))
+    decoder = {k: v.clone() for k, v in student.model.decoder.state_dict().items()}
+    encoder = {k: v.clone() for k, v in student.model.encoder.state_dict().items()}
+    grads = [p.requires_grad for p in student.parameters()]  # Whisper's sinusoidal positions are frozen already
+    stats = distill(student, batches, Recovery(steps=5, lr=1e-3, batch_size=5, train=["encoder"]), progress=False)
+    assert stats["steps"] == 5
+    assert all(torch.equal(v, student.model.decoder.state_dict()[k]) for k, v in decoder.items())
+    assert any(not torch.equal(v, student.model.encoder.state_dict()[k]) for k, v in encoder.items())
+    assert [p.requires_grad for p in student.parameters()] == grads  # the freeze does not outlive the call
+
+
+def test_recovery_refuses_a_stack_twice():
+    with pytest.raises(ValueError, match="twice"):
+        Recovery(train=["encoder", "encoder"])

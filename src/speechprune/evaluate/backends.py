@@ -18,7 +18,9 @@ import torch
 from ..errors import ConfigError
 from ..io import tree_size_bytes
 from ..models.structure import EncoderDecoderShape
-from .decoding import DecodeOptions, DecodeStats, WhisperVocab, beam_search, greedy_search
+from ..models.whisper_graph import whisper_graphs
+from .decoding import (DecodeOptions, DecodeStats, GraphCache, WhisperVocab, beam_search, greedy_search,
+                       reorder_cache)
 
 BACKENDS = ("torch", "faster-whisper", "onnx")
 CT2_COMPUTE_TYPES = ("int8", "float32", "int8_float32", "float16", "int8_float16")
@@ -73,8 +75,7 @@ class TorchWhisper:
         self.device = torch.device(device)
         self.n_mels = int(model.config.num_mel_bins)
         self._encoder = model.get_encoder()
-        self._decoder = model.get_decoder()
-        self._proj = model.get_output_embeddings()
+        self.max_positions = int(model.config.max_target_positions)
         self._dtype = next(model.parameters()).dtype
         from ..models.whisper import whisper_shape
 
@@ -102,17 +103,37 @@ class TorchWhisper:
         return self._encoder(input_features=x).last_hidden_state
 
     def _stepper(self, enc: torch.Tensor):
-        def step(ids: torch.Tensor, cache) -> torch.Tensor:
-            h = self._decoder(input_ids=ids, encoder_hidden_states=enc, past_key_values=cache, use_cache=True)
-            return self._proj(h.last_hidden_state[:, -1]).float()
+        """One search step through the split decoder graphs (``models.whisper_graph``: plain torch over this model's
+        own parameters, the same code the ONNX export traces, so PyTorch and ONNX decode alike by construction)
+        with a ``GraphCache``: a prompt pass, then one token per call. ``enc`` holds one row per utterance; the
+        cache's ``group`` rows (beams) share it, so beam search keeps one cross-attention cache per utterance.
+        tiny.en, 2 threads: 8.7 ms per token (transformers' decoder forward with its cache: 9.2 ms), of which the
+        fp32 51864-way output projection alone takes 5.0 ms (80 MB of weights read per token)."""
+        graphs = whisper_graphs(self.model)
+        prefill, step_graph, n_self = graphs.prefill, graphs.step, len(graphs.io.self_cache)
+
+        @torch.inference_mode()
+        def step(ids: torch.Tensor, cache: GraphCache) -> torch.Tensor:
+            if cache.position == 0:  # the prompt: once per item, then repeated for its beams
+                out = prefill(ids[:: cache.group], enc)
+                logits, self_kv = out[0], list(out[1 : 1 + n_self])
+                if cache.group > 1:
+                    logits = logits.repeat_interleave(cache.group, dim=0)
+                    self_kv = [a.repeat_interleave(cache.group, dim=0) for a in self_kv]
+                cache.self_kv, cache.cross_kv, cache.position = self_kv, list(out[1 + n_self :]), ids.shape[1]
+                return logits.float()
+            if cache.position >= self.max_positions:
+                raise ConfigError(f"decoding reached the model's {self.max_positions} positions")
+            position = torch.tensor([cache.position], dtype=torch.long, device=ids.device)
+            out = step_graph(ids, position, *cache.self_kv, *cache.cross_kv)
+            cache.self_kv, cache.position = list(out[1:]), cache.position + 1
+            return out[0].float()
 
         return step
 
     @staticmethod
-    def _new_cache():
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        return EncoderDecoderCache(DynamicCache(), DynamicCache())
+    def _new_cache(group: int = 1) -> GraphCache:
+        return GraphCache(group=group)
 
     @torch.inference_mode()
     def detect_language(self, enc: torch.Tensor) -> list[str]:
@@ -132,11 +153,10 @@ class TorchWhisper:
                 device=self.device, sync=self.synchronize,
             )
         else:
-            enc = encoded.repeat_interleave(options.beam_size, dim=0)
+            k = options.beam_size
             tokens, stats = beam_search(
-                self._stepper(enc), self._new_cache, lambda cache, idx: cache.reorder_cache(idx), prompts,
-                self.vocab, options.beam_size, options.max_new_tokens, options.length_penalty,
-                device=self.device, sync=self.synchronize,
+                self._stepper(encoded), lambda: self._new_cache(k), reorder_cache, prompts, self.vocab, k,
+                options.max_new_tokens, options.length_penalty, device=self.device, sync=self.synchronize,
             )
         return Decoded(tokens, langs, stats)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelError
@@ -109,6 +110,33 @@ class DecodeStats:
         self.first_step_s += other.first_step_s
         self.later_steps_s += other.later_steps_s
         self.later_steps += other.later_steps
+
+
+@dataclass
+class GraphCache:
+    """Decoder state between steps of the split decoder graphs (``models.whisper_graph``; ONNX Runtime's numpy
+    arrays or torch tensors): self-attention K/V per present block (``[N, H, S, hd]``), cross-attention K/V
+    (``[N / group, H, T, hd]``: ``group`` consecutive rows share one), and the next position."""
+
+    group: int
+    self_kv: list = field(default_factory=list)
+    cross_kv: list = field(default_factory=list)
+    position: int = 0
+
+
+def _rows(a, rows: np.ndarray):
+    return a[rows] if isinstance(a, np.ndarray) else a.index_select(0, torch.as_tensor(rows, device=a.device))
+
+
+def reorder_cache(cache: GraphCache, index: torch.Tensor) -> None:
+    """Rows ``index`` of the self-attention cache become the new rows. Cross-attention rows follow only when a row
+    moves to another item's group (beam search never does that), which expands them to one per row."""
+    idx = index.cpu().numpy()
+    cache.self_kv = [_rows(a, idx) for a in cache.self_kv]
+    src_items = idx // cache.group
+    if not np.array_equal(src_items, np.arange(len(idx)) // cache.group):
+        cache.cross_kv = [_rows(a, src_items) for a in cache.cross_kv]
+        cache.group = 1
 
 
 def _suppression_bias(vocab_size: int, ids: tuple[int, ...], device, dtype) -> torch.Tensor:

@@ -9,7 +9,7 @@ un-repeated prompts and the step graph folds each item's beams into its query po
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,29 +19,7 @@ import torch
 from ..errors import ConfigError, ModelError
 from ..io import tree_size_bytes
 from .backends import Decoded, decoding_prompts
-from .decoding import DecodeOptions, WhisperVocab, beam_search, greedy_search
-
-
-@dataclass
-class OrtCache:
-    """Decoder state between steps: self-attention K/V per present block (``[N, H, S, hd]``), cross-attention K/V
-    (``[N / group, H, T, hd]``: ``group`` consecutive rows share one), and the next position."""
-
-    group: int
-    self_kv: list[np.ndarray] = field(default_factory=list)
-    cross_kv: list[np.ndarray] = field(default_factory=list)
-    position: int = 0
-
-
-def reorder_cache(cache: OrtCache, index: torch.Tensor) -> None:
-    """Rows ``index`` of the self-attention cache become the new rows. Cross-attention rows follow only when a row
-    moves to another item's group (beam search never does that), which expands them to one per row."""
-    idx = index.cpu().numpy()
-    cache.self_kv = [a[idx] for a in cache.self_kv]
-    src_items = idx // cache.group
-    if not np.array_equal(src_items, np.arange(len(idx)) // cache.group):
-        cache.cross_kv = [a[src_items] for a in cache.cross_kv]
-        cache.group = 1
+from .decoding import DecodeOptions, GraphCache, WhisperVocab, beam_search, greedy_search, reorder_cache
 
 
 def scatter_logits(logits: np.ndarray, output_vocab: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -112,7 +90,7 @@ class OnnxWhisper:
         return torch.from_numpy(logits)
 
     def _stepper(self, encoded: np.ndarray):
-        def step(ids: torch.Tensor, cache: OrtCache) -> torch.Tensor:
+        def step(ids: torch.Tensor, cache: GraphCache) -> torch.Tensor:
             rows = ids.cpu().numpy()
             if cache.position == 0:  # the prompt: once per item, then repeated for its beams
                 first = self._prefill.run(None, {"input_ids": np.ascontiguousarray(rows[:: cache.group]),
@@ -138,7 +116,7 @@ class OnnxWhisper:
     def detect_language(self, encoded: np.ndarray) -> list[str]:
         """The most likely language token after ``<|startoftranscript|>``, per item."""
         ids = torch.full((encoded.shape[0], 1), self.vocab.sot, dtype=torch.long)
-        logits = self._stepper(encoded)(ids, OrtCache(group=1))
+        logits = self._stepper(encoded)(ids, GraphCache(group=1))
         codes = list(self.vocab.lang_to_id)
         best = logits[:, [self.vocab.lang_to_id[c] for c in codes]].argmax(dim=-1).tolist()
         return [codes[i] for i in best]
@@ -148,10 +126,10 @@ class OnnxWhisper:
         k = options.beam_size
         step = self._stepper(encoded)
         if k == 1:
-            tokens, stats = greedy_search(step, lambda: OrtCache(group=1), prompts, self.vocab,
+            tokens, stats = greedy_search(step, lambda: GraphCache(group=1), prompts, self.vocab,
                                           options.max_new_tokens)
         else:
-            tokens, stats = beam_search(step, lambda: OrtCache(group=k), reorder_cache, prompts, self.vocab, k,
+            tokens, stats = beam_search(step, lambda: GraphCache(group=k), reorder_cache, prompts, self.vocab, k,
                                         options.max_new_tokens, options.length_penalty)
         return Decoded(tokens, langs, stats)
 

@@ -98,6 +98,10 @@ class Adapter(Protocol):
 
     def n_layers(self, model: nn.Module, stack: Stack) -> int: ...
 
+    def stack_module(self, model: nn.Module, stack: Stack) -> nn.Module:
+        """The module that holds a stack's parameters (its embeddings and final norm included)."""
+        ...
+
     def unit_groups(self, model: nn.Module) -> list[UnitGroup]:
         """Every head group and FFN of every present block, in a stable order."""
         ...

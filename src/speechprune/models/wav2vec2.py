@@ -110,10 +110,13 @@ class Wav2Vec2Adapter:
     def stacks(self, model) -> tuple[str, ...]:
         return _STACKS
 
-    def _layers(self, model, stack: str):
+    def stack_module(self, model, stack: str):
         if stack not in _STACKS:
             raise ConfigError(f"unknown stack {stack!r} for wav2vec2; it has only the encoder stack")
-        return model.wav2vec2.encoder.layers
+        return model.wav2vec2  # the convolutional feature encoder and the transformer; the CTC head stays apart
+
+    def _layers(self, model, stack: str):
+        return self.stack_module(model, stack).encoder.layers
 
     def n_layers(self, model, stack: str) -> int:
         return len(self._layers(model, stack))

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from speechprune.errors import ConfigError, ModelError
 from speechprune.models.units import LOWRANK_KEY, ORIGINAL_KEYS, STRUCTURE_FORMAT, STRUCTURE_KEY
 from speechprune.models.ct2 import Ct2Model, read_ct2
+
+if TYPE_CHECKING:
+    from speechprune.models.structure import AttentionShape, EncoderDecoderShape
 
 CT2_GELU = 3  # ctranslate2 ActivationType.GELU
 # openai/whisper's rule (and ctranslate2's): multilingual checkpoints have the 51865-token vocabulary or larger.
@@ -658,22 +661,22 @@ class WhisperAdapter:
     def stacks(self, model) -> tuple[str, ...]:
         return _STACKS
 
-    def _stack(self, model, stack: str):
+    def stack_module(self, model, stack: str):
         if stack not in _STACKS:
             raise ConfigError(f"unknown stack {stack!r} for whisper; choose from {', '.join(_STACKS)}")
         return model.model.encoder if stack == "encoder" else model.model.decoder
 
     def n_layers(self, model, stack: str) -> int:
-        return len(self._stack(model, stack).layers)
+        return len(self.stack_module(model, stack).layers)
 
     def module_kinds(self, model, stack: str) -> tuple[str, ...]:
-        self._stack(model, stack)
+        self.stack_module(model, stack)
         return _KINDS[stack]
 
     def _layer(self, model, stack: str, layer: int):
         from speechprune.models.units import check_layer_indices
 
-        layers = self._stack(model, stack).layers
+        layers = self.stack_module(model, stack).layers
         return layers[check_layer_indices(f"whisper {stack}", len(layers), [layer])[0]]
 
     def _check_kind(self, stack: str, kind: str) -> None:
@@ -696,7 +699,7 @@ class WhisperAdapter:
 
         groups = []
         for stack in _STACKS:
-            for i, layer in enumerate(self._stack(model, stack).layers):
+            for i, layer in enumerate(self.stack_module(model, stack).layers):
                 for kind in _KINDS[stack]:
                     if not _present(layer, kind):
                         continue
@@ -756,7 +759,7 @@ class WhisperAdapter:
         add("decoder.embed.tokens", "decoder", None, "embed", "tokens", dec, "embed_tokens", tied)
         add("decoder.embed.positions", "decoder", None, "embed", "positions", dec, "embed_positions")
         for stack in _STACKS:
-            for i, layer in enumerate(self._stack(model, stack).layers):
+            for i, layer in enumerate(self.stack_module(model, stack).layers):
                 for kind in _KINDS[stack]:
                     if not _present(layer, kind):
                         continue
@@ -771,7 +774,7 @@ class WhisperAdapter:
                     if _present(layer, kind):
                         norm = _FFN[2] if kind == "ffn" else _ATTN[kind][1]
                         add(f"{stack}.{i}.{kind}.norm", stack, i, "norm", kind, layer, norm)
-            add(f"{stack}.norm", stack, None, "norm", "final", self._stack(model, stack), "layer_norm")
+            add(f"{stack}.norm", stack, None, "norm", "final", self.stack_module(model, stack), "layer_norm")
         if not tied:
             add("decoder.embed.output", "decoder", None, "embed", "output", model, "proj_out")
         return sites
@@ -779,13 +782,13 @@ class WhisperAdapter:
     # ----- modules and layers
 
     def remove_module(self, model, stack: str, layer: int, kind: str) -> None:
-        self._stack(model, stack)
+        self.stack_module(model, stack)
         self._check_kind(stack, kind)
         target = self._layer(model, stack, layer)
         if not _present(target, kind):
             raise ConfigError(f"whisper {stack} layer {layer} {kind} is already removed")
         if stack == "decoder" and kind == "self_attn":
-            self._check_decoder_self_attn([l for l in self._stack(model, stack).layers if l is not target])
+            self._check_decoder_self_attn([l for l in self.stack_module(model, stack).layers if l is not target])
         self._mark_pruned(target, stack)
         for name in _FFN if kind == "ffn" else _ATTN[kind]:
             setattr(target, name, None)
@@ -797,7 +800,7 @@ class WhisperAdapter:
 
         from speechprune.models.units import check_layer_indices
 
-        mod = self._stack(model, stack)
+        mod = self.stack_module(model, stack)
         drop = set(check_layer_indices(f"whisper {stack}", len(mod.layers), layers))
         if not drop:
             return
@@ -843,7 +846,7 @@ class WhisperAdapter:
         for stack in _STACKS:
             original = (stored.get(stack) or {}).get("original") or _config_original(model.config, stack)
             layers = []
-            for layer in self._stack(model, stack).layers:
+            for layer in self.stack_module(model, stack).layers:
                 entry: dict[str, int | None] = {}
                 for kind in _KINDS[stack]:
                     if not _present(layer, kind):
@@ -893,7 +896,7 @@ class WhisperAdapter:
         if structure.get("format") != STRUCTURE_FORMAT:
             raise bad(f"format {structure.get('format')!r} (this version reads {STRUCTURE_FORMAT})")
         for stack in _STACKS:
-            mod = self._stack(model, stack)
+            mod = self.stack_module(model, stack)
             entries = (structure.get(stack) or {}).get("layers")
             if not isinstance(entries, list) or not 1 <= len(entries) <= len(mod.layers):
                 raise bad(f"{stack} layers {entries!r} (the model has {len(mod.layers)})")

@@ -110,7 +110,7 @@ def _resume(out: Path, record: dict) -> list[dict]:
 def run_lowrank(model_name: str, recipe: LowRankRecipe, out: str | Path, device: str = "cpu",
                 progress: bool = True) -> dict:
     """Factorize ``model_name`` (a bundled name or a Whisper folder) by ``recipe`` into ``out``; returns the record."""
-    from ..recovery.distill import distill
+    from ..recovery.distill import distill, recovery_batches
 
     out = Path(out)
     src = resolve_model(model_name)
@@ -139,9 +139,7 @@ def run_lowrank(model_name: str, recipe: LowRankRecipe, out: str | Path, device:
                        for b in dense.labelled_batches(utts, cal.batch_size, progress=progress)]
     rec_batches = None
     if recipe.recovery is not None and recipe.recovery.steps > 0:
-        rc = recipe.recovery
-        rec_batches = dense.labelled_batches(training_utterances(rc.data, rc.max_utterances), rc.batch_size,
-                                             teacher_logits=True, progress=progress)
+        rec_batches = recovery_batches(dense, recipe.recovery, progress=progress)
 
     for step in range(start, recipe.schedule.steps + 1):
         sites = select_sites(model, recipe)

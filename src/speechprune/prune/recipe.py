@@ -101,11 +101,16 @@ class Recovery(_Strict):
     encoder_weight: float = Field(default=0.0, ge=0)  # weight of the encoder-output distillation term
     hidden_weight: float = Field(default=0.0, ge=0)  # weight of the per-layer encoder hidden-state term
     max_utterances: int | None = Field(default=None, ge=1)
+    # stacks whose weights recovery updates (None: every weight). ["encoder"] keeps an unpruned decoder (and the
+    # tied output embedding) exactly the teacher's: gradients still flow through it to the encoder.
+    train: list[Literal["encoder", "decoder"]] | None = Field(default=None, min_length=1)
     seed: int = 0
 
     @model_validator(mode="after")
     def _data_specs(self) -> "Recovery":
         _check_specs(self.data)
+        if self.train is not None and len(set(self.train)) != len(self.train):
+            raise ValueError(f"train lists a stack twice: {self.train}")
         return self
 
 

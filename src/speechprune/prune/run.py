@@ -37,7 +37,7 @@ def shape_record(model) -> dict:
 
 
 def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "cpu", progress: bool = True) -> dict:
-    from ..recovery.distill import distill
+    from ..recovery.distill import distill, recovery_batches
 
     out = Path(out)
     src = resolve_model(model_name)
@@ -55,10 +55,7 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
 
     rec_batches = None
     if recipe.recovery is not None and recipe.recovery.steps > 0:
-        rc = recipe.recovery
-        utts = training_utterances(rc.data, rc.max_utterances)
-        rec_batches = student.labelled_batches(utts, rc.batch_size, teacher_logits=True,
-                                               teacher_hidden=bool(rc.hidden_weight), progress=progress)
+        rec_batches = recovery_batches(student, recipe.recovery, progress=progress)
 
     record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(), "dense": shape_record(model),
               "steps": []}

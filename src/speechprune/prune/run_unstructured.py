@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
+from ..data.datasets import training_utterances
 from ..evaluate.backends import TorchWhisper
 from ..export.sparse import crossover_sparsity, save_sparse
 from ..io import atomic_write_json
 from ..models.checkpoint import save_pruned
 from ..models.registry import resolve_model
+from ..recovery.distill import recovery_batches
 from .imp import imp
-from ..data.datasets import training_utterances
 from .sparse_recipe import SparsifyRecipe
 from .unstructured import recipe_sites, sparsify
 
@@ -39,10 +40,7 @@ def run_sparsify(model_name: str, recipe: SparsifyRecipe, out: str | Path, devic
     t0 = time.perf_counter()
     if recipe.imp is not None:
         rc = recipe.imp.recovery
-        batches = None
-        if rc.steps > 0:
-            utts = training_utterances(rc.data, rc.max_utterances)
-            batches = student.labelled_batches(utts, rc.batch_size, teacher_logits=True, progress=progress)
+        batches = recovery_batches(student, rc, progress=progress) if rc.steps > 0 else None
         result = imp(model, recipe, batches, progress=progress)
     else:
         batches = None

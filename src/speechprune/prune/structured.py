@@ -70,6 +70,9 @@ def validate_against_model(recipe: Recipe, model: torch.nn.Module, adapter: Adap
             raise ConfigError(f"bad recipe: {where}: cannot remove every {t.stack} layer")
         if t.n_layers is not None and t.n_layers >= n:
             raise ConfigError(f"bad recipe: {where}: cannot remove {t.n_layers} of {n} {t.stack} layers")
+    for stack in (recipe.recovery.train or []) if recipe.recovery else []:
+        if stack not in stacks:
+            raise ConfigError(f"bad recipe: recovery.train: this {adapter.family} model has no {stack}")
 
 
 def _target_groups(t: Target, scores: dict[str, torch.Tensor], layers: LayerMap) -> dict[str, torch.Tensor]:

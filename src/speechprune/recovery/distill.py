@@ -49,6 +49,35 @@ def layerwise_loss(student_states, teacher_states: torch.Tensor) -> torch.Tensor
     return sum(hidden_state_loss(s, t[i]) for i, s in enumerate(student_states)) / len(student_states)
 
 
+def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, progress: bool = True) -> list[dict]:
+    """The teacher-labelled batches a recovery by ``cfg`` reads: the teacher's (a ``TorchWhisper``) transcripts as
+    labels, its logits, and the encoder states the hidden-state term needs; over ``cfg.data`` (at most
+    ``cfg.max_utterances``) unless ``utterances`` are given."""
+    from ..data.datasets import training_utterances
+
+    utts = training_utterances(cfg.data, cfg.max_utterances) if utterances is None else utterances
+    return teacher.labelled_batches(utts, cfg.batch_size, teacher_logits=True, teacher_hidden=bool(cfg.hidden_weight),
+                                    progress=progress)
+
+
+def trainable_parameters(model: torch.nn.Module, stacks: list[str] | None) -> list[torch.nn.Parameter]:
+    """The parameters recovery updates: every trainable one, or only those of ``stacks`` (through the family's
+    adapter, which alone knows where a stack lives); the others are frozen (``requires_grad`` off)."""
+    if stacks is None:
+        return [p for p in model.parameters() if p.requires_grad]
+    from ..models.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    keep = {id(p) for s in stacks for p in adapter.stack_module(model, s).parameters()}
+    params = []
+    for p in model.parameters():
+        if id(p) in keep and p.requires_grad:
+            params.append(p)
+        else:
+            p.requires_grad_(False)
+    return params
+
+
 def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True,
             after_step: Callable[[], None] | None = None) -> dict:
     """Fine-tune ``student`` in place for ``cfg.steps`` optimizer steps over ``batches`` (cycled, shuffled per
@@ -61,7 +90,9 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
         return {"steps": 0}
     device = next(student.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    frozen = {id(p) for p in student.parameters() if not p.requires_grad}
+    params = trainable_parameters(student, cfg.train)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
@@ -88,7 +119,7 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
             loss = loss + cfg.hidden_weight * layerwise_loss(out.encoder_hidden_states[1:-1], b["teacher_hidden"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if after_step is not None:
             after_step()
@@ -96,6 +127,9 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
         losses.append(float(loss.detach()))
     student.eval()
     opt.zero_grad(set_to_none=True)
+    for p in student.parameters():  # give back what this call froze
+        if id(p) not in frozen:
+            p.requires_grad_(True)
     first = sum(losses[: max(1, len(losses) // 10)]) / max(1, len(losses) // 10)
     last = sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses) // 10)
     return {"steps": cfg.steps, "loss_first": first, "loss_last": last, "seconds": time.perf_counter() - t0}
