@@ -74,3 +74,18 @@ def test_bundled_recipes_load_by_name_from_anywhere(tmp_path, monkeypatch):
     assert load_recipe("whisper-tiny.en-fast").name == "whisper-tiny.en-fast"
     with pytest.raises(ConfigError, match="recipe not found .*bundled: .*whisper-tiny.en-fast"):
         load_recipe("whisper-tiny.en-nope")
+
+
+def test_recovery_that_trains_a_stack_the_family_lacks_is_refused_before_any_work():
+    from tiny_models import build_tiny
+
+    from speechprune.errors import ConfigError
+    from speechprune.prune.recipe import parse_recipe
+
+    recipe = parse_recipe({"targets": [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5}],
+                           "recovery": {"train": ["decoder"]}})
+    model = build_tiny("wav2vec2")
+    with pytest.raises(ConfigError, match="recovery.train: this wav2vec2 model has no decoder"):
+        validate_against_model(recipe, model, adapter_for(model))
+    whisper = tiny_whisper()
+    validate_against_model(recipe, whisper, adapter_for(whisper))

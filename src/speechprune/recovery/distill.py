@@ -84,8 +84,9 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits`` (and ``teacher_encoder`` when
     ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
     frame where the logits give one per label; and ``teacher_hidden`` when ``cfg.hidden_weight``: the same for every
-    inner encoder layer's output). ``after_step`` runs after every optimizer step (unstructured pruning re-applies
-    its fixed masks there). Returns loss statistics."""
+    inner encoder layer's output). ``cfg.train`` limits the update to those stacks (see ``trainable_parameters``).
+    ``after_step`` runs after every optimizer step (unstructured pruning re-applies its fixed masks there). Returns
+    loss statistics."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
     device = next(student.parameters()).device
