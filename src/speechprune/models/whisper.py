@@ -700,9 +700,7 @@ class WhisperAdapter:
         groups = []
         for stack in _STACKS:
             for i, layer in enumerate(self.stack_module(model, stack).layers):
-                for kind in _KINDS[stack]:
-                    if not _present(layer, kind):
-                        continue
+                for kind in self._present_kinds(layer, stack):
                     if kind == "ffn":
                         params = [ParamSlice(layer.fc1.weight, 0, 1), ParamSlice(layer.fc1.bias, 0, 1),
                                   ParamSlice(layer.fc2.weight, 1, 1)]
@@ -716,6 +714,11 @@ class WhisperAdapter:
                     params.append(ParamSlice(attn.out_proj.weight, 1, hd))
                     groups.append(UnitGroup(stack, i, kind, attn.num_heads, hd, params, attn.out_proj))
         return groups
+
+    @staticmethod
+    def _present_kinds(layer, stack: str) -> list[str]:
+        """The kinds of ``layer``'s blocks that pruning has not removed, in model order."""
+        return [kind for kind in _KINDS[stack] if _present(layer, kind)]
 
     def prune_units(self, model, group, keep: list[int]) -> None:
         from speechprune.models.units import GROUP_KINDS, check_keep, shrink_ffn, shrink_heads
@@ -760,9 +763,8 @@ class WhisperAdapter:
         add("decoder.embed.positions", "decoder", None, "embed", "positions", dec, "embed_positions")
         for stack in _STACKS:
             for i, layer in enumerate(self.stack_module(model, stack).layers):
-                for kind in _KINDS[stack]:
-                    if not _present(layer, kind):
-                        continue
+                kinds = self._present_kinds(layer, stack)
+                for kind in kinds:
                     if kind == "ffn":
                         add(f"{stack}.{i}.ffn.in", stack, i, "ffn", "in", layer, "fc1")
                         add(f"{stack}.{i}.ffn.out", stack, i, "ffn", "out", layer, "fc2")
@@ -770,10 +772,9 @@ class WhisperAdapter:
                     attn = _attn_of(layer, kind)
                     for role in ("q", "k", "v", "out"):
                         add(f"{stack}.{i}.{kind}.{role}", stack, i, kind, role, attn, f"{role}_proj")
-                for kind in _KINDS[stack]:
-                    if _present(layer, kind):
-                        norm = _FFN[2] if kind == "ffn" else _ATTN[kind][1]
-                        add(f"{stack}.{i}.{kind}.norm", stack, i, "norm", kind, layer, norm)
+                for kind in kinds:
+                    norm = _FFN[2] if kind == "ffn" else _ATTN[kind][1]
+                    add(f"{stack}.{i}.{kind}.norm", stack, i, "norm", kind, layer, norm)
             add(f"{stack}.norm", stack, None, "norm", "final", self.stack_module(model, stack), "layer_norm")
         if not tied:
             add("decoder.embed.output", "decoder", None, "embed", "output", model, "proj_out")
