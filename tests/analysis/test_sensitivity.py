@@ -14,15 +14,10 @@ from speechprune.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from models.conftest import make_tiny_whisper, write_tiny_tokenizer
-    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+    from models.conftest import write_tiny_whisper_folder
+    from transformers import WhisperFeatureExtractor
 
-    root = tmp_path_factory.mktemp("tinyw")
-    model = make_tiny_whisper()
-    folder = root / "hf"
-    model.save_pretrained(folder)
-    tok = write_tiny_tokenizer(root / "tok" / "tokenizer.json")
-    WhisperTokenizerFast(tokenizer_file=str(tok), pad_token="<|endoftext|>").save_pretrained(folder)
+    _, folder = write_tiny_whisper_folder(tmp_path_factory.mktemp("tinyw"))
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
     return folder
 

@@ -100,18 +100,26 @@ def make_tiny_whisper(seed: int = 0):
     return model
 
 
+def write_tiny_whisper_folder(root: Path):
+    """``(model, folder)``: ``make_tiny_whisper()`` saved with the tiny tokenizer as a Hugging Face folder
+    ``root/hf`` (the tokenizer source goes to ``root/tok``)."""
+    from transformers import WhisperTokenizerFast
+
+    model = make_tiny_whisper()
+    folder = root / "hf"
+    model.save_pretrained(folder)
+    tok = write_tiny_tokenizer(root / "tok" / "tokenizer.json")
+    WhisperTokenizerFast(tokenizer_file=str(tok), pad_token="<|endoftext|>").save_pretrained(folder)
+    return model, folder
+
+
 @pytest.fixture(scope="session")
 def tiny_ct2(tmp_path_factory):
     """``(hf_model, hf_dir, ct2_dir)``: the tiny random model saved as HF and converted by ctranslate2 (float32)."""
     import ctranslate2.converters
-    from transformers import WhisperTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny")
-    model = make_tiny_whisper()
-    hf_dir = root / "hf"
-    model.save_pretrained(hf_dir)
-    tokenizer_file = write_tiny_tokenizer(root / "tok" / "tokenizer.json")
-    WhisperTokenizerFast(tokenizer_file=str(tokenizer_file), pad_token="<|endoftext|>").save_pretrained(hf_dir)
+    model, hf_dir = write_tiny_whisper_folder(root)
     ct2_dir = root / "ct2"
     ctranslate2.converters.TransformersConverter(str(hf_dir), copy_files=["tokenizer.json"]).convert(str(ct2_dir))
     return model, hf_dir, ct2_dir

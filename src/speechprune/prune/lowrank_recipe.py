@@ -19,10 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import ConfigError
-from .recipe import BUNDLED_RECIPES, Calibration, Recovery, Schedule, _first_error, read_recipe_yaml
+from .recipe import BUNDLED_RECIPES, Calibration, Recovery, Schedule, read_recipe_yaml, validated
 
 BUNDLED_LOWRANK = BUNDLED_RECIPES / "lowrank"
 
@@ -87,10 +86,7 @@ class LowRankRecipe(_Strict):
 
 
 def parse_lowrank_recipe(obj: dict, source: str | Path | None = None) -> LowRankRecipe:
-    try:
-        return LowRankRecipe.model_validate(obj)
-    except ValidationError as e:
-        raise ConfigError(f"bad low-rank recipe: {_first_error(e)}", source) from None
+    return validated(LowRankRecipe, obj, source, "low-rank recipe")
 
 
 def load_lowrank_recipe(path: str | Path) -> LowRankRecipe:

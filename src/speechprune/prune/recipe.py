@@ -151,11 +151,16 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {msg}" + (f" ({len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else "")
 
 
-def parse_recipe(obj: dict, source: str | Path | None = None) -> Recipe:
+def validated(schema: type[BaseModel], obj: dict, source: str | Path | None = None, what: str = "recipe"):
+    """``obj`` validated by ``schema``, or a one-line ``ConfigError`` ("bad <what>: key: problem") naming ``source``."""
     try:
-        return Recipe.model_validate(obj)
+        return schema.model_validate(obj)
     except ValidationError as e:
-        raise ConfigError(f"bad recipe: {_first_error(e)}", source) from None
+        raise ConfigError(f"bad {what}: {_first_error(e)}", source) from None
+
+
+def parse_recipe(obj: dict, source: str | Path | None = None) -> Recipe:
+    return validated(Recipe, obj, source)
 
 
 BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # also reachable as recipes/ in the repository

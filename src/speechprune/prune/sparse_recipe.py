@@ -22,10 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from ..errors import ConfigError
-from .recipe import Calibration, Recovery, _first_error, _Strict, read_recipe_yaml
+from .recipe import Calibration, Recovery, _Strict, read_recipe_yaml, validated
 
 BUNDLED_SPARSE_RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "unstructured"
 
@@ -91,10 +90,7 @@ class SparsifyRecipe(_Strict):
 
 
 def parse_sparsify_recipe(obj: dict, source: str | Path | None = None) -> SparsifyRecipe:
-    try:
-        return SparsifyRecipe.model_validate(obj)
-    except ValidationError as e:
-        raise ConfigError(f"bad recipe: {_first_error(e)}", source) from None
+    return validated(SparsifyRecipe, obj, source)
 
 
 def load_sparsify_recipe(path: str | Path) -> SparsifyRecipe:
