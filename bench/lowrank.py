@@ -43,6 +43,7 @@ from speechprune.prune.recipe import Recovery
 from speechprune.data.datasets import training_utterances
 from speechprune.prune.run import shape_record
 from speechprune.recovery.distill import distill, recovery_batches
+from speechprune.report.sparsity import lowrank_markdown
 
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
 SIZES = {"p90": 0.9, "p75": 0.75, "p60": 0.6}  # share of the chosen layers' weights kept
@@ -148,38 +149,8 @@ def main() -> None:
         print(f"{name}: {len(plan.ranks)} layers factorized, params {record['params'] / 1e6:.2f} M, WER "
               f"{100 * before['wer']:.2f} % one-shot, {rec} recovered, latency x{record['latency_ratio']:.2f}",
               flush=True)
-    atomic_write_text(out / "lowrank.md", to_markdown([done[n] for n in POINTS if n in done]))
+    atomic_write_text(out / "lowrank.md", lowrank_markdown([done[n] for n in POINTS if n in done]))
     print((out / "lowrank.md").read_text())
-
-
-def to_markdown(rows: list[dict]) -> str:
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.2f}"
-
-    def ms(v, digits=0):
-        return "-" if v is None else f"{v:.{digits}f}"
-
-    head = ("| point | method | layers kept share | low-rank layers | params M (dense) | enc GFLOP (dense) "
-            "| dec MFLOP/token (dense) | WER one-shot | WER recovered | dense WER | latency ms (dense) | latency ratio "
-            "| enc ms (dense) | dec ms/token (dense) |")
-    lines = [head, "|---|---|" + "---:|" * 12]
-    for r in rows:
-        d = r["dense"]
-        lines.append(
-            f"| {r['name']} | {r['method']} | {r['site_weights'] / r['site_weights_dense']:.2f} "
-            f"| {r['n_factorized']} of {r['n_factorized'] + r['n_dense']} "
-            f"| {r['params'] / 1e6:.2f} ({d['params'] / 1e6:.2f}) "
-            f"| {r['flops_encoder'] / 1e9:.2f} ({d['flops_encoder'] / 1e9:.2f}) "
-            f"| {r['flops_decoder_per_token'] / 1e6:.1f} ({d['flops_decoder_per_token'] / 1e6:.1f}) "
-            f"| {pct(r['wer_factorized'])} | {pct(r['wer_recovered'])} | {pct(r['wer_dense'])} "
-            f"| {ms(r['latency_ms'])} ({ms(r['latency_ms_dense'])}) | {r['latency_ratio']:.2f} "
-            f"| {ms(r['encoder_ms'])} ({ms(r['encoder_ms_dense'])}) "
-            f"| {ms(r['decoder_ms_per_token'], 1)} ({ms(r['decoder_ms_per_token_dense'], 1)}) |")
-    split = {(r["split"], r["limit"]) for r in rows}
-    note = ", ".join(f"{s}{'' if n is None else f' (first {n})'}" for s, n in sorted(split, key=str))
-    return "\n".join(lines) + (f"\n\nWER on asterisk {note}; latency: batch 1, medians, interleaved with the dense "
-                               "model. The end-to-end ratio also moves with the number of tokens decoded (a damaged "
-                               "model may loop to the token limit); encoder ms and decoder ms/token do not.\n")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,47 @@ def test_missing_data_is_said_not_drawn(runs, tmp_path):
 def test_missing_folder_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         collect([tmp_path / "nope"])
+
+
+def _sparsity_point(method, target, wer, sparsity):
+    return {"name": f"{method}-{target}", "method": method, "target": target, "split": "test", "limit": None,
+            "wer": wer, "sparsity": sparsity, "params": 37.8e6, "nonzero_params": 37.8e6 * (1 - sparsity / 2),
+            "disk": {"dense_bytes": 151e6, "sparse_bytes": 151e6 * (1 - sparsity / 3), "sparse_fp16_bytes": 70e6,
+                     "layouts": {"dense": 10, "bitmask": 48}}, "latency_ms": 301.0, "latency_ms_dense": 299.0}
+
+
+def _lowrank_point(name, params, wer, ratio):
+    return {"name": name, "method": "activation", "split": "test", "limit": None, "ranks": {"encoder.0.ffn.in": 200},
+            "n_factorized": 24, "n_dense": 40, "site_weights": 12e6, "site_weights_dense": 16.5e6,
+            "dense": {"params": 37.76e6, "flops_encoder": 36.9e9, "flops_decoder_per_token": 65.6e6},
+            "params": params, "flops_encoder": 30e9, "flops_decoder_per_token": 60e6, "wer_dense": 0.0489,
+            "wer_factorized": wer, "wer_recovered": None, "latency_ms": 250.0, "latency_ms_dense": 300.0,
+            "latency_ratio": ratio, "encoder_ms": 180.0, "encoder_ms_dense": 215.0, "decoder_ms_per_token": 8.5,
+            "decoder_ms_per_token_dense": 8.7}
+
+
+def test_report_shows_unstructured_and_lowrank_results(tmp_path):
+    unstructured = tmp_path / "unstructured"
+    unstructured.mkdir()
+    pts = [_sparsity_point("dense", None, 0.0489, 0.0), _sparsity_point("wanda", 0.5, 0.2398, 0.5),
+           _sparsity_point("wanda", 0.9, 6.8275, 0.9), _sparsity_point("magnitude-layer", 0.3, 0.0753, 0.3)]
+    (unstructured / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pts))
+    rows = [{"sparsity": s, "dense": 151e6, "auto": 151e6 * (1.01 - 0.6 * s), "bitmask": 156e6 - 90e6 * s,
+             "csr": 200e6 - 150e6 * s, "dense_fp16": 75.5e6, "auto_fp16": 76e6 - 30e6 * s} for s in (0.0, 0.5, 0.9)]
+    _write(unstructured / "storage.json", {"rows": rows, "crossover": {"auto fp32": 0.0331, "csr fp32": None}})
+    (unstructured / "dense" / "eval").mkdir(parents=True)  # hypotheses are JSONL too, and not results
+    (unstructured / "dense" / "eval" / "hypotheses.jsonl").write_text('{"id": "a", "hyp": "yes"}\n')
+    lowrank = tmp_path / "lowrank"
+    lowrank.mkdir()
+    (lowrank / "lowrank.jsonl").write_text(json.dumps(_lowrank_point("activation-p75", 31.2e6, 0.0712, 0.871)) + "\n")
+
+    col = collect([tmp_path])
+    assert len(col.sparsity) == 1 and len(col.sparsity[0]["points"]) == 4 and col.sparsity[0]["storage"]
+    assert len(col.lowrank) == 1 and not col.tables and not col.skipped  # storage.json is read with its points
+    page = write_html_report([tmp_path], tmp_path / "r.html").read_text()
+    for text in ("23.98", "682.75", "7.53", "auto fp32 3.3 %", "csr fp32 never in range", "not a speed-up",
+                 "activation-p75", "31.20 (37.76)", "7.12", "0.87"):
+        assert text in page, text
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # WER vs size; unstructured WER, latency and disk against sparsity; low-rank WER vs params
+    assert len(imgs) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)

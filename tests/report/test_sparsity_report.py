@@ -47,3 +47,20 @@ def test_report_writes_tables_and_plots(tmp_path):
     assert "no speed-up" in md or "not a speed-up" in md
     for name in ("wer_vs_sparsity.png", "disk_vs_sparsity.png", "latency_vs_sparsity.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_lowrank_markdown_has_one_row_per_point():
+    from speechprune.report.sparsity import lowrank_markdown
+
+    rec = {"name": "svd-p60", "method": "svd", "split": "test", "limit": None, "ranks": {}, "n_factorized": 30,
+           "n_dense": 34, "site_weights": 9.9e6, "site_weights_dense": 16.5e6,
+           "dense": {"params": 37.76e6, "flops_encoder": 36.94e9, "flops_decoder_per_token": 65.58e6},
+           "params": 31.1e6, "flops_encoder": 27.1e9, "flops_decoder_per_token": 59.0e6, "wer_dense": 0.0489,
+           "wer_factorized": 0.512, "wer_recovered": 0.09, "latency_ms": 250.0, "latency_ms_dense": 300.0,
+           "latency_ratio": 0.833, "encoder_ms": 160.0, "encoder_ms_dense": 215.0}
+    md = lowrank_markdown([rec])
+    row = next(line for line in md.splitlines() if line.startswith("| svd-p60"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[:10] == ["svd-p60", "svd", "0.60", "30 of 64", "31.10 (37.76)", "27.10 (36.94)", "59.0 (65.6)",
+                          "51.20", "9.00", "4.89"]
+    assert cells[11] == "0.83" and "dec ms/token" in md and "asterisk test" in md

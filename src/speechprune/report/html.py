@@ -8,6 +8,8 @@
 * ``prune.json``             a structured prune (``prune.run``): params and FLOPs per step
 * ``sweep.json`` + ``points.jsonl``  a sensitivity sweep (``analysis.sensitivity``)
 * a plan record (``analysis.plan``: keys ``plan`` and ``uniform``)
+* ``*.jsonl`` records of ``bench/unstructured.py`` (with ``storage.json`` beside them) and of ``bench/lowrank.py``:
+  WER, disk and latency against sparsity per method, low-rank WER against parameters (``report.sparsity``)
 * any other JSON holding a list of flat records (ablation or signature summaries): a generic table
 
 Other JSON files are listed as skipped, with the reason. ``render`` turns the collection into HTML with WER-vs-latency,
@@ -40,6 +42,8 @@ class Collection:
     prunes: list[dict] = field(default_factory=list)  # {source, record}
     sweeps: list[dict] = field(default_factory=list)  # {source, settings, points}
     plans: list[dict] = field(default_factory=list)  # {source, record}
+    sparsity: list[dict] = field(default_factory=list)  # {source, points, storage}: bench/unstructured.py results
+    lowrank: list[dict] = field(default_factory=list)  # {source, points}: bench/lowrank.py results
     tables: list[dict] = field(default_factory=list)  # {source, rows}: generic (ablation, signatures, ...)
     skipped: list[str] = field(default_factory=list)  # "path: why"
 
@@ -80,15 +84,21 @@ def collect(dirs: list[str | Path]) -> Collection:
         d = Path(d)
         if not d.exists():
             raise ConfigError("run folder not found", d)
-        files += [d] if d.is_file() else sorted(p for p in d.rglob("*.json") if p.is_file())
+        files += [d] if d.is_file() else sorted(p for p in d.rglob("*.json*") if p.is_file())
     if len(files) > MAX_FILES:
         raise ConfigError(f"{len(files)} JSON files under the given folders; name narrower run folders")
     sweep_dirs = {p.parent for p in files if p.name == SWEEP}
+    sparsity_dirs = set()
     for p in files:
-        if p.name in SKIP_NAMES or p.name.startswith("."):
+        if p.suffix == ".jsonl" and p.parent not in sweep_dirs and _read_results(p, col):
+            sparsity_dirs.add(p.parent)
+    for p in files:
+        if p.name in SKIP_NAMES or p.name.startswith(".") or p.suffix != ".json":
             continue
         if p.parent in sweep_dirs and p.name in (SWEEP, "summary.json"):
             continue  # read with the sweep
+        if p.parent in sparsity_dirs and p.name == "storage.json":
+            continue  # read with the sparsity results
         obj = _read_json(p)
         src = str(p)
         if isinstance(obj, Exception):
@@ -120,6 +130,32 @@ def collect(dirs: list[str | Path]) -> Collection:
             continue
         col.sweeps.append({"source": str(d / POINTS), "settings": settings, "points": points})
     return col
+
+
+def _read_results(path: Path, col: Collection) -> bool:
+    """Add the ``bench/unstructured.py`` or ``bench/lowrank.py`` records in the JSONL file ``path`` to ``col``
+    (other JSONL files, e.g. hypotheses, are not results and are passed over); True when it held sparsity points."""
+    from ..io import read_jsonl_tolerant
+    from .sparsity import is_lowrank_point, is_sparsity_point
+
+    try:
+        records = list(read_jsonl_tolerant(path))
+    except (OSError, UnicodeDecodeError) as e:
+        col.skipped.append(f"{path}: unreadable ({e.__class__.__name__})")
+        return False
+    points = [r for r in records if is_sparsity_point(r)]
+    lowrank = [r for r in records if is_lowrank_point(r)]
+    if lowrank:
+        col.lowrank.append({"source": str(path), "points": lowrank})
+    if not points:
+        return False
+    storage = _read_json(path.parent / "storage.json") if (path.parent / "storage.json").is_file() else None
+    if isinstance(storage, Exception) or not (isinstance(storage, dict) and "rows" in storage and "crossover" in storage):
+        if storage is not None:
+            col.skipped.append(f"{path.parent / 'storage.json'}: not a storage curve")
+        storage = None
+    col.sparsity.append({"source": str(path), "points": points, "storage": storage})
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,6 +290,8 @@ def render(col: Collection, title: str = "speechprune report") -> str:
 
     sweep_size = [(f"{p['component']} {p['method']} {p['sparsity']:g}", 100 * p["wer"], p["nonzero_params"] / 1e6)
                   for s in col.sweeps for p in s["points"] if p.get("nonzero_params") is not None]
+    sweep_size += [(p["name"], 100 * p["wer"], p["nonzero_params"] / 1e6) for r in col.sparsity for p in r["points"]]
+    sweep_size += [(p["name"], 100 * p["wer_factorized"], p["params"] / 1e6) for r in col.lowrank for p in r["points"]]
     parts.append("<h2>WER vs latency</h2>")
     parts.append(_scatter(lat, "latency per utterance, ms (median)", "WER vs latency") if lat
                  else '<p class="note">no run with both WER and latency (a main-job report.json has both)</p>')
@@ -262,7 +300,7 @@ def render(col: Collection, title: str = "speechprune report") -> str:
         def sweep_overlay(ax):
             if sweep_size:
                 ax.scatter([x for _, _, x in sweep_size], [y for _, y, _ in sweep_size], s=10, c="grey", alpha=0.6,
-                           label="sensitivity points (non-zero params)")
+                           label="sweep, sparsity and low-rank points (non-zero params)")
                 ax.legend(fontsize=7)
         parts.append(_scatter(size, "parameters, M (non-zero for sweep points)", "WER vs size", sweep_overlay))
     else:
@@ -271,8 +309,9 @@ def render(col: Collection, title: str = "speechprune report") -> str:
     if col.sweeps:
         for s in col.sweeps:
             parts.append(_sweep_plot(s))
-    else:
-        parts.append('<p class="note">no sensitivity sweep among the inputs</p>')
+    if not (col.sweeps or col.sparsity or col.lowrank):
+        parts.append('<p class="note">no sensitivity sweep or sparsity results among the inputs</p>')
+    parts += _sparsity_sections(col)
 
     for m in col.main:
         parts.append(f"<h2>{html.escape(m['title'])}</h2><p class='src'>{html.escape(m['source'])}</p>")
@@ -336,6 +375,32 @@ def render(col: Collection, title: str = "speechprune report") -> str:
         parts.append("<h2>Skipped inputs</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in col.skipped) + "</ul>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def _sparsity_sections(col: Collection) -> list[str]:
+    """Unstructured results (WER table, every point, disk against dense) and low-rank results, tables and plots."""
+    from .sparsity import figures, lowrank_note, lowrank_rows, point_rows, storage_notes, storage_rows, wer_rows
+
+    parts = []
+    for r in col.sparsity:
+        pts, storage = r["points"], r["storage"]
+        split = next((p.get("split") for p in pts if p.get("split")), "?")
+        parts.append(f"<h2>Unstructured pruning: WER % on {html.escape(str(split))} by method and sparsity</h2>"
+                     f"<p class='src'>{html.escape(r['source'])}</p>")
+        parts += [_png(f) for f in figures(pts, storage).values()]
+        parts.append(_table(*wer_rows(pts)))
+        parts.append(_table(*point_rows(pts)))
+        parts.append('<p class="note">Latency: masked-dense models run the same dense kernels as the dense model; '
+                     "any difference is noise, not a speed-up.</p>")
+        if storage:
+            parts.append("<h3>Disk: the compressed format against dense</h3>" + _table(*storage_rows(storage)))
+            parts += [f'<p class="note">{html.escape(n)}</p>' for n in storage_notes(storage)]
+    for r in col.lowrank:
+        parts.append(f"<h2>Low-rank factorization</h2><p class='src'>{html.escape(r['source'])}</p>")
+        parts += [_png(f) for f in figures([], None, r["points"]).values()]
+        parts.append(_table(*lowrank_rows(r["points"])))
+        parts.append(f'<p class="note">{html.escape(lowrank_note(r["points"]))}</p>')
+    return parts
 
 
 def write_html_report(dirs: list[str | Path], out: str | Path, title: str = "speechprune report") -> Path:

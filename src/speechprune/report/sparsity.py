@@ -1,8 +1,12 @@
-"""Sparsity results as tables and plots: WER, parameters, disk and latency against sparsity, per method.
+"""Sparsity and low-rank results as tables and plots: WER, parameters, disk and latency against sparsity, per method.
 
 Reads the records of ``bench/unstructured.py`` (``points.jsonl``: one per method and sparsity; ``storage.json``:
-file sizes over a sparsity grid). Latency is that of masked-dense models: the same dense kernels run, so it is
-reported next to the dense figure and never called a speed-up.
+file sizes over a sparsity grid) and of ``bench/lowrank.py`` (``lowrank.jsonl``: one per factorized point). Latency of
+masked-dense models is that of the same dense kernels, so it is reported next to the dense figure and never called a
+speed-up; low-rank models really run two smaller matmuls, so their measured latency ratio is reported as one.
+
+Each table is built once as ``(headers, rows)`` of plain cells; :func:`markdown` writes it for ``report.md`` and the
+HTML page (``report.html``) renders the same rows. :func:`figures` builds the plots for both.
 """
 
 from __future__ import annotations
@@ -12,66 +16,136 @@ from pathlib import Path
 from ..io import atomic_write_text, read_jsonl_tolerant
 
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
+Table = tuple[list[str], list[list]]
 
 
 def _pct(v, digits: int = 2) -> str:
     return "-" if v is None else f"{100 * v:.{digits}f}"
 
 
-def wer_table(points: list[dict], sparsities=SPARSITIES) -> str:
-    """Markdown: one row per method, WER % at each target sparsity (``-`` where not run), dense WER alongside."""
+def _ms(v, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(table: Table, right_from: int = 1) -> str:
+    """A markdown table: the first ``right_from`` columns left-aligned, the rest right-aligned."""
+    headers, rows = table
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "---|" * right_from + "---:|" * (len(headers) - right_from)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def is_sparsity_point(rec) -> bool:
+    """A ``bench/unstructured.py`` record (one method at one target sparsity, or the dense reference)."""
+    return isinstance(rec, dict) and {"method", "target", "wer", "nonzero_params", "params"} <= rec.keys()
+
+
+def is_lowrank_point(rec) -> bool:
+    """A ``bench/lowrank.py`` record (one factorized point)."""
+    return isinstance(rec, dict) and {"ranks", "wer_factorized", "latency_ratio", "params"} <= rec.keys()
+
+
+def wer_rows(points: list[dict], sparsities=SPARSITIES) -> Table:
+    """One row per method, WER % at each target sparsity (``-`` where not run), dense WER alongside."""
     dense = next((p for p in points if p["method"] == "dense"), None)
     methods = list(dict.fromkeys(p["method"] for p in points if p["method"] != "dense"))
     by = {(p["method"], round(p["target"], 4)): p for p in points if p["method"] != "dense" and p["target"] is not None}
-    lines = ["| method | " + " | ".join(f"{100 * s:.0f} %" for s in sparsities) + " | dense |",
-             "|---|" + "---:|" * (len(sparsities) + 1)]
+    rows = []
     for m in methods:
         if all((m, round(s, 4)) not in by for s in sparsities):
             continue
         cells = [_pct(by[(m, round(s, 4))]["wer"]) if (m, round(s, 4)) in by else "-" for s in sparsities]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_pct(dense and dense['wer'])} |")
-    return "\n".join(lines) + "\n"
+        rows.append([m, *cells, _pct(dense and dense["wer"])])
+    return ["method", *(f"{100 * s:.0f} %" for s in sparsities), "dense"], rows
 
 
-def points_table(points: list[dict]) -> str:
-    """Markdown: every point with sparsity reached, nonzero parameters, disk dense vs sparse, masked-dense latency."""
-    lines = ["| method | target | reached | WER % | nonzero M / params M | dense MB | sparse MB (fp32) | sparse MB (fp16) "
-             "| layouts | latency ms, dense kernels (dense) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+def wer_table(points: list[dict], sparsities=SPARSITIES) -> str:
+    """Markdown of :func:`wer_rows`."""
+    return markdown(wer_rows(points, sparsities))
+
+
+def point_rows(points: list[dict]) -> Table:
+    """Every point with sparsity reached, nonzero parameters, disk dense vs sparse, masked-dense latency."""
+    rows = []
     for p in points:
         d = p.get("disk") or {}
         lat = p.get("latency_ms")
-        lat_cell = "-" if lat is None else f"{lat:.0f} ({p['latency_ms_dense']:.0f})"
-        lines.append(
-            f"| {p['method']} | {p.get('pattern') or _pct(p['target'], 0)} | {_pct(p.get('sparsity'), 1)} "
-            f"| {_pct(p['wer'])} | {p['nonzero_params'] / 1e6:.2f} / {p['params'] / 1e6:.2f} "
-            f"| {d.get('dense_bytes', 0) / 1e6:.1f} | {d.get('sparse_bytes', 0) / 1e6:.1f} "
-            f"| {d.get('sparse_fp16_bytes', 0) / 1e6:.1f} "
-            f"| {', '.join(f'{k} {v}' for k, v in (d.get('layouts') or {}).items() if v)} "
-            f"| {lat_cell} |")
-    return "\n".join(lines) + "\n"
+        rows.append([
+            p["method"], p.get("pattern") or _pct(p["target"], 0), _pct(p.get("sparsity"), 1), _pct(p["wer"]),
+            f"{p['nonzero_params'] / 1e6:.2f} / {p['params'] / 1e6:.2f}", f"{d.get('dense_bytes', 0) / 1e6:.1f}",
+            f"{d.get('sparse_bytes', 0) / 1e6:.1f}", f"{d.get('sparse_fp16_bytes', 0) / 1e6:.1f}",
+            ", ".join(f"{k} {v}" for k, v in (d.get("layouts") or {}).items() if v),
+            "-" if lat is None else f"{lat:.0f} ({p['latency_ms_dense']:.0f})"])
+    return (["method", "target", "reached", "WER %", "nonzero M / params M", "dense MB", "sparse MB (fp32)",
+             "sparse MB (fp16)", "layouts", "latency ms, dense kernels (dense)"], rows)
+
+
+def points_table(points: list[dict]) -> str:
+    """Markdown of :func:`point_rows`."""
+    return markdown(point_rows(points))
+
+
+def storage_rows(storage: dict) -> Table:
+    """File bytes of the model over the sparsity grid, dense vs each sparse variant."""
+    rows = [[_pct(r["sparsity"], 1), f"{r['dense'] / 1e6:.2f}", f"{r['auto'] / 1e6:.2f}", f"{r['bitmask'] / 1e6:.2f}",
+             f"{r['csr'] / 1e6:.2f}", f"{r['dense_fp16'] / 1e6:.2f}", f"{r['auto_fp16'] / 1e6:.2f}",
+             f"{r['auto'] / r['dense']:.3f}"] for r in storage["rows"]]
+    return (["sparsity of the layers", "dense fp32 MB", "auto fp32 MB", "bitmask fp32 MB", "csr fp32 MB",
+             "dense fp16 MB", "auto fp16 MB", "auto fp32 / dense"], rows)
+
+
+def storage_notes(storage: dict) -> list[str]:
+    """The crossovers and how to read the storage table, one paragraph each."""
+    c = storage["crossover"]
+    notes = ["Crossover (sparsity of the pruned layers where the sparse file becomes smaller than dense, from the "
+             "real serialized files, interpolated): " + ", ".join(
+                 f"{k} {_pct(v, 1)} %" if v is not None else f"{k} never in range" for k, v in c.items()) + ".",
+             "auto: each matrix in its smallest layout (unpruned ones stay dense); bitmask / csr: forced on every "
+             "matrix, unpruned ones (embeddings) included, so they cross later. Crossovers are interpolated "
+             "between grid points."]
+    if "analytic" in storage:
+        notes.append("Analytic, per large tensor: " + ", ".join(f"{k} {_pct(v, 1)} %" for k, v in storage["analytic"].items())
+                     + ".")
+    return notes
 
 
 def storage_table(storage: dict) -> str:
-    """Markdown: file bytes of the model over the sparsity grid, dense vs each sparse variant, and the crossovers."""
-    rows = storage["rows"]
-    lines = ["| sparsity of the layers | dense fp32 MB | auto fp32 MB | bitmask fp32 MB | csr fp32 MB | dense fp16 MB "
-             "| auto fp16 MB | auto fp32 / dense |", "|---:|" + "---:|" * 7]
-    for r in rows:
-        lines.append(f"| {_pct(r['sparsity'], 1)} | {r['dense'] / 1e6:.2f} | {r['auto'] / 1e6:.2f} "
-                     f"| {r['bitmask'] / 1e6:.2f} | {r['csr'] / 1e6:.2f} | {r['dense_fp16'] / 1e6:.2f} "
-                     f"| {r['auto_fp16'] / 1e6:.2f} | {r['auto'] / r['dense']:.3f} |")
-    c = storage["crossover"]
-    lines += ["", "Crossover (sparsity of the pruned layers where the sparse file becomes smaller than dense, from the "
-                  "real serialized files, interpolated): " + ", ".join(
-                      f"{k} {_pct(v, 1)} %" if v is not None else f"{k} never in range" for k, v in c.items()) + "."]
-    lines.append("auto: each matrix in its smallest layout (unpruned ones stay dense); bitmask / csr: forced on every "
-                 "matrix, unpruned ones (embeddings) included, so they cross later. Crossovers are interpolated "
-                 "between grid points.")
-    if "analytic" in storage:
-        lines.append("Analytic, per large tensor: " + ", ".join(f"{k} {_pct(v, 1)} %" for k, v in storage["analytic"].items())
-                     + ".")
-    return "\n".join(lines) + "\n"
+    """Markdown: :func:`storage_rows` and :func:`storage_notes`."""
+    return markdown(storage_rows(storage), right_from=0) + "\n" + "\n".join(storage_notes(storage)) + "\n"
+
+
+def lowrank_rows(records: list[dict]) -> Table:
+    """One row per factorized point: kept share of the factorized sites' weights, params, FLOPs, WER one-shot and
+    recovered, measured latency against the dense model (interleaved, one process)."""
+    rows = []
+    for r in records:
+        d = r["dense"]
+        rows.append([
+            r["name"], r["method"], f"{r['site_weights'] / r['site_weights_dense']:.2f}",
+            f"{r['n_factorized']} of {r['n_factorized'] + r['n_dense']}",
+            f"{r['params'] / 1e6:.2f} ({d['params'] / 1e6:.2f})",
+            f"{r['flops_encoder'] / 1e9:.2f} ({d['flops_encoder'] / 1e9:.2f})",
+            f"{r['flops_decoder_per_token'] / 1e6:.1f} ({d['flops_decoder_per_token'] / 1e6:.1f})",
+            _pct(r["wer_factorized"]), _pct(r.get("wer_recovered")), _pct(r.get("wer_dense")),
+            f"{_ms(r.get('latency_ms'))} ({_ms(r.get('latency_ms_dense'))})", f"{r['latency_ratio']:.2f}",
+            f"{_ms(r.get('encoder_ms'))} ({_ms(r.get('encoder_ms_dense'))})",
+            f"{_ms(r.get('decoder_ms_per_token'), 1)} ({_ms(r.get('decoder_ms_per_token_dense'), 1)})"])
+    return (["point", "method", "layers kept share", "low-rank layers", "params M (dense)", "enc GFLOP (dense)",
+             "dec MFLOP/token (dense)", "WER one-shot", "WER recovered", "dense WER", "latency ms (dense)",
+             "latency ratio", "enc ms (dense)", "dec ms/token (dense)"], rows)
+
+
+def lowrank_note(records: list[dict]) -> str:
+    split = {(r.get("split"), r.get("limit")) for r in records}
+    where = ", ".join(f"{s}{'' if n is None else f' (first {n})'}" for s, n in sorted(split, key=str))
+    return (f"WER on asterisk {where}; latency: batch 1, medians, interleaved with the dense model. The end-to-end "
+            "ratio also moves with the number of tokens decoded (a damaged model may loop to the token limit); "
+            "encoder ms and decoder ms/token do not.")
+
+
+def lowrank_markdown(records: list[dict]) -> str:
+    return markdown(lowrank_rows(records), right_from=2) + "\n" + lowrank_note(records) + "\n"
 
 
 def crossover(xs: list[float], sparse: list[float], dense: list[float]) -> float | None:
@@ -86,25 +160,27 @@ def crossover(xs: list[float], sparse: list[float], dense: list[float]) -> float
     return None
 
 
-def plot(points: list[dict], storage: dict | None, out_dir: str | Path) -> list[Path]:
-    """``wer_vs_sparsity.png``, ``disk_vs_sparsity.png`` and ``latency_vs_sparsity.png`` in ``out_dir``."""
+def figures(points: list[dict], storage: dict | None = None, lowrank: list[dict] | None = None) -> dict:
+    """Matplotlib figures by file stem: ``wer_vs_sparsity``, ``latency_vs_sparsity`` (from ``points``),
+    ``disk_vs_sparsity`` (``storage``) and ``lowrank_wer_vs_params`` (``lowrank``). The caller closes them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    written = []
+    figs = {}
     dense = next((p for p in points if p["method"] == "dense"), None)
     methods = list(dict.fromkeys(p["method"] for p in points if p["method"] != "dense"))
-    for key, ylabel, fname in (("wer", "WER % (log)", "wer_vs_sparsity.png"),
-                               ("latency_ms", "latency ms per utterance (dense kernels)", "latency_vs_sparsity.png")):
+    for key, ylabel, name in (("wer", "WER % (log)", "wer_vs_sparsity"),
+                              ("latency_ms", "latency ms per utterance (dense kernels)", "latency_vs_sparsity")):
+        if not methods:
+            break
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for m in methods:
             pts = sorted((p["sparsity"], p[key]) for p in points if p["method"] == m and p.get(key) is not None)
             if pts:
                 ax.plot([100 * x for x, _ in pts], [100 * y if key == "wer" else y for _, y in pts], "o-", label=m)
-        ref = dense and (dense.get(key) if key == "wer" else dense.get("latency_ms"))
+        ref = dense and dense.get(key)
         if ref is not None:
             ax.axhline(100 * ref if key == "wer" else ref, color="k", ls=":", label="dense")
         if key == "wer":
@@ -114,9 +190,7 @@ def plot(points: list[dict], storage: dict | None, out_dir: str | Path) -> list[
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=120)
-        plt.close(fig)
-        written.append(out_dir / fname)
+        figs[name] = fig
     if storage:
         rows = storage["rows"]
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -129,9 +203,36 @@ def plot(points: list[dict], storage: dict | None, out_dir: str | Path) -> list[
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out_dir / "disk_vs_sparsity.png", dpi=120)
+        figs["disk_vs_sparsity"] = fig
+    if lowrank:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for key, marker, label in (("wer_factorized", "o", "one-shot"), ("wer_recovered", "s", "recovered")):
+            pts = [(r["params"] / 1e6, 100 * r[key], r["name"]) for r in lowrank if r.get(key) is not None]
+            ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], marker=marker, label=label)
+            for x, y, n in pts:
+                ax.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        d = next((r for r in lowrank if r.get("wer_dense") is not None), None)
+        if d:
+            ax.scatter([d["dense"]["params"] / 1e6], [100 * d["wer_dense"]], marker="*", c="k", label="dense")
+        ax.set_xlabel("parameters, M")
+        ax.set_ylabel("WER %")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        figs["lowrank_wer_vs_params"] = fig
+    return figs
+
+
+def plot(points: list[dict], storage: dict | None, out_dir: str | Path, lowrank: list[dict] | None = None) -> list[Path]:
+    """The :func:`figures` as PNG files in ``out_dir``."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, fig in figures(points, storage, lowrank).items():
+        path = Path(out_dir) / f"{name}.png"
+        fig.savefig(path, dpi=120)
         plt.close(fig)
-        written.append(out_dir / "disk_vs_sparsity.png")
+        written.append(path)
     return written
 
 
