@@ -45,7 +45,8 @@ def runs(tmp_path):
     comp = {"encoder.ffn": {"sparsity": 0.5, "damage": 0.4, "cost": 7.0}}
     _write(plan / "plan.json", {"target": "encoder-flops:0.2",
                                 "plan": {"recipe": str(plan / "plan.yaml"), "predicted_wer_increase": 0.49,
-                                         "predicted_removed": 7e9, "per_component": comp, "realized": {"params": 35}},
+                                         "predicted_removed": 7e9, "per_component": comp,
+                                         "realized": {"params": 35, "flops_decoder_per_token": 61234567}},
                                 "uniform": {"recipe": str(plan / "plan-uniform.yaml"), "predicted_wer_increase": 1.16,
                                             "predicted_removed": 7e9, "per_component": comp}})
     for name, wer in (("plan", 0.3141), ("plan-uniform", 0.9265)):
@@ -61,7 +62,7 @@ def test_report_shows_every_known_record_and_is_self_contained(runs, tmp_path):
                             tmp_path / "r" / "report.html")
     page = out.read_text()
     assert "31.41 (heldout, 40 utt.)" in page and "92.65 (heldout, 40 utt.)" in page  # each eval beside its recipe
-    for number in ("4.89", "23.17", "343", "223.7", "31,848,576", "77.7", "0.1234", "0.5678"):
+    for number in ("4.89", "23.17", "343", "223.7", "31,848,576", "77.7", "0.1234", "0.5678", "61,234,567"):
         assert number in page, number
     assert "encoder.2.self_attn" in page
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
