@@ -70,3 +70,21 @@ def test_plan_errors_name_the_problem(sweep, tiny_model, tmp_path):
         write_plan(sweep, "encoder-flops:0.99", tmp_path / "p.yaml", model=tiny_model)
     with pytest.raises(ConfigError, match="not a sensitivity sweep"):
         write_plan(tmp_path, "encoder-flops:0.3", tmp_path / "p.yaml", model=tiny_model)
+
+
+def test_decoder_flops_plan_spares_the_fragile_component(sweep, tiny_model, tmp_path):
+    for s in LEVELS:  # decoder self-attention: fragile, as on tiny.en
+        m = copy.deepcopy(tiny_model)
+        p = S.Point("decoder.self_attn", "structured", s)
+        S.prune_point(m, p)
+        S.append_locked(sweep / S.POINTS, {"key": p.key, "component": p.component, "method": "structured",
+                                           "sparsity": s, "wer": 0.1 + 2.0 * s, **S.cost_record(m)})
+    rec = write_plan(sweep, "decoder-flops:0.015", tmp_path / "d.yaml", model=tiny_model)
+    plan, uni = load_recipe(tmp_path / "d.yaml"), load_recipe(tmp_path / "d-uniform.yaml")
+    assert {(t.stack, t.kind) for t in uni.targets} == {("decoder", "ffn"), ("decoder", "self_attn")}
+    assert {(t.stack, t.kind) for t in plan.targets} == {("decoder", "ffn")}  # encoder parts cost nothing per token
+    dense = rec["dense_total"]
+    for name in ("plan", "uniform"):
+        assert dense - rec[name]["realized"]["flops_decoder_per_token"] >= 0.015 * dense - 1
+        assert rec[name]["realized"]["flops_encoder"] == rec["plan"]["realized"]["flops_encoder"]
+    assert rec["plan"]["predicted_wer_increase"] < rec["uniform"]["predicted_wer_increase"]
