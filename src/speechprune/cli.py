@@ -439,20 +439,26 @@ def analyze_plan_cmd(
     out: Path = typer.Option(..., help="the planned recipe (YAML); its predictions go to <stem>.json next to it"),
     uniform_out: Optional[Path] = typer.Option(None, help="the uniform recipe at the same target "
                                                           "(default <stem>-uniform.yaml next to --out)"),
+    check: bool = typer.Option(False, help="also prune with both recipes and measure their WER on the sweep's own "
+                                           "subset: the prediction adds one-component damages, this shows how the "
+                                           "cuts interact"),
 ) -> None:
     """Per-component sparsities from a sweep that meet a global target at the least predicted WER increase, as a
     structured recipe for `speechprune prune`, next to the uniform allocation at the same target."""
     from .analysis.plan import write_plan
 
-    record = write_plan(sweep, target, out, uniform_out)
+    record = write_plan(sweep, target, out, uniform_out, check=check)
     t = Table(title=f"plan for {target} (predicted from {sweep})")
-    for col in ("allocation", "fractions removed", "predicted WER +pts", "params M", "encoder GFLOP", "recipe"):
+    cols = ["allocation", "fractions removed", "predicted WER +pts", "params M", "encoder GFLOP", "decoder MFLOP/token"]
+    for col in cols + (["measured WER +pts (sweep subset)"] if check else []) + ["recipe"]:
         t.add_column(col, justify="right")
     for name in ("plan", "uniform"):
         a = record[name]
+        measured = [f"{100 * a['check']['wer_increase']:.1f}"] if check else []
         t.add_row(name, ", ".join(f"{c} {v['sparsity']:.2f}" for c, v in a["per_component"].items() if v["sparsity"] > 0),
                   f"{100 * a['predicted_wer_increase']:.1f}", f"{a['realized']['params'] / 1e6:.2f}",
-                  f"{a['realized']['flops_encoder'] / 1e9:.2f}", a["recipe"])
+                  f"{a['realized']['flops_encoder'] / 1e9:.2f}", f"{a['realized']['flops_decoder_per_token'] / 1e6:.2f}",
+                  *measured, a["recipe"])
     console.print(t)
     console.print(f"wrote {out}, {record['uniform']['recipe']} and {out.with_suffix('.json')}")
 

@@ -145,3 +145,23 @@ def test_decoder_points_reuse_the_dense_encoder_exactly(tiny_folder, clips, tmp_
     cached = decode_prepared(be, batch, opts, encoded=dense.encode(batch.features))
     assert full == cached
     assert be.shape.decoder[0].self_attn.n_heads < dense.shape.decoder[0].self_attn.n_heads  # it was pruned
+
+
+def test_plan_check_measures_the_recipes_on_the_sweep_inputs(tiny_folder, clips, tmp_path):
+    """A plan that lands exactly on a swept point (one component, half its neurons) checks to that point's WER."""
+    from speechprune.analysis.plan import write_plan
+
+    out = tmp_path / "sweep"
+    S.run_sweep(str(tiny_folder), str(clips), out, split="all", components=["encoder.ffn"], levels=[0.25, 0.5],
+                methods=["structured"], limit=None, max_new_tokens=6, progress=False)
+    recs = S.read_points(out)
+    half, dense = recs["encoder.ffn|structured|0.5"], recs[S.DENSE_KEY]
+    assert half["cer"] != dense["cer"]  # the random tiny model's CER tells the pruned model from the dense one
+    removed = dense["flops_encoder"] - half["flops_encoder"]
+    rec = write_plan(out, f"encoder-flops:{removed}", tmp_path / "p.yaml", check=True)
+    for name in ("plan", "uniform"):
+        assert rec[name]["realized"]["flops_encoder"] == half["flops_encoder"]  # the same units as the swept point
+        assert rec[name]["check"]["wer"] == half["wer"] and rec[name]["check"]["cer"] == half["cer"]
+        assert rec[name]["check"]["wer_increase"] == pytest.approx(half["wer"] - dense["wer"])
+        assert rec[name]["check"]["n_utterances"] == 5
+    assert json.loads((tmp_path / "p.json").read_text())["plan"]["check"]["wer"] == half["wer"]

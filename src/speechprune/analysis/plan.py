@@ -246,10 +246,32 @@ def realized_costs(model, recipe: dict) -> dict:
     return rec
 
 
+def check_recipes(record: dict, settings: dict, dense) -> None:
+    """Measure the plan's and the uniform recipe's WER on the sweep's own subset (same features, calibration and
+    token cap as its points), into ``record[name]["check"]``. The prediction adds one-component damages; this shows
+    how the cuts interact before anyone spends a test run on them."""
+    import copy
+
+    from ..models.adapters import adapter_for
+    from ..prune.recipe import load_recipe
+    from ..prune.structured import prune
+    from .sensitivity import score_model, sweep_inputs
+
+    inputs = sweep_inputs(dense, settings)
+    for name in ("plan", "uniform"):
+        m = copy.deepcopy(dense.model)
+        prune(m, adapter_for(m), load_recipe(record[name]["recipe"]), inputs.batches)
+        res = score_model(m, dense, inputs)
+        record[name]["check"] = {"wer": res["wer"], "cer": res["cer"], "wer_increase": res["wer"] - record["dense_wer"],
+                                 "n_utterances": res["n_utterances"], "split": settings.get("split"),
+                                 "limit": settings.get("limit"), "decode_seconds": res["decode_seconds"]}
+
+
 def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out: str | Path | None = None,
-               model=None) -> dict:
+               model=None, check: bool = False) -> dict:
     """Plan from the sweep in ``sweep_dir``: write the recipe ``out``, the uniform recipe (default: next to it,
-    ``<stem>-uniform.yaml``) and ``<stem>.json`` with predictions (and realized costs when ``model`` is given)."""
+    ``<stem>-uniform.yaml``) and ``<stem>.json`` with predictions and realized costs (on ``model``, default the
+    sweep's). ``check``: also measure both recipes on the sweep's subset (:func:`check_recipes`)."""
     import json
 
     import yaml
@@ -263,7 +285,14 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
     settings = json.loads((sweep_dir / SWEEP).read_text(encoding="utf-8"))
     points = read_points(sweep_dir)
     metric, amount = parse_target(target)
-    if model is None:
+    dense_backend = None
+    if check:
+        from ..evaluate.backends import TorchWhisper
+        from ..models.registry import resolve_model
+
+        dense_backend = TorchWhisper.from_folder(resolve_model(settings["model"]))
+        model = dense_backend.model
+    elif model is None:
         from ..models.registry import resolve_model
         from ..models.whisper import load_whisper
 
@@ -303,5 +332,7 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
     }
     record["plan"]["realized"] = realized_costs(model, plan_recipe)
     record["uniform"]["realized"] = realized_costs(model, uni_recipe)
+    if dense_backend is not None:
+        check_recipes(record, settings, dense_backend)
     atomic_write_json(out.with_suffix(".json"), record)
     return record

@@ -213,11 +213,7 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     """
     from tqdm import tqdm
 
-    from ..data.datasets import load_dataset
     from ..evaluate.backends import TorchWhisper
-    from ..evaluate.decoding import DecodeOptions
-    from ..evaluate.frontend import FeatureFrontend
-    from ..evaluate.runner import decode_prepared, prepare_batch, score
     from ..models.registry import resolve_model
 
     if split == "test":
@@ -226,7 +222,6 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     if criterion not in ("magnitude", "activation", "random", "taylor"):
         raise ConfigError(f"unknown criterion {criterion!r}")
     out = Path(out)
-    options = DecodeOptions(max_new_tokens=max_new_tokens)
     settings = {"kind": "sensitivity", "model": model_name, "data": data, "split": split, "limit": limit,
                 "criterion": criterion, "max_new_tokens": max_new_tokens, "beam_size": 1}
     if criterion in ("activation", "taylor"):
@@ -239,41 +234,71 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     done = read_points(out)
     todo = [p for p in points if p.key not in done]
     if todo:
-        utts = load_dataset(data, split)
-        utts = utts[:limit] if limit else utts
-        frontend = FeatureFrontend(dense.n_mels)
-        feats = [prepare_batch(frontend, utts[i : i + batch_size]) for i in range(0, len(utts), batch_size)]
-        batches = None
-        if criterion in ("activation", "taylor") and any(p.method == "structured" for p in todo):
-            from ..data.datasets import training_utterances
-
-            cal = training_utterances([f"{data}:dev" if data in ("asterisk", "asterisk-multiword") else data], calibration)
-            batches = dense.labelled_batches(cal, batch_size, progress=progress)
+        inputs = sweep_inputs(dense, settings, batch_size, need_calibration=any(p.method == "structured" for p in todo),
+                              progress=progress)
         dense_enc = None  # the dense encoder's outputs per batch, computed once for the decoder points
         bar = tqdm(todo, desc=f"sensitivity w{worker}/{workers}", unit="point", disable=not progress, dynamic_ncols=True)
         for p in bar:
             bar.set_postfix_str(p.key)
             model = copy.deepcopy(dense.model)
-            prune_point(model, p, criterion, batches)
-            be = TorchWhisper(model, dense.tokenizer, dense.vocab, device=device)
-            t0 = time.perf_counter()
-            if p.stack == "decoder" and p.method != "dense":  # the encoder is the dense one: reuse its outputs
-                if dense_enc is None:
-                    dense_enc = [None if b.features is None else dense.encode(b.features) for b in feats]
-                records = [r for b, e in zip(feats, dense_enc) for r in decode_prepared(be, b, options, encoded=e)]
-            else:
-                records = [r for b in feats for r in decode_prepared(be, b, options)]
-            seconds = time.perf_counter() - t0
-            m = score(records)
+            prune_point(model, p, criterion, inputs.batches)
+            reuse = p.stack == "decoder" and p.method != "dense"  # the encoder is the dense one: reuse its outputs
+            if reuse and dense_enc is None:
+                dense_enc = [None if b.features is None else dense.encode(b.features) for b in inputs.features]
+            m = score_model(model, dense, inputs, dense_enc if reuse else None)
             rec = {"key": p.key, "component": p.component, "method": p.method, "sparsity": p.sparsity,
-                   "criterion": criterion if p.method == "structured" else None,
-                   "wer": m["wer"], "cer": m["cer"], "n_utterances": m["n_utterances"], "n_words": m["n_words"],
-                   "word_errors": m["word_errors"], "n_failed": m["n_failed"],
-                   "n_tokens": sum(r.get("n_tokens", 0) for r in records),
-                   "decode_seconds": seconds, **cost_record(model)}
+                   "criterion": criterion if p.method == "structured" else None, **m, **cost_record(model)}
             append_locked(out / POINTS, rec)
-            del model, be
+            del model
     return summarize(out)
+
+
+@dataclass
+class SweepInputs:
+    """What every model of a sweep decodes: the dev subset's features (computed once), the calibration batches the
+    activation / Taylor criteria read, and the decoding options (token cap) the sweep pinned."""
+
+    features: list  # evaluate.runner.FeatureBatch per batch
+    batches: list[dict] | None
+    options: object  # evaluate.decoding.DecodeOptions
+
+
+def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: bool = True,
+                 progress: bool = False) -> SweepInputs:
+    """The inputs of the sweep pinned by ``settings`` (``sweep.json``) for the dense backend ``dense``."""
+    from ..data.datasets import load_dataset, training_utterances
+    from ..evaluate.decoding import DecodeOptions
+    from ..evaluate.frontend import FeatureFrontend
+    from ..evaluate.runner import prepare_batch
+
+    data, limit = settings["data"], settings.get("limit")
+    utts = load_dataset(data, settings["split"])
+    utts = utts[:limit] if limit else utts
+    frontend = FeatureFrontend(dense.n_mels)
+    feats = [prepare_batch(frontend, utts[i : i + batch_size]) for i in range(0, len(utts), batch_size)]
+    batches = None
+    if need_calibration and settings.get("criterion") in ("activation", "taylor"):
+        cal = training_utterances([f"{data}:dev" if data in ("asterisk", "asterisk-multiword") else data],
+                                  settings["calibration"])
+        batches = dense.labelled_batches(cal, batch_size, progress=progress)
+    return SweepInputs(feats, batches, DecodeOptions(max_new_tokens=settings["max_new_tokens"]))
+
+
+def score_model(model, dense, inputs: SweepInputs, encoded: list | None = None) -> dict:
+    """WER and friends of ``model`` (a pruned copy of ``dense``'s model) on the sweep's inputs; ``encoded``: encoder
+    outputs per batch to reuse (a model whose encoder is the dense one)."""
+    from ..evaluate.backends import TorchWhisper
+    from ..evaluate.runner import decode_prepared, score
+
+    be = TorchWhisper(model, dense.tokenizer, dense.vocab, device=dense.device)
+    t0 = time.perf_counter()
+    encoded = encoded or [None] * len(inputs.features)
+    records = [r for b, e in zip(inputs.features, encoded) for r in decode_prepared(be, b, inputs.options, encoded=e)]
+    seconds = time.perf_counter() - t0
+    m = score(records)
+    return {"wer": m["wer"], "cer": m["cer"], "n_utterances": m["n_utterances"], "n_words": m["n_words"],
+            "word_errors": m["word_errors"], "n_failed": m["n_failed"],
+            "n_tokens": sum(r.get("n_tokens", 0) for r in records), "decode_seconds": seconds}
 
 
 def claim_sweep_dir(out: Path, settings: dict) -> None:

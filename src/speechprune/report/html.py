@@ -362,9 +362,11 @@ def render(col: Collection, title: str = "speechprune report") -> str:
             real = a.get("realized") or {}
             rows.append([name, ", ".join(f"{c} {v['sparsity']:.3f}" for c, v in a["per_component"].items() if v["sparsity"] > 0),
                          _pct(a.get("predicted_wer_increase")), a.get("predicted_removed"), real.get("params"),
-                         real.get("flops_encoder"), real.get("flops_decoder_per_token"), _measured(col, a.get("recipe"))])
+                         real.get("flops_encoder"), real.get("flops_decoder_per_token"),
+                         _pct((a.get("check") or {}).get("wer_increase")), _measured(col, a.get("recipe"))])
         parts.append(_table(["allocation", "unit fractions removed", "predicted WER +%", "predicted removed", "params",
-                             "encoder FLOPs", "decoder FLOPs/token", "measured WER % (evals of its prune)"], rows))
+                             "encoder FLOPs", "decoder FLOPs/token", "checked WER +% (sweep subset)",
+                             "measured WER % (evals of its prune)"], rows))
     for t in col.tables:
         rows = t["rows"][:MAX_ROWS]
         keys = list(dict.fromkeys(k for r in rows for k in r))[:12]
