@@ -271,7 +271,8 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
                model=None, check: bool = False) -> dict:
     """Plan from the sweep in ``sweep_dir``: write the recipe ``out``, the uniform recipe (default: next to it,
     ``<stem>-uniform.yaml``) and ``<stem>.json`` with predictions and realized costs (on ``model``, default the
-    sweep's). ``check``: also measure both recipes on the sweep's subset (:func:`check_recipes`)."""
+    sweep's). ``check``: also measure both recipes on the sweep's subset (:func:`check_recipes`; this loads the
+    sweep's model as a decoding backend, which then also gives the costs)."""
     import json
 
     import yaml
