@@ -111,3 +111,26 @@ def test_a_clip_over_30_seconds_is_decoded_in_windows(tiny_model, tmp_path):
     evaluate(backend(tiny_model), read_manifest(tmp_path / "m.jsonl"), tmp_path / "o", OPTS, progress=False)
     (rec,) = [json.loads(l) for l in (tmp_path / "o" / "hypotheses.jsonl").read_text().splitlines()]
     assert rec["n_windows"] == 2 and "error" not in rec
+
+
+def test_a_rerun_resumes_only_the_same_weights(tiny_model, clips, tmp_path):
+    """Re-pruning into the same model folder makes another model: its evaluation must not resume the old one's."""
+    import copy
+
+    import torch
+
+    utts = read_manifest(clips)
+    evaluate(backend(tiny_model), utts, tmp_path / "o", OPTS, settings={"model": "m"}, progress=False)
+    pinned = json.loads((tmp_path / "o" / "run.json").read_text())["weights"]
+    assert pinned and pinned == backend(copy.deepcopy(tiny_model)).fingerprint()  # same weights, same digest
+    evaluate(backend(tiny_model), utts, tmp_path / "o", OPTS, settings={"model": "m"}, progress=False)  # resumes
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(ConfigError, match="weights"):
+        evaluate(backend(other), utts, tmp_path / "o", OPTS, settings={"model": "m"}, progress=False)
+    old = json.loads((tmp_path / "o" / "run.json").read_text())
+    old.pop("weights")  # a folder written before runs were pinned to weights
+    (tmp_path / "o" / "run.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="without a weights fingerprint"):
+        evaluate(backend(tiny_model), utts, tmp_path / "o", OPTS, settings={"model": "m"}, progress=False)

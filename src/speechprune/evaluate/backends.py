@@ -7,6 +7,7 @@ speed claim is measured against. Both take the same log-mel features (:class:`.f
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,17 @@ def decoding_prompts(backend, encoded, languages, tasks, options: DecodeOptions)
     return langs, [backend.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]
 
 
+def files_digest(paths) -> str:
+    """A digest of files' names and bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:20]
+
+
 class TorchWhisper:
     """A Hugging Face ``WhisperForConditionalGeneration`` (dense or pruned), on any torch device."""
 
@@ -96,6 +108,15 @@ class TorchWhisper:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def fingerprint(self) -> str:
+        """A digest of the model's tensors (names, dtypes, shapes, values): what an evaluation run is pinned to."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.model.state_dict().items()):
+            t = v.detach().to("cpu").contiguous()
+            h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:20]
 
     @torch.inference_mode()
     def encode(self, features: np.ndarray) -> torch.Tensor:
@@ -254,6 +275,11 @@ class FasterWhisper:
         self.name = f"faster-whisper-{compute_type}"
         self.shape, self.params = shape, params
         self.disk_bytes = tree_size_bytes(Path(ct2_dir).glob("model.bin*"))  # as stored (fp16 for the bundled files)
+        self._weight_files = sorted(Path(ct2_dir).glob("model.bin*"))
+
+    def fingerprint(self) -> str:
+        """A digest of the CTranslate2 weight files and the compute type they run in."""
+        return f"{self.compute_type}:{files_digest(self._weight_files)}"
 
     def synchronize(self) -> None:  # CTranslate2 calls return when done
         pass

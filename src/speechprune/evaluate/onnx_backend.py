@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..io import tree_size_bytes
-from .backends import Decoded, decoding_prompts
+from .backends import Decoded, decoding_prompts, files_digest
 from .decoding import DecodeOptions, GraphCache, WhisperVocab, beam_search, greedy_search, reorder_cache
 
 
@@ -42,6 +42,7 @@ class OnnxWhisper:
 
         folder = Path(folder)
         self.name = name
+        self.folder = folder
         self.manifest = read_manifest(folder)
         self.vocab = WhisperVocab.from_folder(folder)
         try:
@@ -74,6 +75,12 @@ class OnnxWhisper:
     def from_folder(cls, folder: str | Path, threads: int | None = None, name: str = "onnx",
                     device: str = "cpu") -> "OnnxWhisper":
         return cls(folder, threads=threads, name=name, device=device)
+
+    def fingerprint(self) -> str:
+        """A digest of the exported graphs (weights included) and the manifest."""
+        from ..export.onnx import MANIFEST
+
+        return files_digest([*self.folder.glob("*.onnx*"), self.folder / MANIFEST])
 
     def synchronize(self) -> None:  # InferenceSession.run returns when done
         pass

@@ -51,6 +51,9 @@ def claim_run_dir(out_dir: Path, settings: dict) -> None:
             before = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             before = None
+        if isinstance(before, dict) and "weights" in settings and "weights" not in before:
+            raise ConfigError("holds a run written without a weights fingerprint (an older speechprune), so resuming "
+                              "it could mix two models; use another --out or delete it", out_dir)
         if before != json.loads(json.dumps(settings)):
             changed = sorted(k for k in set(settings) | set(before or {}) if (before or {}).get(k) != settings.get(k))
             raise ConfigError(f"holds a run with other settings ({', '.join(changed)}); use another --out", out_dir)
@@ -157,7 +160,9 @@ def evaluate(
     frontend: FeatureFrontend | None = None,
     progress: bool = True,
 ) -> dict:
-    """Decode every utterance (resuming what ``out_dir`` already holds) and write ``metrics.json``."""
+    """Decode every utterance (resuming what ``out_dir`` already holds) and write ``metrics.json``. The settings
+    pinned in ``run.json`` get the backend's ``fingerprint()`` of its weights, so a rerun resumes only the same model
+    (re-pruning into the same model folder makes a new one)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     ids = [u.id for u in utterances]
@@ -165,7 +170,9 @@ def evaluate(
         raise ConfigError("utterance ids are not unique")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim_run_dir(out_dir, settings or {})
+    fingerprint = getattr(backend, "fingerprint", None)  # what the backend runs: a resume must run the same weights
+    settings = {**(settings or {}), "weights": fingerprint() if callable(fingerprint) else None}
+    claim_run_dir(out_dir, settings)
     hyp_path = out_dir / HYPOTHESES
     repair_jsonl(hyp_path)
     wanted = set(ids)
@@ -180,5 +187,5 @@ def evaluate(
                 done[rec["id"]] = rec
             bar.update(len(batch))
     metrics = score([done[i] for i in ids])
-    atomic_write_json(out_dir / METRICS, {**metrics, "settings": settings or {}})
+    atomic_write_json(out_dir / METRICS, {**metrics, "settings": settings})
     return metrics
