@@ -160,6 +160,19 @@ def crossover(xs: list[float], sparse: list[float], dense: list[float]) -> float
     return None
 
 
+SPARSITY_AXIS = "sparsity of the attention and FFN weights %"
+
+
+def _finished(fig, ax, xlabel: str, ylabel: str):
+    """Label, legend, grid and lay out one plot; returns ``fig``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def figures(points: list[dict], storage: dict | None = None, lowrank: list[dict] | None = None) -> dict:
     """Matplotlib figures by file stem: ``wer_vs_sparsity``, ``latency_vs_sparsity`` (from ``points``),
     ``disk_vs_sparsity`` (``storage``) and ``lowrank_wer_vs_params`` (``lowrank``). The caller closes them."""
@@ -185,12 +198,7 @@ def figures(points: list[dict], storage: dict | None = None, lowrank: list[dict]
             ax.axhline(100 * ref if key == "wer" else ref, color="k", ls=":", label="dense")
         if key == "wer":
             ax.set_yscale("log")
-        ax.set_xlabel("sparsity of the attention and FFN weights %")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        figs[name] = fig
+        figs[name] = _finished(fig, ax, SPARSITY_AXIS, ylabel)
     if storage:
         rows = storage["rows"]
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -198,12 +206,7 @@ def figures(points: list[dict], storage: dict | None = None, lowrank: list[dict]
         for k, style in (("dense", "k-"), ("auto", "o-"), ("bitmask", "s--"), ("csr", "^--"), ("dense_fp16", "k:"),
                          ("auto_fp16", "o:")):
             ax.plot(xs, [r[k] / 1e6 for r in rows], style, label=k, markersize=3)
-        ax.set_xlabel("sparsity of the attention and FFN weights %")
-        ax.set_ylabel("weights file MB")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        figs["disk_vs_sparsity"] = fig
+        figs["disk_vs_sparsity"] = _finished(fig, ax, SPARSITY_AXIS, "weights file MB")
     if lowrank:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for key, marker, label in (("wer_factorized", "o", "one-shot"), ("wer_recovered", "s", "recovered")):
@@ -214,12 +217,7 @@ def figures(points: list[dict], storage: dict | None = None, lowrank: list[dict]
         d = next((r for r in lowrank if r.get("wer_dense") is not None), None)
         if d:
             ax.scatter([d["dense"]["params"] / 1e6], [100 * d["wer_dense"]], marker="*", c="k", label="dense")
-        ax.set_xlabel("parameters, M")
-        ax.set_ylabel("WER %")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        figs["lowrank_wer_vs_params"] = fig
+        figs["lowrank_wer_vs_params"] = _finished(fig, ax, "parameters, M", "WER %")
     return figs
 
 
