@@ -274,8 +274,8 @@ class FasterWhisper:
         self.tokenizer = tokenizer
         self.name = f"faster-whisper-{compute_type}"
         self.shape, self.params = shape, params
-        self.disk_bytes = tree_size_bytes(Path(ct2_dir).glob("model.bin*"))  # as stored (fp16 for the bundled files)
-        self._weight_files = sorted(Path(ct2_dir).glob("model.bin*"))
+        self._weight_files = list(Path(ct2_dir).glob("model.bin*"))
+        self.disk_bytes = tree_size_bytes(self._weight_files)  # as stored (fp16 for the bundled files)
 
     def fingerprint(self) -> str:
         """A digest of the CTranslate2 weight files and the compute type they run in."""
