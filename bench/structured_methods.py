@@ -24,12 +24,12 @@ from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
 from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
-from speechprune.evaluate.runner import eval_settings, evaluate
+from speechprune.evaluate.runner import eval_settings, evaluate, score
 from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from speechprune.models.adapters import adapter_for
 from speechprune.models.checkpoint import save_pruned
 from speechprune.models.registry import resolve_model
-from speechprune.prune.recipe import Recovery, parse_recipe
+from speechprune.prune.recipe import Recovery, load_recipe, parse_recipe
 from speechprune.data.datasets import training_utterances
 from speechprune.prune.run import shape_record
 from speechprune.prune.structured import prune
@@ -38,8 +38,8 @@ from speechprune.recovery.distill import distill, recovery_batches
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
 ENC_HEADS = {"stack": "encoder", "kind": "self_attn", "sparsity": 0.5}
 ENC_FFN = {"stack": "encoder", "kind": "ffn", "sparsity": 0.5}
-# the plan of recipes/whisper-tiny.en-fast.yaml (which also sets criterion activation and reconstruct: true)
-FAST = [{**ENC_FFN, "sparsity": 0.75}, {**ENC_HEADS, "sparsity": 0.34}, {"stack": "decoder", "n_layers": 1}]
+# the plan of recipes/whisper-tiny.en-fast.yaml, read from it (it also sets criterion activation, reconstruct: true)
+FAST = [t.model_dump(exclude_defaults=True) for t in load_recipe("whisper-tiny.en-fast").targets]
 
 # name -> (what it shows, recipe without recovery)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -125,6 +125,7 @@ def main() -> None:
             "removed_layers": [lay for r in reports for lay in r.removed_layers],
             "dense": shape_record(dense.model), **shape,
             "wer_dense": dense_metrics["wer"], "wer_pruned": before["wer"], "wer_recovered": after["wer"],
+            "runaway_pruned": before["runaway"], "runaway_recovered": after.get("runaway"),
             "recovery": recovery, "prune_seconds": prune_s,
             "latency_ms_dense": bench["backends"]["dense"]["latency_ms_median"],
             "latency_ms": bench["backends"][name]["latency_ms_median"],
@@ -139,20 +140,40 @@ def main() -> None:
         done[name] = record
         print(f"{name}: WER {100 * before['wer']:.2f} % pruned, {after['wer']} recovered, x{record['speedup']:.2f}",
               flush=True)
-    atomic_write_text(out / "methods.md", to_markdown([done[n] for n in VARIANTS if n in done]))
+    rows = [_with_runaway(done[n], out) for n in VARIANTS if n in done]
+    atomic_write_text(out / "methods.md", to_markdown(rows))
     print((out / "methods.md").read_text())
 
 
+def _with_runaway(record: dict, out: Path) -> dict:
+    """``record`` with the runaway counts of its evaluations; records written before they were kept get them
+    from the evaluations' hypotheses (re-scored, the same records)."""
+    record = dict(record)
+    for which in ("pruned", "recovered"):
+        hyps = out / record["name"] / f"eval-{which}" / "hypotheses.jsonl"
+        if f"runaway_{which}" not in record and hyps.exists():
+            record[f"runaway_{which}"] = score(list(read_jsonl_tolerant(hyps)))["runaway"]
+    return record
+
+
+def _wer(r: dict, which: str) -> str:
+    """``WER (n)``: percent, and how many hypotheses ran to the token limit."""
+    wer, loops = r[f"wer_{which}"], r.get(f"runaway_{which}")
+    if wer is None:
+        return "-"
+    return f"{100 * wer:.2f}" + (f" ({loops['utterances']})" if loops else "")
+
+
 def to_markdown(rows: list[dict]) -> str:
-    head = ("| variant | what | enc FLOPs cut | dec FLOPs/token cut | params M | WER pruned | WER recovered "
-            "| dense WER | latency ms (dense) | speed-up | enc ms (dense) | dec ms/token (dense) |")
+    head = ("| variant | what | enc FLOPs cut | dec FLOPs/token cut | params M | WER pruned (runaway) "
+            "| WER recovered (runaway) | dense WER | latency ms (dense) | speed-up | enc ms (dense) "
+            "| dec ms/token (dense) |")
     lines = [head, "|---|---|" + "---:|" * 10]
     for r in rows:
         cut = lambda k: f"{100 * (1 - r[k] / r['dense'][k]):.0f} %"  # noqa: E731
         lines.append(
             f"| {r['name']} | {r['what']} | {cut('flops_encoder')} | {cut('flops_decoder_per_token')} "
-            f"| {r['params'] / 1e6:.2f} | {100 * r['wer_pruned']:.2f} "
-            f"| {'-' if r['wer_recovered'] is None else format(100 * r['wer_recovered'], '.2f')} "
+            f"| {r['params'] / 1e6:.2f} | {_wer(r, 'pruned')} | {_wer(r, 'recovered')} "
             f"| {100 * r['wer_dense']:.2f} | {r['latency_ms']:.0f} ({r['latency_ms_dense']:.0f}) | {r['speedup']:.2f}x "
             f"| {r['encoder_ms']:.0f} ({r['encoder_ms_dense']:.0f}) "
             f"| {r['decoder_ms_per_token']:.1f} ({r['decoder_ms_per_token_dense']:.1f}) |")

@@ -55,10 +55,12 @@ def _backends(model: str, names: list[str], threads: int | None, device: str):
 
 def _print_metrics(title: str, metrics: dict) -> None:
     t = Table(title=title)
-    for col in ("WER %", "CER %", "utterances", "scored", "words", "failed"):
+    for col in ("WER %", "CER %", "utterances", "scored", "words", "failed", "runaway (their word errors)"):
         t.add_column(col, justify="right")
+    loops = metrics["runaway"]
     t.add_row(f"{100 * metrics['wer']:.2f}", f"{100 * metrics['cer']:.2f}", str(metrics["n_utterances"]),
-              str(metrics["n_scored"]), str(metrics["n_words"]), str(metrics["n_failed"]))
+              str(metrics["n_scored"]), str(metrics["n_words"]), str(metrics["n_failed"]),
+              f"{loops['utterances']} ({loops['word_errors']})")
     console.print(t)
     if "bleu" in metrics:
         console.print(f"BLEU {metrics['bleu']:.2f} on {metrics['n_translated']} translated utterances")

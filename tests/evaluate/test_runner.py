@@ -134,3 +134,25 @@ def test_a_rerun_resumes_only_the_same_weights(tiny_model, clips, tmp_path):
     (tmp_path / "o" / "run.json").write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="without a weights fingerprint"):
         evaluate(backend(tiny_model), utts, tmp_path / "o", OPTS, settings={"model": "m"}, progress=False)
+
+
+def test_runaway_hypotheses_are_counted_with_their_errors():
+    rec = {"audio": "a", "task": "transcribe", "language": "en"}
+    recs = [
+        {**rec, "id": "a", "reference": "press one", "hypothesis": "press 1", "runaway": False},
+        {**rec, "id": "b", "reference": "hello", "hypothesis": "hello hello hello hello", "runaway": True},
+        # written before the field existed: one window at the default token limit
+        {**rec, "id": "c", "reference": "yes", "hypothesis": "no no", "n_windows": 1, "n_tokens": 224},
+        {**rec, "id": "d", "reference": "yes", "hypothesis": "yes", "n_windows": 1, "n_tokens": 2},
+    ]
+    m = score(recs)
+    assert m["runaway"] == {"utterances": 2, "word_errors": 3 + 2}
+    assert m["word_errors"]["insertions"] == 3 + 1
+
+
+def test_a_hypothesis_that_reaches_the_token_limit_is_marked_runaway(tiny_model, clips, tmp_path):
+    utts = read_manifest(clips)
+    m = evaluate(backend(tiny_model), utts, tmp_path / "o", OPTS, progress=False)
+    recs = [json.loads(l) for l in (tmp_path / "o" / "hypotheses.jsonl").read_text().splitlines()]
+    assert all(r["runaway"] == (r["n_tokens"] >= OPTS.max_new_tokens) for r in recs)
+    assert m["runaway"]["utterances"] == sum(r["runaway"] for r in recs)

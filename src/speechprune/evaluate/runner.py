@@ -98,10 +98,13 @@ def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOption
         texts: dict[str, list[str]] = {}
         tokens: dict[str, int] = {}
         langs: dict[str, str | None] = {}
+        capped: set[str] = set()
         for u, toks, lang in zip(owners, out.tokens, out.languages):
             texts.setdefault(u.id, []).append(backend.decode_text(toks))
             tokens[u.id] = tokens.get(u.id, 0) + len(toks)
             langs.setdefault(u.id, lang)
+            if len(toks) >= options.max_new_tokens:
+                capped.add(u.id)
         for u in dict.fromkeys(owners):
             records[u.id] = {
                 "id": u.id,
@@ -112,6 +115,7 @@ def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOption
                 "hypothesis": " ".join(t for t in texts[u.id] if t),
                 "n_tokens": tokens[u.id],
                 "n_windows": len(texts[u.id]),
+                "runaway": u.id in capped,  # a window decoded to the token limit without end-of-text
             }
     return [records[u.id] for u in batch.utts]
 
@@ -125,14 +129,26 @@ def decode_batch(backend: Backend, frontend: FeatureFrontend, utts: list[Utteran
     return decode_prepared(backend, prepare_batch(frontend, utts), options)
 
 
+def is_runaway(record: dict) -> bool:
+    """Whether a hypothesis ran to the token limit without end-of-text (a decoding loop, mostly). Records written
+    before the ``runaway`` field: one window that holds the default limit's worth of tokens."""
+    if "runaway" in record:
+        return bool(record["runaway"])
+    return record.get("n_windows") == 1 and record.get("n_tokens", 0) >= DecodeOptions().max_new_tokens
+
+
 def score(records: list[dict]) -> dict:
-    """Corpus metrics from hypothesis records (in utterance order). Deterministic: no timings in here."""
+    """Corpus metrics from hypothesis records (in utterance order). Deterministic: no timings in here.
+    ``runaway`` counts the hypotheses that ran to the token limit and the word errors they hold: pruned models
+    fail by looping, and those few utterances can hold most of a corpus WER."""
     failed = [{"id": r["id"], "audio": r["audio"], "error": r["error"]} for r in records if "error" in r]
     ok = [r for r in records if "error" not in r]
     asr = [r for r in ok if r["task"] == "transcribe"]
     refs = [normalize_text(r["reference"], r["language"]) for r in asr]
     hyps = [normalize_text(r["hypothesis"], r["language"]) for r in asr]
     w, c = word_errors(refs, hyps), char_errors(refs, hyps)
+    loops = [i for i, r in enumerate(asr) if is_runaway(r)]
+    loop_errors = word_errors([refs[i] for i in loops], [hyps[i] for i in loops]).errors if loops else 0
     metrics = {
         "wer": w.rate,
         "cer": c.rate,
@@ -142,6 +158,7 @@ def score(records: list[dict]) -> dict:
         "word_errors": {"substitutions": w.substitutions, "deletions": w.deletions, "insertions": w.insertions},
         "n_failed": len(failed),
         "failed": failed,
+        "runaway": {"utterances": len(loops), "word_errors": loop_errors},
     }
     st = [r for r in ok if r["task"] == "translate" and r.get("reference")]
     if st:

@@ -321,11 +321,13 @@ def render(col: Collection, title: str = "speechprune report") -> str:
                              for r in m["rows"]]))
     if col.evals:
         parts.append("<h2>Evaluations</h2>")
-        parts.append(_table(["source", "model", "data", "split", "backend", "WER %", "CER %", "utterances", "failed"],
+        parts.append(_table(["source", "model", "data", "split", "backend", "WER %", "CER %", "utterances", "failed",
+                             "runaway"],
                             [[e["source"], (e["metrics"].get("settings") or {}).get("model"),
                               (e["metrics"].get("settings") or {}).get("data"), (e["metrics"].get("settings") or {}).get("split"),
                               (e["metrics"].get("settings") or {}).get("backend"), _pct(e["metrics"].get("wer")),
-                              _pct(e["metrics"].get("cer")), e["metrics"].get("n_utterances"), e["metrics"].get("n_failed")]
+                              _pct(e["metrics"].get("cer")), e["metrics"].get("n_utterances"), e["metrics"].get("n_failed"),
+                              (e["metrics"].get("runaway") or {}).get("utterances")]
                              for e in col.evals]))
     for b in col.benches:
         r = b["record"]
