@@ -12,7 +12,8 @@ from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.models.adapters import adapter_for
 from speechprune.prune.recipe import Recovery
-from speechprune.recovery.distill import distill, distillation_loss, hidden_state_loss, layerwise_loss
+from speechprune.recovery.distill import (distill, distillation_loss, hidden_state_loss, layerwise_loss,
+                                          recovery_batches)
 
 from tiny_models import ToyTokenizer, toy_vocab
 
@@ -118,3 +119,25 @@ def test_recovery_that_trains_the_encoder_leaves_the_decoder_the_teachers(tiny_m
 def test_recovery_refuses_a_stack_twice():
     with pytest.raises(ValueError, match="twice"):
         Recovery(train=["encoder", "encoder"])
+
+
+def test_packed_recovery_batches_hold_several_clips_per_window(clips):
+    from tiny_models import tiny_whisper
+
+    teacher = TorchWhisper(tiny_whisper(max_target_positions=256), ToyTokenizer(), toy_vocab())  # 224 new tokens
+    utts = read_manifest(clips)  # five clips of 0.5-1.3 s
+    single = recovery_batches(teacher, Recovery(batch_size=8), utts)
+    packed = recovery_batches(teacher, Recovery(batch_size=8, pack_seconds=3.0), utts)
+    assert single[0]["input_features"].shape[0] == 5
+    windows = packed[0]["input_features"].shape[0]
+    assert 2 <= windows < 5  # 4.5 s of audio with gaps in windows of 3 s
+    assert "teacher_logits" in packed[0]
+
+
+def test_packing_longer_than_whispers_window_is_refused():
+    from speechprune.errors import ConfigError
+    from speechprune.prune.recipe import parse_recipe
+
+    with pytest.raises(ConfigError, match="pack_seconds"):
+        parse_recipe({"name": "r", "targets": [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5}],
+                      "recovery": {"pack_seconds": 31}})

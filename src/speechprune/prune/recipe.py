@@ -101,6 +101,9 @@ class Recovery(_Strict):
     encoder_weight: float = Field(default=0.0, ge=0)  # weight of the encoder-output distillation term
     hidden_weight: float = Field(default=0.0, ge=0)  # weight of the per-layer encoder hidden-state term
     max_utterances: int | None = Field(default=None, ge=1)
+    # pack consecutive clips into windows of at most this many seconds (speechprune.data.pack): several times more
+    # speech per step than short clips padded to 30 s; None trains on the clips as they are
+    pack_seconds: float | None = Field(default=None, gt=0, le=30)
     # stacks whose weights recovery updates (None: every weight). ["encoder"] keeps an unpruned decoder (and the
     # tied output embedding) exactly the teacher's: gradients still flow through it to the encoder.
     train: list[Literal["encoder", "decoder"]] | None = Field(default=None, min_length=1)

@@ -52,12 +52,19 @@ def layerwise_loss(student_states, teacher_states: torch.Tensor) -> torch.Tensor
 def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, progress: bool = True) -> list[dict]:
     """The teacher-labelled batches a recovery by ``cfg`` reads: the teacher's (a ``TorchWhisper``) transcripts as
     labels, its logits, and the encoder states the hidden-state term needs; over ``cfg.data`` (at most
-    ``cfg.max_utterances``) unless ``utterances`` are given."""
+    ``cfg.max_utterances``) unless ``utterances`` are given; packed into windows of ``cfg.pack_seconds`` if set
+    (their audio lives only while it is labelled)."""
+    import tempfile
+
     from ..data.datasets import training_utterances
+    from ..data.pack import pack_utterances
 
     utts = training_utterances(cfg.data, cfg.max_utterances) if utterances is None else utterances
-    return teacher.labelled_batches(utts, cfg.batch_size, teacher_logits=True, teacher_hidden=bool(cfg.hidden_weight),
-                                    progress=progress)
+    with tempfile.TemporaryDirectory(prefix="speechprune-pack-") as tmp:
+        if cfg.pack_seconds:
+            utts = pack_utterances(utts, cfg.pack_seconds, tmp)
+        return teacher.labelled_batches(utts, cfg.batch_size, teacher_logits=True,
+                                        teacher_hidden=bool(cfg.hidden_weight), progress=progress)
 
 
 def trainable_parameters(model: torch.nn.Module, stacks: list[str] | None) -> list[torch.nn.Parameter]:
