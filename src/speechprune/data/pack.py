@@ -3,7 +3,8 @@
 Whisper's encoder always reads a 30 s window. A 2 s prompt padded to 30 s spends ~93 % of a training step's
 encoder compute on padding; a packed window puts speech in those frames, so one recovery step sees several times
 more speech (and the teacher labels the whole window). Measured on tiny.en, encoder FFN 50 % pruned by activation,
-40 distillation steps at lr 3e-4: test WER 25.7 % from single clips, 18.7 % from windows of <= 28 s (docs/design.md).
+40 distillation steps at lr 3e-4: test WER 25.7 % from single clips, 18.7 % from windows of <= 28 s; but an
+encoder-only recovery that mostly matches encoder states did worse on packed windows (docs/design.md).
 """
 
 from __future__ import annotations
