@@ -76,6 +76,16 @@ def test_bundled_recipes_load_by_name_from_anywhere(tmp_path, monkeypatch):
         load_recipe("whisper-tiny.en-nope")
 
 
+def test_every_bundled_structured_recipe_validates():
+    from speechprune.prune.recipe import bundled_recipes
+
+    names = bundled_recipes()
+    assert "whisper-tiny.en-export" in names
+    for name in names:
+        assert load_recipe(name).targets  # validates
+    assert load_recipe("whisper-tiny.en-export").recovery.train_embeddings is False
+
+
 def test_recovery_that_trains_a_stack_the_family_lacks_is_refused_before_any_work():
     from tiny_models import build_tiny
 

@@ -116,6 +116,19 @@ def test_recovery_that_trains_the_encoder_leaves_the_decoder_the_teachers(tiny_m
     assert [p.requires_grad for p in student.parameters()] == grads  # the freeze does not outlive the call
 
 
+def test_recovery_without_embeddings_keeps_the_tied_embedding_the_teachers(tiny_model, clips):
+    teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
+    batches = teacher.labelled_batches(read_manifest(clips), 5, OPTS, teacher_logits=True)
+    student = copy.deepcopy(tiny_model)
+    embed = student.model.decoder.embed_tokens.weight.detach().clone()
+    fc1 = student.model.decoder.layers[0].fc1.weight.detach().clone()
+    distill(student, batches, Recovery(steps=5, lr=1e-3, batch_size=5, train_embeddings=False), progress=False)
+    assert torch.equal(student.model.decoder.embed_tokens.weight, embed)
+    assert student.proj_out.weight is student.model.decoder.embed_tokens.weight  # still tied
+    assert not torch.equal(student.model.decoder.layers[0].fc1.weight, fc1)  # the rest of the decoder trained
+    assert student.model.decoder.embed_tokens.weight.requires_grad  # the freeze does not outlive the call
+
+
 def test_recovery_refuses_a_stack_twice():
     with pytest.raises(ValueError, match="twice"):
         Recovery(train=["encoder", "encoder"])

@@ -67,15 +67,21 @@ def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, pro
                                         teacher_hidden=bool(cfg.hidden_weight), progress=progress)
 
 
-def trainable_parameters(model: torch.nn.Module, stacks: list[str] | None) -> list[torch.nn.Parameter]:
-    """The parameters recovery updates: every trainable one, or only those of ``stacks`` (through the family's
-    adapter, which alone knows where a stack lives); the others are frozen (``requires_grad`` off)."""
-    if stacks is None:
+def trainable_parameters(model: torch.nn.Module, stacks: list[str] | None,
+                         embeddings: bool = True) -> list[torch.nn.Parameter]:
+    """The parameters recovery updates: every trainable one, or only those of ``stacks``, and without the embedding
+    tables unless ``embeddings`` (both through the family's adapter, which alone knows where a stack and its
+    embeddings live); the others are frozen (``requires_grad`` off)."""
+    if stacks is None and embeddings:
         return [p for p in model.parameters() if p.requires_grad]
     from ..models.adapters import adapter_for
 
     adapter = adapter_for(model)
-    keep = {id(p) for s in stacks for p in adapter.stack_module(model, s).parameters()}
+    keep = {id(p) for p in (model.parameters() if stacks is None else
+                            (p for s in stacks for p in adapter.stack_module(model, s).parameters()))}
+    if not embeddings:
+        keep -= {id(p) for site in adapter.weight_sites(model) if site.component == "embed"
+                 for p in getattr(site.parent, site.attr).parameters()}
     params = []
     for p in model.parameters():
         if id(p) in keep and p.requires_grad:
@@ -91,7 +97,8 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits`` (and ``teacher_encoder`` when
     ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
     frame where the logits give one per label; and ``teacher_hidden`` when ``cfg.hidden_weight``: the same for every
-    inner encoder layer's output). ``cfg.train`` limits the update to those stacks (see ``trainable_parameters``).
+    inner encoder layer's output). ``cfg.train`` limits the update to those stacks, ``cfg.train_embeddings`` false
+    leaves the embeddings out (see ``trainable_parameters``).
     ``after_step`` runs after every optimizer step (unstructured pruning re-applies its fixed masks there). Returns
     loss statistics."""
     if cfg.steps == 0 or not batches:
@@ -99,7 +106,7 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     device = next(student.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     frozen = {id(p) for p in student.parameters() if not p.requires_grad}
-    params = trainable_parameters(student, cfg.train)
+    params = trainable_parameters(student, cfg.train, cfg.train_embeddings)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
