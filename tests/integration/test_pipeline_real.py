@@ -41,6 +41,7 @@ def test_run_prunes_evaluates_benchmarks_and_reports(tmp_path):
     assert [s["step"] for s in prune["steps"]] == [1, 2]
     assert prune["steps"][-1]["flops_encoder"] < prune["dense"]["flops_encoder"]
     assert prune["steps"][0]["removed_layers"] == ["decoder.3"] and prune["steps"][0]["recovery"]["steps"] == 2
+    assert not list((out / "prune").glob("*.recovery.safetensors"))  # recovery checkpoints go once the step is saved
     report = json.loads((out / "report.json").read_text())
     rows = {r["backend"]: r for r in report["rows"]}
     assert set(rows) == {"torch", "torch-pruned", "onnx-int8-pruned", "faster-whisper-int8"}

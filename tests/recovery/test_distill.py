@@ -154,3 +154,58 @@ def test_packing_longer_than_whispers_window_is_refused():
     with pytest.raises(ConfigError, match="pack_seconds"):
         parse_recipe({"name": "r", "targets": [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5}],
                       "recovery": {"pack_seconds": 31}})
+
+
+def _pruned_student(tiny_model):
+    student = copy.deepcopy(tiny_model)
+    a = adapter_for(student)
+    a.prune_units(student, next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn"), list(range(8)))
+    return student
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_recovery_resumes_where_it_stopped(tiny_model, clips, tmp_path):
+    teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
+    batches = teacher.labelled_batches(read_manifest(clips), 2, OPTS, teacher_logits=True)
+    assert len(batches) > 1  # the order of batches matters
+    cfg = Recovery(steps=8, lr=1e-3, batch_size=2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where recovery runs long; the state file is CPU-side
+    whole = _pruned_student(tiny_model).to(device)
+    ref = distill(whole, batches, cfg, progress=False)
+
+    done = []
+
+    def crash():  # dies inside step 5, after the checkpoint of step 4
+        done.append(1)
+        if len(done) == 5:
+            raise _Stop
+
+    ckpt = tmp_path / "step-1.recovery.safetensors"
+    with pytest.raises(_Stop):
+        distill(_pruned_student(tiny_model).to(device), batches, cfg, progress=False, after_step=crash, checkpoint=ckpt,
+                checkpoint_seconds=0)
+    resumed = _pruned_student(tiny_model).to(device)
+    stats = distill(resumed, batches, cfg, progress=False, checkpoint=ckpt, checkpoint_seconds=0)
+    assert stats["resumed_at"] == 4
+    for (k, v), w in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(v, w, atol=1e-5), k
+    assert stats["loss_first"] == pytest.approx(ref["loss_first"]) and stats["loss_last"] == pytest.approx(ref["loss_last"])
+    assert resumed.proj_out.weight is resumed.model.decoder.embed_tokens.weight  # loading kept the tie
+
+
+def test_a_checkpoint_of_another_recovery_is_not_resumed(tiny_model, clips, tmp_path):
+    teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
+    batches = teacher.labelled_batches(read_manifest(clips), 2, OPTS, teacher_logits=True)
+    ckpt = tmp_path / "rec.safetensors"
+    distill(_pruned_student(tiny_model), batches, Recovery(steps=3, lr=1e-3), progress=False, checkpoint=ckpt)
+    other, fresh = Recovery(steps=3, lr=5e-4), _pruned_student(tiny_model)
+    distill(fresh, batches, other, progress=False)
+    student = _pruned_student(tiny_model)
+    stats = distill(student, batches, other, progress=False, checkpoint=ckpt)
+    assert "resumed_at" not in stats
+    assert all(torch.equal(v, w) for v, w in zip(fresh.state_dict().values(), student.state_dict().values()))
+    ckpt.write_bytes(b"torn")  # an unreadable checkpoint starts over too
+    assert "resumed_at" not in distill(_pruned_student(tiny_model), batches, other, progress=False, checkpoint=ckpt)

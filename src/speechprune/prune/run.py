@@ -63,11 +63,14 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
     def on_step(step: int, m, report: StepReport) -> None:
         entry = {"step": step, "removed_modules": report.removed_modules, "removed_layers": report.removed_layers,
                  "kept_units": report.kept_units, "reconstruction": report.reconstruction, **shape_record(m)}
+        checkpoint = out / f"step-{step}.recovery.safetensors"  # a rerun resumes an interrupted recovery from it
         if rec_batches is not None:
-            entry["recovery"] = distill(m, rec_batches, recipe.recovery, progress=progress)
+            out.mkdir(parents=True, exist_ok=True)
+            entry["recovery"] = distill(m, rec_batches, recipe.recovery, progress=progress, checkpoint=checkpoint)
         if recipe.schedule.save_every_step or step == recipe.schedule.steps:
             save_pruned(m, src, out / f"step-{step}", overwrite=True)
             entry["folder"] = str(out / f"step-{step}")
+        checkpoint.unlink(missing_ok=True)
         record["steps"].append(entry)
         atomic_write_json(out / "prune.json", record)
 

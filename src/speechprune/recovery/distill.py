@@ -4,14 +4,20 @@ Batches are teacher-forcing dicts ``{input_features, decoder_input_ids, labels, 
 dense teacher itself (``TorchWhisper.labelled_batches(..., teacher_logits=True)``): its greedy transcripts as labels,
 its logits at the label positions computed once (fp16) and reused every epoch, so a recovery step costs one student
 forward and backward.
-Device-agnostic: the student's device is used for everything.
+Device-agnostic: the student's device is used for everything. A long recovery checkpoints itself (student weights,
+optimizer moments, step, losses: one safetensors file, written atomically) and a rerun of the same recovery resumes
+where it stopped, visiting the same batches in the same order.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -91,35 +97,116 @@ def trainable_parameters(model: torch.nn.Module, stacks: list[str] | None,
     return params
 
 
+log = logging.getLogger(__name__)
+
+
+def batch_order(n: int, seed: int, start: int = 0) -> Iterator[int]:
+    """Batch indices for steps ``start, start + 1, ...``: a fresh shuffle of ``range(n)`` per epoch from one generator
+    seeded with ``seed``. A pure function of its arguments, so a resumed recovery visits what an unbroken one would."""
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    while True:
+        for i in torch.randperm(n, generator=gen).tolist():
+            if step >= start:
+                yield i
+            step += 1
+
+
+def recovery_fingerprint(student: torch.nn.Module, batches: list[dict], cfg: Recovery) -> str:
+    """What a recovery checkpoint must match to be resumed: the settings, the number of batches and their label
+    shapes, and the student's parameter names and shapes."""
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    h.update(json.dumps([list(b["labels"].shape) for b in batches]).encode())
+    h.update(json.dumps([(k, list(v.shape)) for k, v in student.state_dict().items()]).encode())
+    return h.hexdigest()[:32]
+
+
+def save_recovery_state(path: Path, student: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
+    """The student's weights and the optimizer's state in one safetensors file (``meta`` and the optimizer's
+    param groups as JSON in its header), written atomically."""
+    from safetensors.torch import save
+
+    from ..io import atomic_write_bytes
+
+    tensors = {f"model.{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in student.state_dict().items()}
+    state = opt.state_dict()
+    for i, st in state["state"].items():
+        for name, v in st.items():
+            tensors[f"opt.{i}.{name}"] = v.detach().to("cpu", copy=True).contiguous()
+    header = json.dumps({**meta, "param_groups": state["param_groups"]})
+    atomic_write_bytes(path, save(tensors, metadata={"recovery": header}))
+
+
+def load_recovery_state(path: Path, student: torch.nn.Module, opt: torch.optim.Optimizer,
+                        fingerprint: str) -> dict | None:
+    """Restore a checkpoint written by ``save_recovery_state`` into ``student`` and ``opt``; its metadata, or None
+    (nothing restored, a warning logged) when there is none, it is unreadable, or it belongs to another recovery."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["recovery"])
+        tensors = load_file(str(path))
+    except Exception as e:  # a torn or foreign file: start over rather than fail a long run
+        log.warning("recovery checkpoint %s unreadable (%s); starting the recovery over", path, e.__class__.__name__)
+        return None
+    if meta.get("fingerprint") != fingerprint:
+        log.warning("recovery checkpoint %s belongs to another recovery (settings, data or model differ); "
+                    "starting over", path)
+        return None
+    student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
 def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True,
-            after_step: Callable[[], None] | None = None) -> dict:
+            after_step: Callable[[], None] | None = None, checkpoint: str | Path | None = None,
+            checkpoint_seconds: float = 300.0) -> dict:
     """Fine-tune ``student`` in place for ``cfg.steps`` optimizer steps over ``batches`` (cycled, shuffled per
     epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits`` (and ``teacher_encoder`` when
     ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
     frame where the logits give one per label; and ``teacher_hidden`` when ``cfg.hidden_weight``: the same for every
     inner encoder layer's output). ``cfg.train`` limits the update to those stacks, ``cfg.train_embeddings`` false
     leaves the embeddings out (see ``trainable_parameters``).
-    ``after_step`` runs after every optimizer step (unstructured pruning re-applies its fixed masks there). Returns
-    loss statistics."""
+    ``after_step`` runs after every optimizer step (unstructured pruning re-applies its fixed masks there). With
+    ``checkpoint`` (a file path) the state is saved there every ``checkpoint_seconds`` and once at the end, and a
+    matching checkpoint found there at the start is resumed. Returns loss statistics."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
     device = next(student.parameters()).device
-    gen = torch.Generator().manual_seed(cfg.seed)
     frozen = {id(p) for p in student.parameters() if not p.requires_grad}
     params = trainable_parameters(student, cfg.train, cfg.train_embeddings)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = recovery_fingerprint(student, batches, cfg) if checkpoint is not None else ""
+    meta = load_recovery_state(checkpoint, student, opt, fingerprint) if checkpoint is not None else None
+    start = meta["step"] if meta else 0
+    losses: list[float] = meta["losses"] if meta else []
+    elapsed = meta["seconds"] if meta else 0.0
+    if meta:
+        log.info("resuming recovery at step %d of %d from %s", start, cfg.steps, checkpoint)
     warmup = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)),
+        last_epoch=start - 1)
 
-    def order():
-        while True:
-            yield from torch.randperm(len(batches), generator=gen).tolist()
+    def save(step: int) -> None:
+        save_recovery_state(checkpoint, student, opt, {"fingerprint": fingerprint, "step": step, "losses": losses,
+                                                       "seconds": elapsed + time.perf_counter() - t0})
 
     student.train()
-    losses, t0 = [], time.perf_counter()
-    for _, i in zip(tqdm(range(cfg.steps), desc="recover", unit="step", disable=not progress, dynamic_ncols=True),
-                    order()):
+    t0 = last_save = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="recover", unit="step", disable=not progress, dynamic_ncols=True,
+               initial=start, total=cfg.steps)
+    for step, i in zip(bar, batch_order(len(batches), cfg.seed, start)):
         b = batches[i]
         labels = b["labels"].to(device)
         mask = labels != -100
@@ -140,6 +227,9 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
             after_step()
         sched.step()
         losses.append(float(loss.detach()))
+        if checkpoint is not None and (time.perf_counter() - last_save >= checkpoint_seconds or step + 1 == cfg.steps):
+            save(step + 1)
+            last_save = time.perf_counter()
     student.eval()
     opt.zero_grad(set_to_none=True)
     for p in student.parameters():  # give back what this call froze
@@ -147,4 +237,5 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
             p.requires_grad_(True)
     first = sum(losses[: max(1, len(losses) // 10)]) / max(1, len(losses) // 10)
     last = sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses) // 10)
-    return {"steps": cfg.steps, "loss_first": first, "loss_last": last, "seconds": time.perf_counter() - t0}
+    return {"steps": cfg.steps, "loss_first": first, "loss_last": last,
+            "seconds": elapsed + time.perf_counter() - t0, **({"resumed_at": start} if start else {})}
