@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from ..prune.recipe import Recovery
 
+log = logging.getLogger(__name__)
+
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       temperature: float, kl_weight: float, ce_weight: float) -> torch.Tensor:
@@ -95,9 +97,6 @@ def trainable_parameters(model: torch.nn.Module, stacks: list[str] | None,
         else:
             p.requires_grad_(False)
     return params
-
-
-log = logging.getLogger(__name__)
 
 
 def batch_order(n: int, seed: int, start: int = 0) -> Iterator[int]:
