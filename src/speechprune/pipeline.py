@@ -30,10 +30,11 @@ def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: 
 
 
 def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,
-             recipe: str | Path | None = None, export: bool = True) -> Path:
+             recipe: str | Path | None = None, export: bool = True, prune_device: str = "cpu") -> Path:
     """Evaluate ``model`` (and, with ``recipe``, its pruned version, in PyTorch and, with ``export``, exported to
     ONNX Runtime int8) on ``data``/``split``; benchmark them side by side with faster-whisper int8 on the original
-    files; returns the Markdown report's path."""
+    files; returns the Markdown report's path. ``prune_device`` is where pruning and recovery run; evaluation and
+    timing run on the CPU."""
     import torch
 
     from .models.registry import BUNDLED_MODELS, resolve_model
@@ -55,7 +56,7 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
             if not _same_recipe(before.get("recipe"), r) or before.get("model") != model:
                 raise ConfigError("holds a model pruned with another recipe or model; use another --out", out)
         else:
-            run_prune(model, r, out / "prune")
+            run_prune(model, r, out / "prune", device=prune_device)
         pruned = TorchWhisper.from_folder(final_model_dir(out / "prune"), name="torch-pruned")
         backends.append(pruned)
         metrics["torch-pruned"] = _eval(pruned, utts, out / "eval" / "pruned", str(final_model_dir(out / "prune")),
