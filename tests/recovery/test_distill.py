@@ -74,15 +74,19 @@ def test_layerwise_loss_refuses_a_different_depth():
         layerwise_loss(list(t[:2]), t)
 
 
+def _pruned_student(tiny_model):
+    student = copy.deepcopy(tiny_model)
+    a = adapter_for(student)
+    a.prune_units(student, next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn"), list(range(8)))
+    return student
+
+
 @pytest.mark.parametrize("encoder_weight, hidden_weight", [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
 def test_recovery_brings_a_pruned_student_closer_to_its_teacher(tiny_model, clips, encoder_weight, hidden_weight):
     teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
     batches = teacher.labelled_batches(read_manifest(clips), 5, OPTS, teacher_logits=True,
                                        teacher_hidden=bool(hidden_weight))
-    student = copy.deepcopy(tiny_model)
-    a = adapter_for(student)
-    ffn = next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn")
-    a.prune_units(student, ffn, list(range(8)))
+    student = _pruned_student(tiny_model)
     cfg = Recovery(steps=30, lr=1e-3, batch_size=5, encoder_weight=encoder_weight, hidden_weight=hidden_weight)
 
     def loss() -> float:
@@ -103,9 +107,7 @@ def test_recovery_brings_a_pruned_student_closer_to_its_teacher(tiny_model, clip
 def test_recovery_that_trains_the_encoder_leaves_the_decoder_the_teachers(tiny_model, clips):
     teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
     batches = teacher.labelled_batches(read_manifest(clips), 5, OPTS, teacher_logits=True)
-    student = copy.deepcopy(tiny_model)
-    a = adapter_for(student)
-    a.prune_units(student, next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn"), list(range(8)))
+    student = _pruned_student(tiny_model)
     decoder = {k: v.clone() for k, v in student.model.decoder.state_dict().items()}
     encoder = {k: v.clone() for k, v in student.model.encoder.state_dict().items()}
     grads = [p.requires_grad for p in student.parameters()]  # Whisper's sinusoidal positions are frozen already
@@ -154,13 +156,6 @@ def test_packing_longer_than_whispers_window_is_refused():
     with pytest.raises(ConfigError, match="pack_seconds"):
         parse_recipe({"name": "r", "targets": [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5}],
                       "recovery": {"pack_seconds": 31}})
-
-
-def _pruned_student(tiny_model):
-    student = copy.deepcopy(tiny_model)
-    a = adapter_for(student)
-    a.prune_units(student, next(g for g in a.unit_groups(student) if g.key == "encoder.0.ffn"), list(range(8)))
-    return student
 
 
 class _Stop(Exception):

@@ -14,15 +14,11 @@ from safetensors.torch import load_file
 root = Path(__file__).resolve().parents[2]
 N_SYNTH = int(sys.argv[1]) if len(sys.argv) > 1 else 1200
 from speechprune.paths import cache_dir
+
+from gpu import digest  # the check gpu.py repeats on the device (this folder is on sys.path)
 cache = cache_dir()
 for d in ('.xfa', '.xfb', '.xfc'):
     shutil.rmtree(root / d, ignore_errors=True); (root / d).mkdir()
-
-def digest(sd):
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode()); h.update(sd[k].float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 # 1. the dense model, fp16 (lossless: the CT2 source is fp16), split in two byte halves
 src = cache / 'models/whisper-tiny.en'

@@ -184,9 +184,11 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     frozen = {id(p) for p in student.parameters() if not p.requires_grad}
     params = trainable_parameters(student, cfg.train, cfg.train_embeddings)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = recovery_fingerprint(student, batches, cfg) if checkpoint is not None else ""
-    meta = load_recovery_state(checkpoint, student, opt, fingerprint) if checkpoint is not None else None
+    fingerprint, meta = "", None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        fingerprint = recovery_fingerprint(student, batches, cfg)
+        meta = load_recovery_state(checkpoint, student, opt, fingerprint)
     start = meta["step"] if meta else 0
     losses: list[float] = meta["losses"] if meta else []
     elapsed = meta["seconds"] if meta else 0.0
