@@ -69,6 +69,8 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 
 def _print_bench(record: dict) -> None:
+    from .bench.environment import machine_line
+
     t = Table(title=f"latency per utterance ({record['backends'][record['backend']]['n_utterances']} utterances, "
                     f"{record['environment']['threads']} threads, medians)")
     for col in ("backend", "e2e ms", "p90 ms", "features ms", "encoder ms", "dec first ms", "dec ms/token",
@@ -84,6 +86,7 @@ def _print_bench(record: dict) -> None:
                   f"{record['flops_decoder_first_step'] / 1e9:.2f} G, {record['flops_decoder_per_token'] / 1e6:.1f} M/token; "
                   f"params {record['params'] / 1e6:.2f} M; disk {record['disk_bytes'] / 1e6:.1f} MB; "
                   f"peak RSS {record['peak_rss_bytes'] / 2**20:.0f} MiB; other CPU load {record['other_cpu_load']:.2f}")
+    console.print(f"machine: {machine_line(record['environment'])}")
 
 
 @app.command("eval")

@@ -144,8 +144,8 @@ def test_skip_makes_the_layer_the_identity(family):
         for h in hooks:
             h.remove()
     # the layer after the skipped one now receives what the skipped layer received
-    torch.testing.assert_close(seen2[1], seen[1])
-    torch.testing.assert_close(seen2[0], seen[0])
+    assert torch.equal(seen2[1], seen[1])  # both are layer 0's output of the same input: the same computation
+    assert torch.equal(seen2[0], seen[0])
     assert not _changed(model, before) and adapter.n_layers(model, "encoder") == 3
 
 

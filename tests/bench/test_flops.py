@@ -33,13 +33,13 @@ def test_decoder_formulas_match_torch_flop_counter():
     prompt = torch.tensor([[60, 62]])
 
     def first():
-        h = dec(input_ids=prompt, encoder_hidden_states=enc, past_key_values=cache, use_cache=True).last_hidden_state
+        h = dec(input_ids=prompt, encoder_hidden_states=enc, cache=cache, use_cache=True).last_hidden_state
         model.proj_out(h[:, -1])
 
     assert counted(first) == F.decoder_first_step_flops(shape, 2)
 
     def later():
-        h = dec(input_ids=torch.tensor([[5]]), encoder_hidden_states=enc, past_key_values=cache, use_cache=True).last_hidden_state
+        h = dec(input_ids=torch.tensor([[5]]), encoder_hidden_states=enc, cache=cache, use_cache=True).last_hidden_state
         model.proj_out(h[:, -1])
 
     assert counted(later) == F.decoder_token_flops(shape, 3)  # attends to 2 prompt tokens + itself
@@ -88,7 +88,7 @@ def test_formulas_count_lowrank_projections_as_two_matmuls_like_the_torch_counte
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
     def step(ids):
-        h = dec(input_ids=torch.tensor([ids]), encoder_hidden_states=enc, past_key_values=cache,
+        h = dec(input_ids=torch.tensor([ids]), encoder_hidden_states=enc, cache=cache,
                 use_cache=True).last_hidden_state
         model.proj_out(h[:, -1])
 

@@ -17,6 +17,9 @@ from speechprune.evaluate.decoding import GraphCache, reorder_cache
 from speechprune.evaluate.onnx_backend import OnnxWhisper, scatter_logits
 from speechprune.export.onnx import GRAPHS, MANIFEST, export_onnx
 
+from speechprune.numerics import quantization_rtol
+
+from closeness import WHISPER_DEPTH, parity_bound, whisper_depth
 from tiny_models import EOT, NO_TS, SOT, build_tiny, pruned_tiny_whisper
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en")
@@ -92,7 +95,7 @@ def test_export_writes_checked_graphs_and_the_processor_files(kind, sources, exp
         assert structure["decoder"]["layers"][1]["self_attn"] is None
         assert manifest["decoder_self_layers"] == [0, 2] and manifest["decoder_cross_layers"] == [0, 1]
     for key in ("encoder_max_abs_diff", "prefill_logits_max_abs_diff", "step_logits_max_abs_diff"):
-        assert manifest["check"][key] < 1e-4, key
+        assert manifest["check"][key] < parity_bound(manifest["check"], whisper_depth(3, 3)), key
     be = OnnxWhisper.from_folder(folder, threads=1)
     assert be.shape == TorchWhisper.from_folder(sources[kind]).shape
     assert be.disk_bytes == sum((folder / f"{g}.onnx").stat().st_size for g in GRAPHS)
@@ -113,7 +116,8 @@ def test_onnx_greedy_and_beam_tokens_equal_torch(kind, sources, exported):
 
 def test_output_vocab_decodes_like_suppressing_every_other_token(sources, exported):
     folder, manifest = exported("pruned", output_vocab=tuple(SUBSET))
-    assert manifest["output_vocab"] == SUBSET and manifest["check"]["step_logits_max_abs_diff"] < 1e-4
+    assert manifest["output_vocab"] == SUBSET
+    assert manifest["check"]["step_logits_max_abs_diff"] < parity_bound(manifest["check"], whisper_depth(3, 3))
     onnx_be = OnnxWhisper.from_folder(folder, threads=1)
     assert onnx_be.shape.vocab_size == len(SUBSET)  # FLOPs count the restricted projection
     torch_be = TorchWhisper.from_folder(sources["pruned"])
@@ -143,7 +147,7 @@ def test_int8_export_runs_and_mostly_agrees(exported):
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     check = manifest["check"]
     for key in ("encoder_max_abs_diff", "prefill_logits_max_abs_diff", "step_logits_max_abs_diff"):
-        assert 0 < check[key] < 0.05 * check["logits_scale"], key  # quantized, yet close
+        assert 0 < check[key] < quantization_rtol(8, WHISPER_DEPTH) * check["logits_scale"], key  # quantized, yet close
     fp32 = OnnxWhisper.from_folder(exported("dense")[0], threads=1)
     int8 = OnnxWhisper.from_folder(folder, threads=1)
     feats = np.random.default_rng(5).standard_normal((8, 80, 3000)).astype(np.float32)
@@ -195,7 +199,7 @@ def test_real_tiny_en_onnx_greedy_equals_torch_on_real_speech(tmp_path):
 
     src = resolve_model("whisper-tiny.en")
     manifest = export_onnx(src, tmp_path / "onnx")
-    assert manifest["check"]["step_logits_max_abs_diff"] < 1e-3
+    assert manifest["check"]["step_logits_max_abs_diff"] < parity_bound(manifest["check"], whisper_depth(4, 4), k=1536)
     clips = ["agent-pass.wav", "vm-goodbye.wav", "conf-onlyperson.wav"]
     feats = FeatureFrontend(80)([load_audio(SOUNDS / c) for c in clips])
     want = decode(TorchWhisper.from_folder(src), DecodeOptions(), feats)

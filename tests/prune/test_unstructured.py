@@ -90,7 +90,7 @@ def test_taylor_accumulates_over_batches_and_differs_from_magnitude(family):
     one = weight_scores(model, sites, "taylor", b[:1])
     two = weight_scores(model, sites, "taylor", b[1:])
     key = sites[0].key
-    assert torch.allclose(both[key], one[key] + two[key], rtol=1e-5, atol=1e-9)
+    assert torch.equal(both[key], one[key] + two[key])  # per-batch scores, summed: the same sums either way
     assert (both[key] > 0).any()
     mag = weight_scores(model, sites, "magnitude")
     assert not torch.equal(M.layer_masks(both, 0.5)[key], M.layer_masks(mag, 0.5)[key])

@@ -24,7 +24,11 @@ def runs(tmp_path):
         {"backend": "torch", "wer": 0.0489, "cer": 0.01, "latency_ms_median": 343.04, "latency_ratio": 1.0,
          "gflops_encoder": 36.94, "params_m": 37.76, "disk_mb": 151.0},
         {"backend": "torch-pruned", "wer": 0.2317, "cer": 0.1, "latency_ms_median": 223.68, "latency_ratio": 0.652,
-         "gflops_encoder": 19.41, "params_m": 31.85, "disk_mb": 127.4}]})
+         "gflops_encoder": 19.41, "params_m": 31.85, "disk_mb": 127.4}],
+        "environment": {"cpu_model": "Intel Xeon", "cpu_isa_summary": "AVX-512 (VNNI, BF16, AMX)", "threads": 2,
+                        "kernels": {"torch": {"aten_cpu_capability": "AVX512"},
+                                    "ctranslate2": {"selected_isa": "AVX512"},
+                                    "onnxruntime": {"sgemm": "AVX512F", "int8_gemm": "AMX"}}}})
     _write(main / "eval" / "dense" / "metrics.json", {"wer": 0.0489, "cer": 0.01, "n_utterances": 282, "n_failed": 0,
                                                       "settings": {"model": "whisper-tiny.en", "split": "test"}})
     _write(main / "eval" / "dense" / "run.json", {"model": "whisper-tiny.en"})
@@ -65,6 +69,7 @@ def test_report_shows_every_known_record_and_is_self_contained(runs, tmp_path):
     for number in ("4.89", "23.17", "343", "223.7", "31,848,576", "77.7", "0.1234", "0.5678", "61,234,567"):
         assert number in page, number
     assert "encoder.2.self_attn" in page
+    assert "Intel Xeon [AVX-512 (VNNI, BF16, AMX)]" in page and "int8 AMX (inferred)" in page  # what made the timings
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) == 3  # WER vs latency, vs size, vs sparsity
     assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)

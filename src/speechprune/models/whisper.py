@@ -593,12 +593,12 @@ def _pruned_layer_classes() -> dict[str, type]:
         The rest is transformers 5.x ``WhisperDecoderLayer.forward``, line for line."""
 
         def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
-                    encoder_attention_mask=None, past_key_values=None, use_cache=True, **kwargs):
+                    encoder_attention_mask=None, cache=None, use_cache=True, **kwargs):
             if self.self_attn is not None:
                 residual = hidden_states
                 hidden_states = self.self_attn_layer_norm(hidden_states)
                 hidden_states, _ = self.self_attn(
-                    hidden_states, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
+                    hidden_states, cache=cache, attention_mask=attention_mask, **kwargs
                 )
                 hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
                 hidden_states = residual + hidden_states
@@ -610,7 +610,7 @@ def _pruned_layer_classes() -> dict[str, type]:
                     hidden_states,
                     key_value_states=encoder_hidden_states,
                     attention_mask=encoder_attention_mask,
-                    past_key_values=past_key_values,
+                    cache=cache,
                     **kwargs,
                 )
                 hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)

@@ -107,7 +107,8 @@ def collect(dirs: list[str | Path]) -> Collection:
             rows = _flat_rows(obj)
             (col.tables.append({"source": src, "rows": rows}) if rows else col.skipped.append(f"{src}: not a record"))
         elif p.name == "report.json" and isinstance(obj.get("rows"), list):
-            col.main.append({"source": src, "title": obj.get("title", src), "rows": obj["rows"]})
+            col.main.append({"source": src, "title": obj.get("title", src), "rows": obj["rows"],
+                             "environment": obj.get("environment")})
         elif "wer" in obj and "n_utterances" in obj:
             col.evals.append({"source": src, "metrics": obj})
         elif isinstance(obj.get("backends"), dict) and "latency_ratio" in obj:
@@ -283,6 +284,16 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}h2{border-bo
 .src{color:#777;font-size:12px}.note{color:#555}img{max-width:100%}"""
 
 
+def _machine_note(env: dict | None) -> str:
+    """Which CPU, instruction sets and kernels made a timing (``bench.environment.machine_line``)."""
+    from ..bench.environment import machine_line
+
+    if not env:
+        return '<p class="note">machine not recorded</p>'
+    text = f"{machine_line(env)}; {env.get('threads')} threads"
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
 def render(col: Collection, title: str = "speechprune report") -> str:
     """The page: plots first, then one table per record kind, then what was skipped."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
@@ -319,6 +330,7 @@ def render(col: Collection, title: str = "speechprune report") -> str:
                             [[r.get("backend"), _pct(r.get("wer")), _pct(r.get("cer")), r.get("latency_ms_median"),
                               r.get("latency_ratio"), r.get("gflops_encoder"), r.get("params_m"), r.get("disk_mb")]
                              for r in m["rows"]]))
+        parts.append(_machine_note(m.get("environment")))
     if col.evals:
         parts.append("<h2>Evaluations</h2>")
         parts.append(_table(["source", "model", "data", "split", "backend", "WER %", "CER %", "utterances", "failed",
@@ -336,6 +348,7 @@ def render(col: Collection, title: str = "speechprune report") -> str:
                             [[n, v.get("latency_ms_median"), v.get("latency_ms_p90"), v.get("encoder_ms_median"),
                               v.get("decoder_ms_per_token"), v.get("rtf_median"), r["latency_ratio"].get(n),
                               None if v.get("params") is None else v["params"] / 1e6] for n, v in r["backends"].items()]))
+        parts.append(_machine_note(r.get("environment")))
     for p in col.prunes:
         r = p["record"]
         rows = [["dense", r["dense"].get("params"), r["dense"].get("flops_encoder"), r["dense"].get("flops_decoder_per_token"), ""]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..bench.environment import machine_line
 from ..io import atomic_write_json, atomic_write_text
 
 
@@ -50,7 +51,8 @@ def to_markdown(title: str, rows: list[dict], env: dict | None) -> str:
     if env:
         lines += ["", f"Measured on {env.get('cpu_model')} with {env.get('threads')} threads, batch size 1, greedy; "
                       f"ratio = latency / the first backend's. speechprune {env.get('versions', {}).get('speechprune')}, "
-                      f"torch {env.get('versions', {}).get('torch')}, git {env.get('git_revision')}."]
+                      f"torch {env.get('versions', {}).get('torch')}, git {env.get('git_revision')}.",
+                  "", f"Machine and kernels: {machine_line(env)}."]
     return "\n".join(lines) + "\n"
 
 
