@@ -6,6 +6,11 @@ cd "$(dirname "$0")"
 
 # real speech for evaluation; TTS engines and text corpora for synthetic training speech; an English word list
 DEBS=(asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng flite fortunes bible-kjv bible-kjv-text wamerican)
+# out-of-domain English evaluation speech (speechprune.data.sources; ~790 MB installed, drascula pulls in scummvm)
+DEBS+=(drascula warzone2100-data tuxpaint-stamps-default ktuberling-data klettres-data saytime)
+# real English without transcripts for recovery and calibration, never evaluated on (speechprune.data.unlabelled;
+# ~245 MB: game voices and amateur radio; megaglest-data and openarena-data also work but hold minutes per 350 MB)
+DEBS+=(flight-of-the-amazon-queen hedgewars-data codec2-examples)
 missing=()
 for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -92,7 +92,8 @@ def _print_bench(record: dict) -> None:
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="bundled model name (whisper-tiny.en, whisper-base) or a Whisper folder"),
-    data: str = typer.Argument(..., help="bundled data set (asterisk, asterisk-multiword) or a JSONL manifest"),
+    data: str = typer.Argument(..., help="bundled data set (asterisk, asterisk-multiword; out of domain: english-ood or "
+                                         "one of its sources, e.g. drascula) or a JSONL manifest"),
     split: Optional[str] = typer.Option(None, help="dev | test | all (bundled sets; default test)"),
     limit: Optional[int] = typer.Option(None, min=1, help="evaluate only the first N utterances"),
     batch_size: int = typer.Option(8, min=1),
@@ -104,11 +105,16 @@ def eval_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/eval/<model>_<data>_<split>...)"),
+    ood: bool = typer.Option(True, help="also score the out-of-domain English suite (english-ood: other speakers "
+                                        "and recordings) into OUT/ood, beside DATA; skipped when DATA is one of them"),
+    ood_per_source: Optional[int] = typer.Option(None, min=1, help="score only the first N utterances of each "
+                                                 "out-of-domain source (a quick look, not a result)"),
 ) -> None:
-    """Decode a data set and score it: WER, CER (and BLEU for translations). Resumes an interrupted run."""
+    """Decode a data set and score it: WER, CER (and BLEU for translations), and beside it the out-of-domain suite.
+    Resumes an interrupted run."""
     from .data.datasets import load_dataset
     from .evaluate.decoding import DecodeOptions
-    from .evaluate.runner import eval_settings, evaluate
+    from .evaluate.runner import OOD_DATA, OOD_DIR, eval_settings, evaluate, evaluate_ood, wants_ood
 
     _set_threads(threads)
     options = DecodeOptions(beam_size=beam, language=language, task=task)
@@ -122,6 +128,24 @@ def eval_cmd(
     metrics = evaluate(be, utts, out, options, batch_size=batch_size, settings=settings)
     _print_metrics(f"{model} on {data} ({split or 'test'})", metrics)
     console.print(f"wrote {out}/metrics.json and {out}/hypotheses.jsonl")
+    if ood and wants_ood(data):
+        other = evaluate_ood(be, model, out / OOD_DIR, options, batch_size=batch_size, per_source=ood_per_source)
+        _print_metrics(f"{model} on {OOD_DATA} (out of domain: speakers and recordings nothing trains on)", other)
+        _print_sources(other)
+        console.print(f"in domain ({data}) WER {100 * metrics['wer']:.2f} % | out of domain ({OOD_DATA}) WER "
+                      f"{100 * other['wer']:.2f} % pooled, {100 * other.get('macro_wer', other['wer']):.2f} % mean of "
+                      f"sources; wrote {out / OOD_DIR}/metrics.json")
+    elif "by_source" in metrics:
+        _print_sources(metrics)
+
+
+def _print_sources(metrics: dict) -> None:
+    t = Table(title="out of domain, per source")
+    for col in ("source", "WER %", "CER %", "utterances", "words"):
+        t.add_column(col, justify="right")
+    for name, m in metrics.get("by_source", {}).items():
+        t.add_row(name, f"{100 * m['wer']:.2f}", f"{100 * m['cer']:.2f}", str(m["n_scored"]), str(m["n_words"]))
+    console.print(t)
 
 
 @app.command("bench")
@@ -366,6 +390,8 @@ def run_cmd(
     out: Path = typer.Option(Path("runs/main"), help="output folder (a rerun resumes)"),
     device: str = typer.Option("cpu", help="cpu | cuda: where pruning and recovery run (evaluation and timing stay on "
                                            "the CPU, beside faster-whisper)"),
+    ood_per_source: Optional[int] = typer.Option(None, min=1, help="score only the first N utterances of each "
+                                                 "out-of-domain source (a quick look, not a result)"),
 ) -> None:
     """The main job: prune bundled tiny.en with a recipe (default: whisper-tiny.en-onnx), recover, export to ONNX
     Runtime int8, then evaluate and benchmark it next to the dense model and faster-whisper on the asterisk test
@@ -373,7 +399,8 @@ def run_cmd(
     from .pipeline import main_job
 
     report = main_job(model=model, data=data, split=split, threads=threads, bench_utterances=bench_utterances, out=out,
-                      recipe=None if dense_only else recipe, export=export, prune_device=device)
+                      recipe=None if dense_only else recipe, export=export, prune_device=device,
+                      ood_per_source=ood_per_source)
     console.print(report.read_text(encoding="utf-8"))
     console.print(f"wrote {report} and {report.with_suffix('.json')}")
 

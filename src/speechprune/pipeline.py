@@ -5,7 +5,8 @@ there (evaluation resumes per utterance), so a killed run loses nothing already 
 
     out/prune/        the pruned model per step (with a recipe)
     out/onnx-int8/    the pruned model exported to ONNX Runtime, int8 (with a recipe, unless export is off)
-    out/eval/<name>/  metrics.json + hypotheses.jsonl per evaluated model
+    out/eval/<name>/  metrics.json + hypotheses.jsonl per evaluated model; <name>/ood/ the same on the
+                      out-of-domain suite (english-ood), shown beside the in-domain figure in the report
     out/bench/        bench.json: every model side by side, plus faster-whisper int8 on the original files
     out/report.md, out/report.json
 """
@@ -20,20 +21,27 @@ from .data.datasets import load_dataset
 from .errors import ConfigError
 from .evaluate.backends import TorchWhisper, load_backend
 from .evaluate.decoding import DecodeOptions
-from .evaluate.runner import eval_settings, evaluate
+from .evaluate.runner import OOD_DIR, eval_settings, evaluate, evaluate_ood, wants_ood
 from .io import atomic_write_json
 from .report.summary import write_report
 
 
-def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: DecodeOptions) -> dict:
-    return evaluate(backend, utts, out, options, settings=eval_settings(model, data, split, backend.name, options))
+def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: DecodeOptions,
+          ood_per_source: int | None = None) -> dict:
+    """In-domain metrics of ``backend`` on ``utts``, with the out-of-domain suite's under ``"ood"``."""
+    metrics = evaluate(backend, utts, out, options, settings=eval_settings(model, data, split, backend.name, options))
+    if wants_ood(data):
+        metrics = {**metrics, "ood": evaluate_ood(backend, model, out / OOD_DIR, options, per_source=ood_per_source)}
+    return metrics
 
 
 def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,
-             recipe: str | Path | None = None, export: bool = True, prune_device: str = "cpu") -> Path:
+             recipe: str | Path | None = None, export: bool = True, prune_device: str = "cpu",
+             ood_per_source: int | None = None) -> Path:
     """Evaluate ``model`` (and, with ``recipe``, its pruned version, in PyTorch and, with ``export``, exported to
     ONNX Runtime int8) on ``data``/``split``; benchmark them side by side with faster-whisper int8 on the original
-    files; returns the Markdown report's path. ``prune_device`` is where pruning and recovery run; evaluation and
+    files; returns the Markdown report's path. Every model is also scored on the out-of-domain suite (all of it, or
+    the first ``ood_per_source`` of each source). ``prune_device`` is where pruning and recovery run; evaluation and
     timing run on the CPU."""
     import torch
 
@@ -45,7 +53,7 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
     options = DecodeOptions()
     dense = TorchWhisper.from_folder(resolve_model(model), name="torch")
     backends, metrics = [dense], {}
-    metrics["torch"] = _eval(dense, utts, out / "eval" / "dense", model, data, split, options)
+    metrics["torch"] = _eval(dense, utts, out / "eval" / "dense", model, data, split, options, ood_per_source)
     if recipe is not None:
         from .prune.recipe import load_recipe
         from .prune.run import final_model_dir, run_prune
@@ -60,7 +68,7 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
         pruned = TorchWhisper.from_folder(final_model_dir(out / "prune"), name="torch-pruned")
         backends.append(pruned)
         metrics["torch-pruned"] = _eval(pruned, utts, out / "eval" / "pruned", str(final_model_dir(out / "prune")),
-                                        data, split, options)
+                                        data, split, options, ood_per_source)
         if export:
             from .evaluate.onnx_backend import OnnxWhisper
             from .export.onnx import MANIFEST, export_onnx
@@ -71,16 +79,19 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
             exported = OnnxWhisper.from_folder(onnx_dir, threads=threads, name="onnx-int8-pruned")
             backends.append(exported)
             metrics[exported.name] = _eval(exported, utts, out / "eval" / "onnx-int8-pruned", str(onnx_dir), data,
-                                           split, options)
+                                           split, options, ood_per_source)
 
     bench_path = out / "bench" / "bench.json"
     settings = {"model": model, "data": data, "split": split, "recipe": str(recipe) if recipe else None,
                 "threads": threads, "bench_utterances": bench_utterances,
                 "backend_names": [b.name for b in backends]}
     record = json.loads(bench_path.read_text(encoding="utf-8")) if bench_path.exists() else {}
+    if model in BUNDLED_MODELS:  # the peer: the original CTranslate2 files through faster-whisper, scored too
+        peer = load_backend(model, "faster-whisper", compute_type="int8", threads=threads)
+        metrics[peer.name] = _eval(peer, utts, out / "eval" / peer.name, model, data, split, options, ood_per_source)
     if record.get("settings") != settings:  # none yet, or made with other settings: time again
-        if model in BUNDLED_MODELS:  # the peer: the original CTranslate2 files through faster-whisper
-            backends.append(load_backend(model, "faster-whisper", compute_type="int8", threads=threads))
+        if model in BUNDLED_MODELS:
+            backends.append(peer)
         record = benchmark(backends, utts, options, BenchOptions(max_utterances=bench_utterances), threads=threads)
         record.update(settings, settings=settings)
         atomic_write_json(bench_path, record)

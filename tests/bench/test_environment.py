@@ -80,5 +80,6 @@ def test_the_main_report_names_the_machine_and_its_kernels(tmp_path):
     bench = {"backends": {"torch": {"latency_ms_median": 300.0, "encoder_ms_median": 250.0, "decoder_ms_per_token": 12.0,
                                     "rtf_median": 0.1, "flops_encoder": 3.7e10, "params": 3.8e7, "disk_bytes": 1.5e8}},
              "latency_ratio": {"torch": 1.0}, "environment": env}
-    md = write_report(tmp_path, bench, {}, "t").read_text()
+    md = write_report(tmp_path, bench, {"torch": {"wer": 0.05, "ood": {"wer": 0.0841, "macro_wer": 0.1213}}}, "t").read_text()
+    assert "| torch | 5.00 | 8.41 (12.13) |" in md  # out of domain beside in domain
     assert "Machine and kernels: AMD EPYC [AVX2]; torch: ATen AVX2" in md and "int8 AVX2 (u8s8" in md

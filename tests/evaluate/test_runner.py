@@ -156,3 +156,19 @@ def test_a_hypothesis_that_reaches_the_token_limit_is_marked_runaway(tiny_model,
     recs = [json.loads(l) for l in (tmp_path / "o" / "hypotheses.jsonl").read_text().splitlines()]
     assert all(r["runaway"] == (r["n_tokens"] >= OPTS.max_new_tokens) for r in recs)
     assert m["runaway"]["utterances"] == sum(r["runaway"] for r in recs)
+
+
+def test_out_of_domain_records_are_also_scored_per_source():
+    def rec(i, ref, hyp):
+        return {"id": i, "audio": i, "task": "transcribe", "language": "en", "reference": ref, "hypothesis": hyp}
+
+    recs = [rec("drascula/1", "where is the castle", "where is the castle"),
+            rec("drascula/2", "open the door now", "open a door now"),
+            rec("saytime/3", "seven", "eleven")]
+    m = score(recs)
+    assert m["wer"] == pytest.approx(2 / 9)  # pooled over words
+    assert m["by_source"]["drascula"] == {"wer": pytest.approx(1 / 8), "cer": pytest.approx(m["by_source"]["drascula"]["cer"]),
+                                          "n_scored": 2, "n_words": 8}
+    assert m["by_source"]["saytime"]["wer"] == 1.0
+    assert m["macro_wer"] == pytest.approx((1 / 8 + 1) / 2)  # the one-word source weighs as much as the other
+    assert "by_source" not in score([rec("digits/1", "one", "one"), rec("agent-pass", "a b", "a b")])  # asterisk ids

@@ -46,13 +46,21 @@ def test_torch_and_ctranslate2_give_identical_greedy_tokens_on_shared_features()
 @needs_sounds
 def test_eval_command_on_real_speech(tmp_path):
     out = tmp_path / "e"
-    proc = cli("eval", "whisper-tiny.en", "asterisk", "--split", "test", "--limit", "12", "--out", str(out))
+    proc = cli("eval", "whisper-tiny.en", "asterisk", "--split", "test", "--limit", "12", "--out", str(out),
+               "--ood-per-source", "2")
     assert proc.returncode == 0, proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_utterances"] == 12 and m["n_failed"] == 0 and m["n_words"] > 50
     assert m["wer"] < 0.15 and m["cer"] < m["wer"] + 0.05
     hyps = [json.loads(l) for l in (out / "hypotheses.jsonl").read_text().splitlines()]
     assert len(hyps) == 12 and all(h["hypothesis"] for h in hyps)
+    from speechprune.data.sources import SOURCES
+
+    ood = json.loads((out / "ood" / "metrics.json").read_text())  # the out-of-domain suite beside it, per source
+    assert set(ood["by_source"]) == set(SOURCES) and ood["n_utterances"] == 2 * len(SOURCES)
+    assert ood["settings"]["data"] == "english-ood" and 0 < ood["wer"] < 1
+    assert ood["macro_wer"] == sum(v["wer"] for v in ood["by_source"].values()) / len(SOURCES)
+    assert "out of domain" in proc.stdout
 
 
 @needs_sounds
@@ -84,8 +92,9 @@ def test_bad_clips_are_skipped_or_handled_and_listed(tmp_path):
             ("empty", "empty.wav"), ("corrupt", "corrupt.wav"), ("truncated", "truncated.wav"), ("missing", "nope.wav")]
     text = "Please enter your password followed by the pound key."
     (tmp_path / "m.jsonl").write_text("".join(json.dumps({"id": i, "audio": a, "text": text}) + "\n" for i, a in rows))
-    proc = cli("eval", "whisper-tiny.en", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"))
+    proc = cli("eval", "whisper-tiny.en", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"), "--no-ood")
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "o" / "ood").exists()
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert {f["id"] for f in m["failed"]} == {"empty", "corrupt", "truncated", "missing"}
     assert m["n_scored"] == 3

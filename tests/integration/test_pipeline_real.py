@@ -35,7 +35,7 @@ def test_run_prunes_evaluates_benchmarks_and_reports(tmp_path):
     (tmp_path / "r.yaml").write_text(RECIPE)
     out = tmp_path / "run"
     proc = cli("run", "--data", str(tmp_path / "m.jsonl"), "--split", "all", "--bench-utterances", "2",
-               "--recipe", str(tmp_path / "r.yaml"), "--out", str(out))
+               "--recipe", str(tmp_path / "r.yaml"), "--out", str(out), "--ood-per-source", "1")
     assert proc.returncode == 0, proc.stderr
     prune = json.loads((out / "prune" / "prune.json").read_text())
     assert [s["step"] for s in prune["steps"]] == [1, 2]
@@ -46,6 +46,10 @@ def test_run_prunes_evaluates_benchmarks_and_reports(tmp_path):
     rows = {r["backend"]: r for r in report["rows"]}
     assert set(rows) == {"torch", "torch-pruned", "onnx-int8-pruned", "faster-whisper-int8"}
     assert all(rows[n]["wer"] is not None for n in ("torch", "torch-pruned", "onnx-int8-pruned"))
+    from speechprune.data.sources import SOURCES  # out of domain beside in domain, for every evaluated model
+
+    assert all(rows[n]["n_utterances_ood"] == len(SOURCES) and rows[n]["wer_ood"] is not None for n in rows)
+    assert rows["faster-whisper-int8"]["wer"] is not None  # the peer is scored on the same clips
     assert rows["onnx-int8-pruned"]["gflops_encoder"] == rows["torch-pruned"]["gflops_encoder"]
     assert rows["torch-pruned"]["params_m"] < rows["torch"]["params_m"]
     assert "torch-pruned" in (out / "report.md").read_text()
@@ -65,6 +69,6 @@ def test_run_prunes_evaluates_benchmarks_and_reports(tmp_path):
 
     # a rerun resumes: nothing recomputed, same report
     again = cli("run", "--data", str(tmp_path / "m.jsonl"), "--split", "all", "--bench-utterances", "2",
-                "--recipe", str(tmp_path / "r.yaml"), "--out", str(out))
+                "--recipe", str(tmp_path / "r.yaml"), "--out", str(out), "--ood-per-source", "1")
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]

@@ -45,6 +45,9 @@ def test_a_recipe_with_a_typo_names_the_key_and_the_file(tmp_path):
     ("synth-telephone", "needs a count"),
     ("synth-telephone:0", "needs a count"),
     ("librispeech", "not a bundled set"),
+    ("unlabelled", "needs a count"),
+    ("english-ood", "evaluation-only"),
+    ("drascula", "evaluation-only"),
 ])
 def test_recovery_data_specs_are_checked_at_load(tmp_path, spec, problem):
     from speechprune.errors import ConfigError
@@ -99,3 +102,16 @@ def test_recovery_that_trains_a_stack_the_family_lacks_is_refused_before_any_wor
         validate_against_model(recipe, model, adapter_for(model))
     whisper = tiny_whisper()
     validate_against_model(recipe, whisper, adapter_for(whisper))
+
+
+def test_recovery_augmentation_and_interleaving_are_recipe_keys(tmp_path):
+    from speechprune.errors import ConfigError
+
+    p = tmp_path / "r.yaml"
+    p.write_text("targets: [{stack: decoder, n_layers: 1}]\n"
+                 "recovery: {data: ['asterisk:dev', 'unlabelled:50'], interleave: true, augment: {noise_p: 0.8}}\n")
+    rec = load_recipe(p).recovery
+    assert rec.interleave and rec.augment.noise_p == 0.8 and rec.augment.reverb_p == 0.3  # the rest: defaults
+    p.write_text("targets: [{stack: decoder, n_layers: 1}]\nrecovery: {augment: {noise: 0.8}}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: bad recipe: recovery.augment.noise"):
+        load_recipe(p)

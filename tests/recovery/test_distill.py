@@ -217,3 +217,18 @@ def test_a_checkpoint_of_another_recovery_is_not_resumed(tiny_model, clips, tmp_
     assert all(torch.equal(v, w) for v, w in zip(fresh.state_dict().values(), student.state_dict().values()))
     ckpt.write_bytes(b"torn")  # an unreadable checkpoint starts over too
     assert "resumed_at" not in distill(_pruned_student(tiny_model), batches, other, progress=False, checkpoint=ckpt)
+
+
+def test_recovery_data_can_be_augmented_before_the_teacher_labels_it(clips):
+    from speechprune.data.augment import AugmentSettings
+    from tiny_models import tiny_whisper
+
+    teacher = TorchWhisper(tiny_whisper(max_target_positions=256), ToyTokenizer(), toy_vocab())  # 224 new tokens
+    utts = read_manifest(clips)
+    plain = recovery_batches(teacher, Recovery(batch_size=8), utts, progress=False)
+    noisy = AugmentSettings(noise_p=1.0, speed_p=0, reverb_p=0, telephone_p=0, gain_p=0, snr_db=(5, 5))
+    aug = recovery_batches(teacher, Recovery(batch_size=8, augment=noisy), utts, progress=False)
+    again = recovery_batches(teacher, Recovery(batch_size=8, augment=noisy), utts, progress=False)
+    a, p = aug[0]["input_features"], plain[0]["input_features"]
+    assert a.shape == p.shape and not torch.allclose(a, p, atol=0.1)  # 5 dB of noise shows in the log-mels
+    assert torch.equal(again[0]["input_features"], a)  # the same draw every run

@@ -21,7 +21,8 @@ def _write(path, obj):
 def runs(tmp_path):
     main = tmp_path / "main"
     _write(main / "report.json", {"title": "main job", "rows": [
-        {"backend": "torch", "wer": 0.0489, "cer": 0.01, "latency_ms_median": 343.04, "latency_ratio": 1.0,
+        {"backend": "torch", "wer": 0.0489, "wer_ood": 0.0841, "macro_wer_ood": 0.1213, "cer": 0.01,
+         "latency_ms_median": 343.04, "latency_ratio": 1.0,
          "gflops_encoder": 36.94, "params_m": 37.76, "disk_mb": 151.0},
         {"backend": "torch-pruned", "wer": 0.2317, "cer": 0.1, "latency_ms_median": 223.68, "latency_ratio": 0.652,
          "gflops_encoder": 19.41, "params_m": 31.85, "disk_mb": 127.4}],
@@ -66,7 +67,7 @@ def test_report_shows_every_known_record_and_is_self_contained(runs, tmp_path):
                             tmp_path / "r" / "report.html")
     page = out.read_text()
     assert "31.41 (heldout, 40 utt.)" in page and "92.65 (heldout, 40 utt.)" in page  # each eval beside its recipe
-    for number in ("4.89", "23.17", "343", "223.7", "31,848,576", "77.7", "0.1234", "0.5678", "61,234,567"):
+    for number in ("4.89", "8.41", "12.13", "23.17", "343", "223.7", "31,848,576", "77.7", "0.1234", "0.5678", "61,234,567"):
         assert number in page, number
     assert "encoder.2.self_attn" in page
     assert "Intel Xeon [AVX-512 (VNNI, BF16, AMX)]" in page and "int8 AMX (inferred)" in page  # what made the timings

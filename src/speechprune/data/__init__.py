@@ -1,12 +1,13 @@
-"""Audio reading, manifests, text normalization and the bundled evaluation set."""
+"""Audio reading, manifests, text normalization and the bundled evaluation sets."""
 
 from speechprune.data.audio import SAMPLE_RATE, audio_duration, load_audio
-from speechprune.data.datasets import BUNDLED_DATASETS, load_dataset
+from speechprune.data.datasets import BUNDLED_DATASETS, EVALUATION_ONLY, load_dataset, source_of
 from speechprune.data.manifest import Utterance, read_manifest, write_manifest
 from speechprune.data.normalize import asterisk_reference, normalize_text
 
 __all__ = [
     "BUNDLED_DATASETS",
+    "EVALUATION_ONLY",
     "SAMPLE_RATE",
     "Utterance",
     "asterisk_reference",
@@ -15,5 +16,6 @@ __all__ = [
     "load_dataset",
     "normalize_text",
     "read_manifest",
+    "source_of",
     "write_manifest",
 ]

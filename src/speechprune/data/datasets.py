@@ -1,4 +1,9 @@
-"""Resolve a data set spec: a bundled name (``asterisk``, ``asterisk-multiword``) or a ``.jsonl`` manifest path."""
+"""Resolve a data set spec: a bundled name or a ``.jsonl`` manifest path.
+
+Bundled names: the in-domain asterisk set (``asterisk``, ``asterisk-multiword``; dev/test/all splits) and the
+out-of-domain English sets of :mod:`speechprune.data.sources` (one per source, and ``english-ood`` pooling them),
+which are evaluation only: used whole (split None, "all" or "test"), never calibration or training data.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,34 @@ from pathlib import Path
 
 from speechprune.data.asterisk import SPLITS, asterisk_utterances
 from speechprune.data.manifest import Utterance, read_manifest
+from speechprune.data.sources import SET_NAMES as EVALUATION_ONLY
+from speechprune.data.sources import source_of, source_utterances  # noqa: F401  (source_of: re-exported)
 from speechprune.errors import ConfigError
 from speechprune.paths import cache_dir
 
 # bundled name -> subset of the Asterisk prompts
 _BUNDLED_SUBSETS = {"asterisk": "all", "asterisk-multiword": "multiword"}
-BUNDLED_DATASETS: tuple[str, ...] = tuple(_BUNDLED_SUBSETS)
+BUNDLED_DATASETS: tuple[str, ...] = (*_BUNDLED_SUBSETS, *EVALUATION_ONLY)
 DEFAULT_SPLIT = "test"
+# an evaluation-only set is used whole: these splits all mean "every utterance" ("test": nothing trains on it)
+WHOLE_SET_SPLITS = (None, "all", "test")
 # synthetic training speech made on first use in the cache: name -> telephone-band augmentation
 SYNTHETIC_SETS = {"synth": False, "synth-telephone": True}
+# real recorded English without transcripts (speechprune.data.unlabelled: game voices, radio; never evaluation
+# sources), balanced across its sources; the dense teacher labels it
+UNLABELLED = "unlabelled"
 
 
 def load_dataset(spec: str, split: str | None = None) -> list[Utterance]:
-    """Utterances of a bundled set (``split`` in dev/test/all, default test) or of a manifest file (``split`` None or "all")."""
+    """Utterances of a bundled set (asterisk: ``split`` in dev/test/all, default test; an evaluation-only set: None,
+    "all" or "test", all meaning the whole set) or of a manifest file (``split`` None or "all")."""
     if spec in _BUNDLED_SUBSETS:
         return asterisk_utterances(split or DEFAULT_SPLIT, _BUNDLED_SUBSETS[spec])
+    if spec in EVALUATION_ONLY:
+        if split not in WHOLE_SET_SPLITS:
+            raise ConfigError(f"{spec!r} is an evaluation-only set used whole: split {split!r} does not exist "
+                              "(use test or all, which are the same)")
+        return source_utterances(spec)
     if not Path(spec).is_file():
         raise ConfigError(
             f"unknown data set {spec!r}: not a bundled name ({', '.join(BUNDLED_DATASETS)}) nor an existing manifest file"
@@ -54,38 +72,55 @@ def synthetic_utterances(name: str, n: int, workers: int | None = None, progress
 class TrainingSpec:
     """A parsed ``name[:split]`` training-data spec: a bundled set's dev split, ``N`` synthetic clips, or a manifest."""
 
-    kind: str  # "bundled" | "synthetic" | "manifest"
+    kind: str  # "bundled" | "synthetic" | "unlabelled" | "manifest"
     name: str
     split: str | None = None  # bundled: "dev"
-    count: int | None = None  # synthetic: how many clips
+    count: int | None = None  # synthetic, unlabelled: how many clips
 
 
 def parse_training_spec(spec: str) -> TrainingSpec:
     """Check one spec without touching data: ``asterisk[:dev]``, ``synth-telephone:600`` or ``path.jsonl``. Nothing
     that calibrates or trains may read the test split; a synthetic set needs a count. ``ConfigError`` otherwise."""
     name, _, split = spec.partition(":")
-    if name in SYNTHETIC_SETS:
+    if name in EVALUATION_ONLY:
+        raise ConfigError(f"{spec!r}: {name} is an evaluation-only set (out-of-domain English); it is never "
+                          "calibration or training data")
+    if name in SYNTHETIC_SETS or name == UNLABELLED:
         if not (split.isdigit() and int(split) > 0):
-            raise ConfigError(f"{spec!r}: a synthetic set needs a count, e.g. '{name}:600'")
-        return TrainingSpec("synthetic", name, count=int(split))
-    if name in BUNDLED_DATASETS:
+            raise ConfigError(f"{spec!r}: a {'synthetic' if name != UNLABELLED else 'unlabelled'} set needs a count, "
+                              f"e.g. '{name}:600'")
+        return TrainingSpec("synthetic" if name != UNLABELLED else "unlabelled", name, count=int(split))
+    if name in _BUNDLED_SUBSETS:
         if split not in ("", "dev"):
             raise ConfigError(f"{spec!r}: nothing that calibrates or trains may read the {split or 'test'} split; use dev")
         return TrainingSpec("bundled", name, split="dev")
     if spec.endswith(".jsonl"):
         return TrainingSpec("manifest", spec)
-    raise ConfigError(f"{spec!r}: not a bundled set ({', '.join(BUNDLED_DATASETS)}), a synthetic set "
-                      f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}) or a .jsonl manifest")
+    raise ConfigError(f"{spec!r}: not a bundled set ({', '.join(_BUNDLED_SUBSETS)}), a synthetic set "
+                      f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}), real unlabelled speech ({UNLABELLED}:N) "
+                      "or a .jsonl manifest")
 
 
-def training_utterances(specs: list[str], limit: int | None = None) -> list[Utterance]:
+def training_utterances(specs: list[str], limit: int | None = None, interleave: bool = False) -> list[Utterance]:
     """Utterances for calibration or training from specs (see ``parse_training_spec``); synthetic clips are made on
-    first use. At most ``limit`` in all, in spec order."""
-    out: list[Utterance] = []
-    for spec in specs:
-        t = parse_training_spec(spec)
+    first use. At most ``limit`` in all: in spec order, or with ``interleave`` one clip of each spec in turn (so a
+    large set cannot fill ``limit`` alone)."""
+    parsed = [parse_training_spec(spec) for spec in specs]  # every spec is checked before any data is made
+    sets: list[list[Utterance]] = []
+    for t in parsed:
         if t.kind == "synthetic":
-            out += synthetic_utterances(t.name, t.count)
+            sets.append(synthetic_utterances(t.name, t.count))
+        elif t.kind == "unlabelled":
+            from speechprune.data.unlabelled import unlabelled_utterances
+
+            sets.append(unlabelled_utterances(t.count))
         else:
-            out += load_dataset(t.name, t.split)
+            sets.append(load_dataset(t.name, t.split))
+    out = interleaved(sets) if interleave else [u for s in sets for u in s]
     return out[:limit] if limit else out
+
+
+def interleaved(sets: list[list[Utterance]]) -> list[Utterance]:
+    """Round robin over ``sets``: the first of each, then the second of each, ...; a set that runs out drops out."""
+    longest = max((len(s) for s in sets), default=0)
+    return [s[i] for i in range(longest) for s in sets if i < len(s)]

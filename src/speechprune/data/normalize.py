@@ -19,6 +19,11 @@ Everything else is left to the Whisper normalizer, applied identically to hypoth
 number words meet ("Press 1." and "press one" both become "press one"; "two" and "2" become "2"),
 hyphens split words ("Call-Forward" -> "call forward"), "H.323" stays "h.323" (a hypothesis written
 "H.323" matches, "H 323" does not) and "1-800" becomes "one 800" on both sides.
+
+:func:`subtitle_reference` does the same for game subtitles and labels (the out-of-domain sources in
+:mod:`speechprune.data.sources`): annotations, ellipses and double quotes are removed, characters outside
+printable ASCII are dropped, and a source's own word fixes (``fixes``: lower-case word -> replacement) are
+applied; case is kept.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ ASTERISK_SPELLING_FIXES: dict[str, str] = {
 
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>")
 _ELLIPSIS = re.compile(r"\.{3,}|…")
+_QUOTES = re.compile(r"[\"“”]")
+_NON_ASCII = re.compile(r"[^\x20-\x7e]")
 _KEYPAD = {"#": "pound", "*": "star"}
 _KEYPAD_RE = re.compile(r"[#*]")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
@@ -108,3 +115,18 @@ def asterisk_reference(raw: str) -> str:
     text = _FIXES_RE.sub(_fix_spelling, text)
     text = " ".join(text.split())
     return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+
+
+def subtitle_reference(raw: str, fixes: dict[str, str] | None = None) -> str:
+    """A subtitle or label as a listener would write it: annotations (``(WHISTLE)``), ellipses, double quotes and
+    characters outside printable ASCII removed; words in ``fixes`` (lower-case keys, whole words, any case in
+    ``raw``) replaced; spaces collapsed. "" when nothing is left."""
+    text = _NON_ASCII.sub(" ", raw)
+    text = _ANNOTATION.sub(" ", text)
+    text = _ELLIPSIS.sub(" ", text)
+    text = _QUOTES.sub(" ", text)
+    if fixes:
+        pattern = r"\b(" + "|".join(re.escape(k) for k in sorted(fixes, key=len, reverse=True)) + r")\b"
+        text = re.sub(pattern, lambda m: fixes[m.group(0).lower()], text, flags=re.IGNORECASE)
+    text = " ".join(text.split())
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", text).strip(" ,;:")

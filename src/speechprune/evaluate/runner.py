@@ -137,6 +137,26 @@ def is_runaway(record: dict) -> bool:
     return record.get("n_windows") == 1 and record.get("n_tokens", 0) >= DecodeOptions().max_new_tokens
 
 
+def _score_by_source(records: list[dict], refs: list[str], hyps: list[str]) -> dict[str, dict]:
+    """WER and CER per out-of-domain source (ids ``<source>/...``, :mod:`speechprune.data.sources`) when the records
+    come from more than one; {} otherwise. A pooled WER is weighted by each source's words; the macro WER (their
+    mean) is not, so a large source cannot hide a small one."""
+    from ..data.sources import SOURCES
+
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        prefix = r["id"].partition("/")[0]
+        groups.setdefault(prefix if prefix in SOURCES and "/" in r["id"] else "", []).append(i)
+    if len(groups) < 2 or "" in groups:
+        return {}
+    out = {}
+    for name, idx in groups.items():
+        w = word_errors([refs[i] for i in idx], [hyps[i] for i in idx])
+        c = char_errors([refs[i] for i in idx], [hyps[i] for i in idx])
+        out[name] = {"wer": w.rate, "cer": c.rate, "n_scored": len(idx), "n_words": w.reference_length}
+    return out
+
+
 def score(records: list[dict]) -> dict:
     """Corpus metrics from hypothesis records (in utterance order). Deterministic: no timings in here.
     ``runaway`` counts the hypotheses that ran to the token limit and the word errors they hold: pruned models
@@ -160,6 +180,10 @@ def score(records: list[dict]) -> dict:
         "failed": failed,
         "runaway": {"utterances": len(loops), "word_errors": loop_errors},
     }
+    by_source = _score_by_source(asr, refs, hyps)
+    if by_source:
+        metrics["by_source"] = by_source
+        metrics["macro_wer"] = sum(v["wer"] for v in by_source.values()) / len(by_source)
     st = [r for r in ok if r["task"] == "translate" and r.get("reference")]
     if st:
         metrics["bleu"] = bleu([r["reference"] for r in st], [r["hypothesis"] for r in st])
@@ -206,3 +230,36 @@ def evaluate(
     metrics = score([done[i] for i in ids])
     atomic_write_json(out_dir / METRICS, {**metrics, "settings": settings})
     return metrics
+
+
+OOD_DATA = "english-ood"  # the pooled out-of-domain English suite (speechprune.data.sources)
+OOD_DIR = "ood"
+
+
+def wants_ood(data: str) -> bool:
+    """Whether an evaluation on ``data`` gets the out-of-domain suite beside it: always, unless ``data`` is itself
+    one of its sources (or the pooled suite)."""
+    from ..data.sources import SET_NAMES
+
+    return data not in SET_NAMES
+
+
+def evaluate_ood(backend: Backend, model: str, out_dir: str | Path, options: DecodeOptions = DecodeOptions(),
+                 batch_size: int = 8, per_source: int | None = None, progress: bool = True) -> dict:
+    """The pooled out-of-domain suite through ``backend`` into ``out_dir`` (resumable like ``evaluate``): the
+    figure every in-domain WER is shown beside, with WER per source (``by_source``) and their mean (``macro_wer``).
+    ``per_source`` keeps only the first N utterances of each source (a quick look, not a result)."""
+    from ..data.datasets import load_dataset
+    from ..data.sources import source_of
+
+    utts = load_dataset(OOD_DATA)
+    if per_source is not None:
+        kept, seen = [], {}
+        for u in utts:
+            src = source_of(u.id)
+            seen[src] = seen.get(src, 0) + 1
+            if seen[src] <= per_source:
+                kept.append(u)
+        utts = kept
+    settings = eval_settings(model, OOD_DATA, None, backend.name, options, per_source)
+    return evaluate(backend, utts, out_dir, options, batch_size=batch_size, settings=settings, progress=progress)

@@ -25,6 +25,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..data.augment import AugmentSettings
 from ..errors import ConfigError
 
 
@@ -101,6 +102,11 @@ class Recovery(_Strict):
     encoder_weight: float = Field(default=0.0, ge=0)  # weight of the encoder-output distillation term
     hidden_weight: float = Field(default=0.0, ge=0)  # weight of the per-layer encoder hidden-state term
     max_utterances: int | None = Field(default=None, ge=1)
+    # take clips from the data sets in turn (round robin) instead of one set after the other, so no set (asterisk's
+    # single voice) fills max_utterances alone
+    interleave: bool = False
+    # noise, room and channel augmentation of every clip before the teacher labels it (speechprune.data.augment)
+    augment: AugmentSettings | None = None
     # pack consecutive clips into windows of at most this many seconds (speechprune.data.pack): several times more
     # speech per step than short clips padded to 30 s; None trains on the clips as they are
     pack_seconds: float | None = Field(default=None, gt=0, le=30)

@@ -60,17 +60,24 @@ def layerwise_loss(student_states, teacher_states: torch.Tensor) -> torch.Tensor
 def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, progress: bool = True) -> list[dict]:
     """The teacher-labelled batches a recovery by ``cfg`` reads: the teacher's (a ``TorchWhisper``) transcripts as
     labels, its logits, and the encoder states the hidden-state term needs; over ``cfg.data`` (at most
-    ``cfg.max_utterances``) unless ``utterances`` are given; packed into windows of ``cfg.pack_seconds`` if set
-    (their audio lives only while it is labelled)."""
+    ``cfg.max_utterances``, interleaved if ``cfg.interleave``) unless ``utterances`` are given; augmented by
+    ``cfg.augment`` and packed into windows of ``cfg.pack_seconds`` if set (their audio lives only while it is
+    labelled)."""
     import tempfile
 
+    from ..data.augment import augment_utterances
     from ..data.datasets import training_utterances
     from ..data.pack import pack_utterances
 
-    utts = training_utterances(cfg.data, cfg.max_utterances) if utterances is None else utterances
+    if utterances is None:
+        utts = training_utterances(cfg.data, cfg.max_utterances, interleave=cfg.interleave)
+    else:
+        utts = utterances
     with tempfile.TemporaryDirectory(prefix="speechprune-pack-") as tmp:
+        if cfg.augment is not None:
+            utts = augment_utterances(utts, cfg.augment, Path(tmp) / "augmented", seed=cfg.seed)
         if cfg.pack_seconds:
-            utts = pack_utterances(utts, cfg.pack_seconds, tmp)
+            utts = pack_utterances(utts, cfg.pack_seconds, Path(tmp) / "packed")
         return teacher.labelled_batches(utts, cfg.batch_size, teacher_logits=True,
                                         teacher_hidden=bool(cfg.hidden_weight), progress=progress)
 

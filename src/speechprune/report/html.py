@@ -326,9 +326,11 @@ def render(col: Collection, title: str = "speechprune report") -> str:
 
     for m in col.main:
         parts.append(f"<h2>{html.escape(m['title'])}</h2><p class='src'>{html.escape(m['source'])}</p>")
-        parts.append(_table(["backend", "WER %", "CER %", "latency ms", "ratio", "encoder GFLOP", "params M", "disk MB"],
-                            [[r.get("backend"), _pct(r.get("wer")), _pct(r.get("cer")), r.get("latency_ms_median"),
-                              r.get("latency_ratio"), r.get("gflops_encoder"), r.get("params_m"), r.get("disk_mb")]
+        parts.append(_table(["backend", "WER %", "out-of-domain WER %", "OOD mean of sources %", "CER %", "latency ms",
+                             "ratio", "encoder GFLOP", "params M", "disk MB"],
+                            [[r.get("backend"), _pct(r.get("wer")), _pct(r.get("wer_ood")), _pct(r.get("macro_wer_ood")),
+                              _pct(r.get("cer")), r.get("latency_ms_median"), r.get("latency_ratio"),
+                              r.get("gflops_encoder"), r.get("params_m"), r.get("disk_mb")]
                              for r in m["rows"]]))
         parts.append(_machine_note(m.get("environment")))
     if col.evals:

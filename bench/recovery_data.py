@@ -1,0 +1,103 @@
+"""What each ingredient of the recovery data buys, in domain and out of domain, at one recovery budget.
+
+The structure and the recovery settings are the main job's default recipe (``whisper-tiny.en-onnx``); only
+``recovery.data`` (and ``interleave``, ``augment``) change, with ``max_utterances`` and ``steps`` fixed:
+
+    asterisk         asterisk dev only (one telephone voice)
+    +synth           + synthetic voices, wideband and telephone band (every engine and voice)
+    +real            + real recorded English, unlabelled (game voices, radio: speechprune.data.unlabelled)
+    +augment         the same data through noise, room and channel augmentation
+
+Each variant is pruned and recovered (``run_prune``), then scored on the asterisk test split and on the pooled
+out-of-domain suite (``english-ood``: speakers and recordings that no recovery, calibration or sweep reads).
+Results are appended to ``OUT/results.jsonl`` as each variant finishes; a rerun skips finished variants and
+resumes unfinished evaluations.
+
+    python bench/recovery_data.py --out runs/recovery-data [--variants asterisk,+synth,...] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+RECIPE = "whisper-tiny.en-onnx"
+BASE_DATA = ["asterisk:dev"]
+SYNTH = ["synth:300", "synth-telephone:300"]
+REAL = ["unlabelled:600"]
+VARIANTS = {
+    "asterisk": {"data": BASE_DATA},
+    "+synth": {"data": BASE_DATA + SYNTH, "interleave": True},
+    "+real": {"data": BASE_DATA + SYNTH + REAL, "interleave": True},
+    "+augment": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {}},
+}
+EVALS = (("asterisk", "test"), ("english-ood", None))
+
+
+def variant_recipe(name: str):
+    from speechprune.data.augment import AugmentSettings
+    from speechprune.prune.recipe import load_recipe
+
+    base = load_recipe(RECIPE)
+    change = dict(VARIANTS[name])
+    if "augment" in change:
+        change["augment"] = AugmentSettings(**change["augment"])
+    return base.model_copy(update={"name": f"{RECIPE}{name}",
+                                   "recovery": base.recovery.model_copy(update=change)})
+
+
+def evaluate_model(folder: Path, out: Path, label: str) -> dict:
+    from speechprune.data.datasets import load_dataset
+    from speechprune.evaluate.backends import TorchWhisper
+    from speechprune.evaluate.decoding import DecodeOptions
+    from speechprune.evaluate.runner import eval_settings, evaluate
+
+    be = TorchWhisper.from_folder(folder, name="torch")
+    row = {}
+    for data, split in EVALS:
+        m = evaluate(be, load_dataset(data, split), out / "eval" / label / data, DecodeOptions(),
+                     settings=eval_settings(str(folder), data, split, be.name, DecodeOptions()), progress=False)
+        row[data] = {"wer": m["wer"], "macro_wer": m.get("macro_wer"), "by_source": m.get("by_source"),
+                     "runaway": m["runaway"]["utterances"], "n_utterances": m["n_utterances"]}
+    return row
+
+
+def main() -> None:
+    import torch
+
+    from speechprune.io import append_jsonl, read_jsonl_tolerant
+    from speechprune.models.registry import resolve_model
+    from speechprune.prune.run import final_model_dir, run_prune
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/recovery-data"))
+    ap.add_argument("--variants", default=",".join(["dense", *VARIANTS]))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = args.out / "results.jsonl"
+    done = {r["variant"] for r in read_jsonl_tolerant(results)} if results.exists() else set()
+    for name in args.variants.split(","):
+        if name in done:
+            continue
+        t0 = time.time()
+        if name == "dense":
+            row = evaluate_model(resolve_model("whisper-tiny.en"), args.out, "dense")
+            recipe = None
+        else:
+            recipe = variant_recipe(name)
+            prune_dir = args.out / "prune" / name.strip("+")
+            if not (prune_dir / "model.txt").exists():
+                run_prune("whisper-tiny.en", recipe, prune_dir, progress=False)
+            row = evaluate_model(final_model_dir(prune_dir), args.out, name.strip("+"))
+        row = {"variant": name, **row, "recovery": None if recipe is None else recipe.recovery.model_dump(),
+               "minutes": (time.time() - t0) / 60, "threads": args.threads}
+        append_jsonl(results, row)
+        print(json.dumps({k: (v["wer"] if isinstance(v, dict) and "wer" in v else v)
+                          for k, v in row.items() if k != "recovery"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
