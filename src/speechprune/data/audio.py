@@ -163,3 +163,31 @@ def audio_duration(path: str | Path) -> float:
     if info.samplerate <= 0 or not math.isfinite(info.duration):
         raise AudioError(f"invalid sample rate {info.samplerate}", path)
     return info.frames / info.samplerate
+
+
+def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
+    """A whole audio file held in memory (WAV, Ogg Vorbis, FLAC, MP3...) through libsndfile: float32
+    ``[frames, channels]`` and its sample rate."""
+    import io
+
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return samples, int(rate)
+
+
+def to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float32 at 16 kHz, clipped to [-1, 1] (integer input is scaled from its type's full range)."""
+    x = np.asarray(samples)
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(x.dtype)
+        x = (x.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    mono = resample(to_mono(x.astype(np.float32, copy=False)), int(rate), SAMPLE_RATE)
+    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def pcm16_wav_bytes(samples: np.ndarray) -> bytes:
+    """16 kHz mono samples in [-1, 1] as 16-bit WAV file bytes."""
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()

@@ -86,10 +86,10 @@ def parse_training_spec(spec: str) -> TrainingSpec:
         raise ConfigError(f"{spec!r}: {name} is an evaluation-only set (out-of-domain English); it is never "
                           "calibration or training data")
     if name in SYNTHETIC_SETS or name == UNLABELLED:
+        kind = "unlabelled" if name == UNLABELLED else "synthetic"
         if not (split.isdigit() and int(split) > 0):
-            raise ConfigError(f"{spec!r}: a {'synthetic' if name != UNLABELLED else 'unlabelled'} set needs a count, "
-                              f"e.g. '{name}:600'")
-        return TrainingSpec("synthetic" if name != UNLABELLED else "unlabelled", name, count=int(split))
+            raise ConfigError(f"{spec!r}: a {kind} set needs a count, e.g. '{name}:600'")
+        return TrainingSpec(kind, name, count=int(split))
     if name in _BUNDLED_SUBSETS:
         if split not in ("", "dev"):
             raise ConfigError(f"{spec!r}: nothing that calibrates or trains may read the {split or 'test'} split; use dev")

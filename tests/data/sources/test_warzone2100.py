@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 from speechprune.data.sources import warzone2100
-from speechprune.data.sources.warzone2100 import decode_ogg, parse_tutorial_messages, read_warzone2100
+from speechprune.data.audio import decode_bytes as decode_ogg
+from speechprune.data.sources.warzone2100 import parse_tutorial_messages, read_warzone2100
 from speechprune.errors import ConfigError
 
 SCRIPT = r'''

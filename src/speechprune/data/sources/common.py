@@ -9,15 +9,13 @@ input (a CRC-32 of the bytes, or the zip member's CRC), so a changed package giv
 
 from __future__ import annotations
 
-import io
 import zlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import soundfile as sf
 
-from speechprune.data.audio import SAMPLE_RATE, audio_duration, resample, to_mono
+from speechprune.data.audio import audio_duration, pcm16_wav_bytes, to_16k
 from speechprune.errors import ConfigError
 from speechprune.io import atomic_write_bytes
 from speechprune.paths import cache_dir
@@ -42,10 +40,7 @@ def fingerprint(data: bytes) -> str:
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
     """``samples`` (float, any rate, mono or [frames, channels]) as 16 kHz mono 16-bit WAV bytes, clipped to [-1, 1]."""
-    mono = resample(to_mono(np.asarray(samples, dtype=np.float32)), rate, SAMPLE_RATE)
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(mono, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
+    return pcm16_wav_bytes(to_16k(samples, rate))
 
 
 def converted_wav(

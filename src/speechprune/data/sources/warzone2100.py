@@ -15,16 +15,15 @@ into the cache (soundfile cannot open a zip member). Id: the clip's stem (``tut1
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
+from speechprune.data.audio import decode_bytes
 from speechprune.data.manifest import Utterance
 from speechprune.data.normalize import normalize_text, subtitle_reference
 from speechprune.data.sources.common import converted_wav, require, source_cache
@@ -77,12 +76,6 @@ def parse_tutorial_messages(script: str) -> dict[str, str]:
     return out
 
 
-def decode_ogg(data: bytes) -> tuple[np.ndarray, int]:
-    """(float32 samples [frames, channels], sample rate) of Ogg (or any soundfile format) bytes."""
-    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return samples, rate
-
-
 def read_warzone2100(archive: Path = ARCHIVE) -> list[Utterance]:
     """The labelled tutorial clips, sorted by clip number; audio converted once into the cache. ConfigError when
     the package is missing or the archive lacks the script."""
@@ -113,7 +106,7 @@ def _read(archive: Path, cache: Path) -> tuple[Utterance, ...]:
                 raise ConfigError(f"{SCRIPT} names {clip}, which is not in {AUDIO_DIR}", archive) from None
             try:
                 wav, duration = converted_wav(cache, utt_id, f"{info.CRC:08x}",
-                                              lambda info=info: decode_ogg(zf.read(info)))
+                                              lambda info=info: decode_bytes(zf.read(info)))
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise ConfigError(f"cannot decode {info.filename} ({exc})", archive) from None
             out.append(Utterance(id=utt_id, audio=wav, text=text, language="en", task="transcribe", duration=duration))

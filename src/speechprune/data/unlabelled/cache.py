@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -36,7 +35,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from speechprune.data.audio import SAMPLE_RATE, resample, to_mono
+from speechprune.data.audio import SAMPLE_RATE, to_16k  # noqa: F401  (to_16k: used here and by its tests)
+from speechprune.data.audio import decode_bytes as decode_soundfile  # noqa: F401  (the source readers' decoder)
+from speechprune.data.audio import pcm16_wav_bytes
 from speechprune.data.manifest import Utterance, read_manifest
 from speechprune.errors import ConfigError
 from speechprune.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl_tolerant, repair_jsonl
@@ -93,22 +94,6 @@ def source_dir(name: str) -> Path:
     return cache_dir() / "unlabelled" / name
 
 
-def decode_soundfile(data: bytes) -> Decoded:
-    """Decode a whole file held in memory (WAV, Ogg Vorbis, FLAC, MP3...) with libsndfile: float32 [frames, ch]."""
-    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return samples, int(rate)
-
-
-def to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    """Mono float32 at 16 kHz, clipped to [-1, 1] (integer input is scaled from its type's full range)."""
-    x = np.asarray(samples)
-    if np.issubdtype(x.dtype, np.integer):
-        info = np.iinfo(x.dtype)
-        x = (x.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
-    mono = resample(to_mono(x.astype(np.float32, copy=False)), int(rate), SAMPLE_RATE)
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
-
-
 def pause_cuts(samples: np.ndarray, rate: int, max_seconds: float = PIECE_SECONDS,
                min_seconds: float = MIN_PIECE_SECONDS) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` sample ranges covering ``samples``, none longer than ``max_seconds``: each cut is
@@ -133,12 +118,6 @@ def pause_cuts(samples: np.ndarray, rate: int, max_seconds: float = PIECE_SECOND
         start = cut
     cuts.append((start, n))
     return cuts
-
-
-def _wav_bytes(samples: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def inputs_fingerprint(paths: Iterable[Path]) -> str:
@@ -236,7 +215,7 @@ def _build(folder: Path, name: str, stamp: dict, clips: Callable[[], Iterable[Cl
                 append_jsonl(folder / DROPPED, {"id": f"{name}/{pid}", "reason": reason})
                 continue
             rel = f"{WAV_DIR}/{pid}.wav"
-            atomic_write_bytes(folder / rel, _wav_bytes(samples))
+            atomic_write_bytes(folder / rel, pcm16_wav_bytes(samples))
             append_jsonl(folder / MANIFEST, {"id": f"{name}/{pid}", "audio": rel, "text": "", "language": "en",
                                              "duration": round(samples.size / SAMPLE_RATE, 4)})
     (folder / MANIFEST).touch()
