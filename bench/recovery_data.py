@@ -7,6 +7,9 @@ The structure and the recovery settings are the main job's default recipe (``whi
     +synth           + synthetic voices, wideband and telephone band (every engine and voice)
     +real            + real recorded English, unlabelled (game voices, radio: speechprune.data.unlabelled)
     +augment         the same data through noise, room and channel augmentation
+    +augment+cal     and the calibration (criterion and least-squares refit) on the same diverse clips
+    one-shot         no recovery: the structure as pruned and refit on asterisk calibration
+    one-shot+cal     no recovery, calibration on diverse clips (asterisk, synthetic voices, real unlabelled English)
 
 Each variant is pruned and recovered (``run_prune``), then scored on the asterisk test split and on the pooled
 out-of-domain suite (``english-ood``: speakers and recordings that no recovery, calibration or sweep reads).
@@ -27,11 +30,17 @@ RECIPE = "whisper-tiny.en-onnx"
 BASE_DATA = ["asterisk:dev"]
 SYNTH = ["synth:300", "synth-telephone:300"]
 REAL = ["unlabelled:600"]
+DIVERSE_CALIBRATION = {"data": BASE_DATA + SYNTH + REAL}
+# per variant: changes to the recipe's recovery, and to its calibration
 VARIANTS = {
     "asterisk": {"data": BASE_DATA},
     "+synth": {"data": BASE_DATA + SYNTH, "interleave": True},
     "+real": {"data": BASE_DATA + SYNTH + REAL, "interleave": True},
     "+augment": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {}},
+    "+augment+cal": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {},
+                     "calibration": DIVERSE_CALIBRATION},
+    "one-shot": {"steps": 0},
+    "one-shot+cal": {"steps": 0, "calibration": DIVERSE_CALIBRATION},
 }
 EVALS = (("asterisk", "test"), ("english-ood", None))
 
@@ -42,9 +51,11 @@ def variant_recipe(name: str):
 
     base = load_recipe(RECIPE)
     change = dict(VARIANTS[name])
+    calibration = change.pop("calibration", {})
     if "augment" in change:
         change["augment"] = AugmentSettings(**change["augment"])
     return base.model_copy(update={"name": f"{RECIPE}{name}",
+                                   "calibration": base.calibration.model_copy(update=calibration),
                                    "recovery": base.recovery.model_copy(update=change)})
 
 
@@ -93,6 +104,7 @@ def main() -> None:
                 run_prune("whisper-tiny.en", recipe, prune_dir, progress=False)
             row = evaluate_model(final_model_dir(prune_dir), args.out, name.strip("+"))
         row = {"variant": name, **row, "recovery": None if recipe is None else recipe.recovery.model_dump(),
+               "calibration": None if recipe is None else recipe.calibration.model_dump(),
                "minutes": (time.time() - t0) / 60, "threads": args.threads}
         append_jsonl(results, row)
         print(json.dumps({k: (v["wer"] if isinstance(v, dict) and "wer" in v else v)

@@ -115,3 +115,22 @@ def test_recovery_augmentation_and_interleaving_are_recipe_keys(tmp_path):
     p.write_text("targets: [{stack: decoder, n_layers: 1}]\nrecovery: {augment: {noise: 0.8}}\n")
     with pytest.raises(ConfigError, match=r"r.yaml: bad recipe: recovery.augment.noise"):
         load_recipe(p)
+
+
+def test_calibration_reads_one_set_or_a_list_of_specs_in_turn(tmp_path, monkeypatch):
+    from speechprune.errors import ConfigError
+
+    p = tmp_path / "r.yaml"
+    p.write_text("targets: [{stack: decoder, n_layers: 1}]\ncalibration: {data: asterisk, utterances: 4}\n")
+    assert load_recipe(p).calibration.specs == ["asterisk:dev"]
+    p.write_text("targets: [{stack: decoder, n_layers: 1}]\n"
+                 "calibration: {data: ['asterisk:dev', 'synth:3'], utterances: 4}\n")
+    cal = load_recipe(p).calibration
+    assert cal.specs == ["asterisk:dev", "synth:3"]
+    monkeypatch.setenv("SPEECHPRUNE_CACHE", str(tmp_path / "cache"))
+    clips = cal.clips()
+    assert len(clips) == 4 and ["synth" in str(u.audio) for u in clips] == [False, True, False, True]  # in turn
+    for bad, problem in [("['drascula']", "evaluation-only"), ("['asterisk:test']", "test split"), ("[]", "no data")]:
+        p.write_text(f"targets: [{{stack: decoder, n_layers: 1}}]\ncalibration: {{data: {bad}}}\n")
+        with pytest.raises(ConfigError, match=rf"r.yaml: bad recipe: calibration.*{problem}"):
+            load_recipe(p)

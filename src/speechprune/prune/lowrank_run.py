@@ -31,7 +31,6 @@ from ..models.registry import resolve_model
 from ..models.units import WeightSite
 from .lowrank import Plan, factorize, input_grams, lowrank_sites, plan_ranks
 from .lowrank_recipe import LowRankRecipe, LowRankTarget
-from ..data.datasets import training_utterances
 from .run import shape_record
 
 RECORD = "lowrank.json"
@@ -134,7 +133,7 @@ def run_lowrank(model_name: str, recipe: LowRankRecipe, out: str | Path, device:
     cal_batches = None
     if recipe.needs_calibration:
         cal = recipe.calibration
-        utts = training_utterances([cal.spec], cal.utterances)
+        utts = cal.clips()
         cal_batches = [{k: v.to(device) for k, v in b.items()}
                        for b in dense.labelled_batches(utts, cal.batch_size, progress=progress)]
     rec_batches = None

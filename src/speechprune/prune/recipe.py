@@ -68,19 +68,34 @@ class Target(_Strict):
 
 
 class Calibration(_Strict):
-    data: str = "asterisk"
+    """The audio that criteria, reconstruction and activation-aware factorization read: one data set (``data`` and
+    ``split``, as before) or a list of training specs (``["asterisk:dev", "unlabelled:200", "synth-telephone:200"]``)
+    taken one clip of each in turn, so a least-squares refit is not fitted to one voice."""
+
+    data: str | list[str] = "asterisk"
     split: Literal["dev"] | None = "dev"  # never test (nor all): nothing that calibrates reads it
     utterances: int = Field(default=32, ge=1)
     batch_size: int = Field(default=8, ge=1)
 
     @property
-    def spec(self) -> str:
-        """The ``name[:split]`` training-data spec this calibration reads (a manifest has no split)."""
-        return self.data if self.data.endswith(".jsonl") else f"{self.data}:{self.split or 'dev'}"
+    def specs(self) -> list[str]:
+        """The ``name[:split]`` training-data specs this calibration reads (a manifest has no split; a list names
+        full specs)."""
+        if isinstance(self.data, list):
+            return list(self.data)
+        return [self.data if self.data.endswith(".jsonl") else f"{self.data}:{self.split or 'dev'}"]
+
+    def clips(self) -> list:
+        """The calibration clips: at most ``utterances``, interleaved over the specs."""
+        from ..data.datasets import training_utterances
+
+        return training_utterances(self.specs, self.utterances, interleave=True)
 
     @model_validator(mode="after")
     def _data_spec(self) -> "Calibration":
-        _check_specs([self.spec])
+        if isinstance(self.data, list) and not self.data:
+            raise ValueError("calibration data lists no data set")
+        _check_specs(self.specs)
         return self
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from ..bench import flops as F
-from ..data.datasets import training_utterances
 from ..evaluate.backends import TorchWhisper
 from ..io import atomic_write_json, atomic_write_text
 from ..models.adapters import adapter_for
@@ -49,7 +48,7 @@ def run_prune(model_name: str, recipe: Recipe, out: str | Path, device: str = "c
     batches = None
     if recipe.needs_calibration:
         cal = recipe.calibration
-        utts = training_utterances([cal.spec], cal.utterances)
+        utts = cal.clips()
         batches = student.labelled_batches(utts, cal.batch_size, progress=progress)
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import training_utterances
 from ..evaluate.backends import TorchWhisper
 from ..export.sparse import crossover_sparsity, save_sparse
 from ..io import atomic_write_json
@@ -46,7 +45,7 @@ def run_sparsify(model_name: str, recipe: SparsifyRecipe, out: str | Path, devic
         batches = None
         if recipe.needs_calibration:
             cal = recipe.calibration
-            utts = training_utterances([cal.spec], cal.utterances)
+            utts = cal.clips()
             batches = student.labelled_batches(utts, cal.batch_size, progress=progress)
         result = sparsify(model, recipe, batches, progress=progress)
     seconds = time.perf_counter() - t0
