@@ -21,7 +21,7 @@ from speechprune.evaluate.backends import TorchWhisper
 from speechprune.io import atomic_write_json
 from speechprune.models.checkpoint import save_pruned
 from speechprune.models.registry import resolve_model
-from speechprune.prune.recipe import Recovery
+from speechprune.recovery.config import Recovery
 from speechprune.recovery.distill import distill
 
 

@@ -39,7 +39,7 @@ from speechprune.models.registry import resolve_model
 from speechprune.prune.lowrank import factorize, input_grams
 from speechprune.prune.lowrank_recipe import parse_lowrank_recipe
 from speechprune.prune.lowrank_run import select_sites, step_plan
-from speechprune.prune.recipe import Recovery
+from speechprune.recovery.config import Recovery
 from speechprune.data.datasets import training_utterances
 from speechprune.prune.run import shape_record
 from speechprune.recovery.distill import distill, recovery_batches

@@ -29,7 +29,8 @@ from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from speechprune.models.adapters import adapter_for
 from speechprune.models.checkpoint import save_pruned
 from speechprune.models.registry import resolve_model
-from speechprune.prune.recipe import Recovery, load_recipe, parse_recipe
+from speechprune.prune.recipe import load_recipe, parse_recipe
+from speechprune.recovery.config import Recovery
 from speechprune.data.datasets import training_utterances
 from speechprune.prune.run import shape_record
 from speechprune.prune.structured import prune

@@ -34,11 +34,11 @@ from speechprune.data.datasets import load_dataset, training_utterances
 from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.runner import eval_settings, evaluate
-from speechprune.export.sparse import crossover_sparsity, serialized_bytes, size_report, dense_bytes
+from speechprune.models.sparse import crossover_sparsity, serialized_bytes, size_report, dense_bytes
 from speechprune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from speechprune.models.registry import resolve_model
 from speechprune.prune.imp import imp
-from speechprune.prune.recipe import Recovery
+from speechprune.recovery.config import Recovery
 from speechprune.recovery.distill import recovery_batches
 from speechprune.prune.sparse_recipe import parse_sparsify_recipe
 from speechprune.prune.unstructured import sparsify

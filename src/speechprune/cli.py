@@ -38,7 +38,7 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _backends(model: str, names: list[str], threads: int | None, device: str):
+def _backends(model: str, names: list[str], threads: int | None, device: str, exit_layer: int | None = None):
     """``torch``, ``onnx`` (MODEL: an ONNX export folder), ``faster-whisper`` (= int8) or
     ``faster-whisper-<compute type>`` (MODEL: a bundled name or a CTranslate2 export folder)."""
     from .evaluate.backends import load_backend
@@ -49,7 +49,7 @@ def _backends(model: str, names: list[str], threads: int | None, device: str):
             ct = name[len("faster-whisper-"):] if name != "faster-whisper" else "int8"
             out.append(load_backend(model, "faster-whisper", compute_type=ct, threads=threads or 0, device=device))
         else:
-            out.append(load_backend(model, name, threads=threads or 0, device=device))
+            out.append(load_backend(model, name, threads=threads or 0, device=device, exit_layer=exit_layer))
     return out
 
 
@@ -109,6 +109,8 @@ def eval_cmd(
                                         "and recordings) into OUT/ood, beside DATA; skipped when DATA is one of them"),
     ood_per_source: Optional[int] = typer.Option(None, min=1, help="score only the first N utterances of each "
                                                  "out-of-domain source (a quick look, not a result)"),
+    exit_layer: Optional[int] = typer.Option(None, min=1, help="CTC models: read the encoder only up to this layer "
+                                             "(through the shared head; layer pruning on demand)"),
 ) -> None:
     """Decode a data set and score it: WER, CER (and BLEU for translations), and beside it the out-of-domain suite.
     Resumes an interrupted run."""
@@ -121,10 +123,12 @@ def eval_cmd(
     utts = load_dataset(data, split)
     if limit:
         utts = utts[:limit]
-    (be,) = _backends(model, [backend], threads, device)
+    (be,) = _backends(model, [backend], threads, device, exit_layer)
     out = out or Path("runs/eval") / _slug(f"{Path(model).name}_{Path(data).stem}_{split or 'test'}_{be.name}_beam{beam}"
-                                           + (f"_n{limit}" if limit else ""))
+                                           + (f"_n{limit}" if limit else "") + (f"_exit{exit_layer}" if exit_layer else ""))
     settings = eval_settings(model, data, split, be.name, options, limit)
+    if exit_layer:
+        settings["exit_layer"] = exit_layer
     metrics = evaluate(be, utts, out, options, batch_size=batch_size, settings=settings)
     _print_metrics(f"{model} on {data} ({split or 'test'})", metrics)
     console.print(f"wrote {out}/metrics.json and {out}/hypotheses.jsonl")
@@ -146,6 +150,32 @@ def _print_sources(metrics: dict) -> None:
     for name, m in metrics.get("by_source", {}).items():
         t.add_row(name, f"{100 * m['wer']:.2f}", f"{100 * m['cer']:.2f}", str(m["n_scored"]), str(m["n_words"]))
     console.print(t)
+
+
+@app.command("train")
+def train_cmd(
+    recipe: str = typer.Argument(..., help="a training recipe (YAML) or the name of one in recipes/train"),
+    out: Path = typer.Option(..., help="output folder: checkpoint, log.jsonl, model/, train.json (a rerun resumes)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)"),
+) -> None:
+    """Train a CTC model (a Whisper encoder with a character head, or a Conformer from scratch) with intermediate
+    CTC and LayerDrop as the recipe says; held-out WER/CER at every exit as it trains."""
+    from .prune.recipe import read_recipe_yaml
+    from .train.ctc import train_ctc
+    from .train.recipe import BUNDLED_TRAIN_RECIPES, parse_train_recipe
+
+    _set_threads(threads)
+    obj, source = read_recipe_yaml(recipe, BUNDLED_TRAIN_RECIPES)
+    record = train_ctc(parse_train_recipe(obj, source), out, device=device, source=source)
+    t = Table(title=f"held-out clips ({record['data']['valid']}), greedy, by exit layer")
+    for col in ("exit layer", "WER %", "CER %"):
+        t.add_column(col, justify="right")
+    for k, m in (record["valid"] or {}).items():
+        t.add_row(k, f"{100 * m['wer']:.2f}", f"{100 * m['cer']:.2f}")
+    console.print(t)
+    console.print(f"{record['params'] / 1e6:.2f} M params, {record['data']['train']} training clips "
+                  f"({record['data']['train_seconds'] / 60:.1f} min); wrote {out}/model and {out}/train.json")
 
 
 @app.command("bench")

@@ -11,7 +11,7 @@ from speechprune.data.manifest import read_manifest
 from speechprune.evaluate.backends import TorchWhisper
 from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.models.adapters import adapter_for
-from speechprune.prune.recipe import Recovery
+from speechprune.recovery.config import Recovery
 from speechprune.recovery.distill import (distill, distillation_loss, hidden_state_loss, layerwise_loss,
                                           recovery_batches)
 

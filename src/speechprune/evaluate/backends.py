@@ -25,6 +25,7 @@ from .decoding import (DecodeOptions, DecodeStats, GraphCache, WhisperVocab, bea
 
 BACKENDS = ("torch", "faster-whisper", "onnx")
 CT2_COMPUTE_TYPES = ("int8", "float32", "int8_float32", "float16", "int8_float16")
+EXPORT_RECORD = "speechprune_export.json"  # written into CTranslate2 and Hugging Face exports by speechprune.export
 
 
 @dataclass
@@ -39,7 +40,9 @@ class Backend(Protocol):
     n_mels: int
     vocab: WhisperVocab
 
-    def encode(self, features: np.ndarray) -> Any: ...
+    def encode(self, features: np.ndarray, frames: list[int] | None = None) -> Any:
+        """``features`` ``[N, n_mels, 3000]`` from the shared front end; ``frames``: each item's real frames (a
+        backend that reads only those, as the CTC family does, needs them; Whisper's pay the whole window)."""
 
     def decode(self, encoded: Any, languages: list[str | None], tasks: list[str | None], options: DecodeOptions) -> Decoded: ...
 
@@ -119,7 +122,7 @@ class TorchWhisper:
         return h.hexdigest()[:20]
 
     @torch.inference_mode()
-    def encode(self, features: np.ndarray) -> torch.Tensor:
+    def encode(self, features: np.ndarray, frames: list[int] | None = None) -> torch.Tensor:
         x = torch.from_numpy(features).to(self.device, self._dtype)
         return self._encoder(input_features=x).last_hidden_state
 
@@ -284,7 +287,7 @@ class FasterWhisper:
     def synchronize(self) -> None:  # CTranslate2 calls return when done
         pass
 
-    def encode(self, features: np.ndarray):
+    def encode(self, features: np.ndarray, frames: list[int] | None = None):
         import ctranslate2
 
         return self.engine.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=False)
@@ -318,14 +321,28 @@ class FasterWhisper:
 
 
 def load_backend(model: str, backend: str = "torch", compute_type: str = "int8", threads: int = 0,
-                 device: str = "cpu") -> Backend:
-    """A backend for a bundled model name or a local folder: a Hugging Face Whisper folder (dense or pruned) for
-    ``torch``, a folder written by ``speechprune export --format onnx`` for ``onnx``; ``faster-whisper`` runs the
-    original CTranslate2 files of a bundled model, or a folder written by ``--format ct2``."""
+                 device: str = "cpu", exit_layer: int | None = None) -> Backend:
+    """A backend for a bundled model name or a local folder: a Hugging Face Whisper folder (dense or pruned) or a
+    CTC model folder (``speechprune train``; ``exit_layer`` reads it at that depth) for ``torch``, a folder written
+    by ``speechprune export --format onnx`` for ``onnx``; ``faster-whisper`` runs the original CTranslate2 files of
+    a bundled model, or a folder written by ``--format ct2``."""
+    from ..models.ctc import is_ctc_folder
     from ..models.registry import BUNDLED_MODELS, ct2_source_dir, resolve_model
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    ctc = is_ctc_folder(model)
+    if exit_layer is not None and not (ctc and backend == "torch"):
+        raise ConfigError("--exit-layer reads a CTC model (speechprune train) at a smaller depth; this is not one", model)
+    if ctc:
+        if backend != "torch":
+            raise ConfigError(f"a CTC model runs on the torch backend, not {backend}", model)
+        from .ctc_backend import CTCBackend
+
+        try:
+            return CTCBackend.from_folder(model, device=device, exit_layer=exit_layer)
+        except ValueError as e:
+            raise ConfigError(str(e), model) from None
     if backend == "onnx":
         from .onnx_backend import OnnxWhisper
 
@@ -357,12 +374,11 @@ def _exported_ct2(folder: Path, compute_type: str, threads: int, device: str) ->
 
     from transformers import WhisperConfig, WhisperTokenizerFast
 
-    from ..export.ct2 import RECORD_FILE
     from ..models.units import STRUCTURE_KEY
     from ..models.whisper import whisper_shape_from_config
 
     try:
-        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+        record = json.loads((folder / EXPORT_RECORD).read_text(encoding="utf-8"))
         config = WhisperConfig.from_dict(record["hf_config"])
         setattr(config, STRUCTURE_KEY, record["structure"])
         tokenizer = WhisperTokenizerFast.from_pretrained(folder, local_files_only=True)

@@ -13,6 +13,8 @@ from transformers import WhisperFeatureExtractor
 from ..data.audio import SAMPLE_RATE
 
 WINDOW_SECONDS = 30.0
+HOP_SAMPLES = 160  # samples per log-mel frame: a clip of n samples has n // 160 + 1 real frames
+WINDOW_FRAMES = 3000
 
 
 class FeatureFrontend:

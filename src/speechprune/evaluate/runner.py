@@ -23,7 +23,7 @@ from ..errors import AudioError, ConfigError
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant, repair_jsonl
 from .backends import Backend
 from .decoding import DecodeOptions
-from .frontend import MAX_CLIP_SECONDS, FeatureFrontend, split_windows
+from .frontend import HOP_SAMPLES, MAX_CLIP_SECONDS, WINDOW_FRAMES, FeatureFrontend, split_windows
 from .metrics import bleu, char_errors, word_errors
 
 HYPOTHESES = "hypotheses.jsonl"
@@ -70,6 +70,7 @@ class FeatureBatch:
     owners: list[Utterance]
     features: np.ndarray | None  # [windows, n_mels, 3000]; None when no audio of the batch could be read
     errors: dict[str, dict]
+    frames: list[int] | None = None  # each window's real (unpadded) frames
 
 
 def prepare_batch(frontend: FeatureFrontend, utts: list[Utterance]) -> FeatureBatch:
@@ -84,7 +85,8 @@ def prepare_batch(frontend: FeatureFrontend, utts: list[Utterance]) -> FeatureBa
             continue
         owners += [u] * len(windows)
         audios += windows
-    return FeatureBatch(list(utts), owners, frontend(audios) if audios else None, errors)
+    frames = [min(len(a) // HOP_SAMPLES + 1, WINDOW_FRAMES) for a in audios]
+    return FeatureBatch(list(utts), owners, frontend(audios) if audios else None, errors, frames)
 
 
 def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOptions, encoded=None) -> list[dict]:
@@ -93,7 +95,7 @@ def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOption
     records = dict(batch.errors)
     if batch.features is not None:
         owners = batch.owners
-        enc = backend.encode(batch.features) if encoded is None else encoded
+        enc = backend.encode(batch.features, batch.frames) if encoded is None else encoded
         out = backend.decode(enc, [u.language for u in owners], [u.task for u in owners], options)
         texts: dict[str, list[str]] = {}
         tokens: dict[str, int] = {}

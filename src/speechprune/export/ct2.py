@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from speechprune.errors import ConfigError, ModelError
+from speechprune.evaluate.backends import EXPORT_RECORD
 
-RECORD_FILE = "speechprune_export.json"
+RECORD_FILE = EXPORT_RECORD
 # unit kind -> CT2 attention scope; its fused input projections as (linear, number of row blocks); output linear
 _ATTENTION = {
     "self_attn": ("self_attention", (("linear_0", 3),), "linear_1"),

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from speechprune.errors import ConfigError
+from speechprune.evaluate.backends import EXPORT_RECORD
 
-RECORD_FILE = "speechprune_export.json"
+RECORD_FILE = EXPORT_RECORD
 
 
 def stock_incompatibilities(structure: dict) -> list[str]:

@@ -108,7 +108,7 @@ def _has_processor(folder: Path) -> bool:
 
 def load_pruned(folder: str | Path, device: str = "cpu", dtype=None):
     """``(model, processor)`` from a folder written by ``save_pruned`` (or a stock folder of a supported family, or
-    a compressed sparse folder of :func:`speechprune.export.sparse.save_sparse`: dense tensors rebuilt exactly).
+    a compressed sparse folder of :func:`speechprune.models.sparse.save_sparse`: dense tensors rebuilt exactly).
 
     The model is in eval mode with sdpa attention, its weights' dtype as stored unless ``dtype`` is given; the
     processor is ``None`` when the folder has no processor files. Missing or unexpected weights, or a structure
@@ -148,9 +148,9 @@ def load_pruned(folder: str | Path, device: str = "cpu", dtype=None):
             raise ModelError(str(e), config_file) from None
 
     state: dict[str, torch.Tensor] = {}
-    from speechprune.export.sparse import SPARSE_FILE, read_sparse_state
+    from .sparse import SPARSE_FILE, read_sparse_state
 
-    if (folder / SPARSE_FILE).is_file():  # the compressed format of speechprune.export.sparse
+    if (folder / SPARSE_FILE).is_file():  # the compressed format of speechprune.models.sparse
         state = read_sparse_state(folder / SPARSE_FILE)
     for f in [] if state else _weight_files(folder):
         try:

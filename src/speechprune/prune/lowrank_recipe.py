@@ -21,7 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .recipe import BUNDLED_RECIPES, Calibration, Recovery, Schedule, read_recipe_yaml, validated
+from ..recovery.config import Recovery
+from .recipe import BUNDLED_RECIPES, Calibration, Schedule, read_recipe_yaml, validated
 
 BUNDLED_LOWRANK = BUNDLED_RECIPES / "lowrank"
 

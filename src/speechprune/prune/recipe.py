@@ -25,8 +25,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..data.augment import AugmentSettings
 from ..errors import ConfigError
+from ..recovery.config import Recovery, check_training_specs
 
 
 class _Strict(BaseModel):
@@ -95,60 +95,13 @@ class Calibration(_Strict):
     def _data_spec(self) -> "Calibration":
         if isinstance(self.data, list) and not self.data:
             raise ValueError("calibration data lists no data set")
-        _check_specs(self.specs)
+        check_training_specs(self.specs)
         return self
 
 
 class Schedule(_Strict):
     steps: int = Field(default=1, ge=1, le=20)
     save_every_step: bool = True
-
-
-class Recovery(_Strict):
-    """Distillation fine-tuning from the dense teacher after pruning (and between incremental steps)."""
-
-    data: list[str] = Field(default_factory=lambda: ["asterisk:dev"])  # data sets: name[:split] or manifests
-    steps: int = Field(default=200, ge=0)  # optimizer steps per recovery phase
-    batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=1e-4, gt=0)
-    kl_weight: float = Field(default=1.0, ge=0)
-    ce_weight: float = Field(default=1.0, ge=0)
-    temperature: float = Field(default=2.0, gt=0)
-    encoder_weight: float = Field(default=0.0, ge=0)  # weight of the encoder-output distillation term
-    hidden_weight: float = Field(default=0.0, ge=0)  # weight of the per-layer encoder hidden-state term
-    max_utterances: int | None = Field(default=None, ge=1)
-    # take clips from the data sets in turn (round robin) instead of one set after the other, so no set (asterisk's
-    # single voice) fills max_utterances alone
-    interleave: bool = False
-    # noise, room and channel augmentation of every clip before the teacher labels it (speechprune.data.augment)
-    augment: AugmentSettings | None = None
-    # pack consecutive clips into windows of at most this many seconds (speechprune.data.pack): several times more
-    # speech per step than short clips padded to 30 s; None trains on the clips as they are
-    pack_seconds: float | None = Field(default=None, gt=0, le=30)
-    # stacks whose weights recovery updates (None: every weight). ["encoder"] keeps an unpruned decoder (and the
-    # tied output embedding) exactly the teacher's: gradients still flow through it to the encoder.
-    train: list[Literal["encoder", "decoder"]] | None = Field(default=None, min_length=1)
-    # false keeps the token (and position) embeddings, and with them the tied output projection, the teacher's:
-    # the largest tensor of a small Whisper (20 of tiny.en's 38 M weights) is left out of the update
-    train_embeddings: bool = True
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _data_specs(self) -> "Recovery":
-        _check_specs(self.data)
-        if self.train is not None and len(set(self.train)) != len(self.train):
-            raise ValueError(f"train lists a stack twice: {self.train}")
-        return self
-
-
-def _check_specs(specs: list[str]) -> None:
-    from ..data.datasets import parse_training_spec
-
-    for spec in specs:
-        try:
-            parse_training_spec(spec)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
 
 
 class Recipe(_Strict):

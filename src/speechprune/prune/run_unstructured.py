@@ -3,7 +3,7 @@
 Output folder::
 
     OUT/model/        the pruned model as a plain loadable folder (dense tensors with zeros; masks folded)
-    OUT/sparse/       the same weights in the compressed format (speechprune.export.sparse), loadable too
+    OUT/sparse/       the same weights in the compressed format (speechprune.models.sparse), loadable too
     OUT/sparsify.json recipe, sparsity reached per site, parameters and nonzeros, disk bytes dense vs sparse, rounds
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..evaluate.backends import TorchWhisper
-from ..export.sparse import crossover_sparsity, save_sparse
+from ..models.sparse import crossover_sparsity, save_sparse
 from ..io import atomic_write_json
 from ..models.checkpoint import save_pruned
 from ..models.registry import resolve_model

@@ -24,7 +24,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .recipe import Calibration, Recovery, _Strict, read_recipe_yaml, validated
+from ..recovery.config import Recovery
+from .recipe import Calibration, _Strict, read_recipe_yaml, validated
 
 BUNDLED_SPARSE_RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "unstructured"
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..prune.recipe import Recovery
+from .config import Recovery
 
 log = logging.getLogger(__name__)
 

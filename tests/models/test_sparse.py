@@ -8,7 +8,7 @@ from calibration_helpers import calibration_batches
 from tiny_models import build_tiny, pruned_tiny_whisper
 
 from speechprune.errors import ModelError
-from speechprune.export import sparse as S
+from speechprune.models import sparse as S
 from speechprune.models.checkpoint import load_pruned, save_pruned
 from speechprune.prune.unstructured import magnitude_prune, prunable_sites
 

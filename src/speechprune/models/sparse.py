@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..io import check_output_dir, staged_dir
-from ..models.units import STRUCTURE_KEY
+from .units import STRUCTURE_KEY
 
 SPARSE_FILE = "model.sparse.safetensors"
 META_KEY = "speechprune_sparse"
@@ -169,8 +169,8 @@ def save_sparse(model, processor_or_tokenizer_folder, out_dir: str | Path, *, la
     :func:`speechprune.models.checkpoint.save_pruned`."""
     from safetensors.torch import save_file
 
-    from ..models.adapters import adapter_for
-    from ..models.checkpoint import PROCESSOR_FILES
+    from .adapters import adapter_for
+    from .checkpoint import PROCESSOR_FILES
 
     out = Path(out_dir)
     check_output_dir(out, overwrite)

@@ -1,0 +1,75 @@
+"""The CTC family's decoding backend (``models.ctc``): the shared log-mel features in (only each clip's real frames are read),
+characters out by greedy or prefix beam search, at full depth or exiting at any layer."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.ctc import CharVocab, CTCModel, greedy_ctc, load_ctc, prefix_beam_search
+from .backends import Decoded
+from .decoding import DecodeOptions, DecodeStats
+
+
+class CTCBackend:
+    family = "ctc"
+
+    def __init__(self, model: CTCModel, device: str = "cpu", name: str = "ctc", exit_layer: int | None = None):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.name = name
+        self.vocab = CharVocab(model.config.vocab)
+        self.n_mels = model.config.n_mels
+        self.exit_layer = exit_layer
+        if exit_layer is not None and not 1 <= exit_layer <= model.depth:
+            raise ValueError(f"exit layer {exit_layer} is outside this model's 1..{model.depth} layers")
+        self.params = sum(p.numel() for p in model.parameters())
+        self.disk_bytes: int | None = None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str = "cpu", name: str = "ctc",
+                    exit_layer: int | None = None) -> "CTCBackend":
+        be = cls(load_ctc(folder, device=device), device=device, name=name, exit_layer=exit_layer)
+        be.disk_bytes = sum(p.stat().st_size for p in Path(folder).glob("model.safetensors"))
+        return be
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"exit={self.exit_layer}".encode())
+        for k, v in sorted(self.model.state_dict().items()):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:20]
+
+    @torch.inference_mode()
+    def encode(self, features: np.ndarray, frames: list[int] | None = None):
+        """``(log_probs [N, T', V], lengths [N])`` from features ``[N, n_mels, T]`` of which item i's first
+        ``frames[i]`` are real (all ``T`` when None)."""
+        n, _, t = features.shape
+        frames = [t] * n if frames is None else list(frames)
+        width = max(frames)
+        feats = torch.as_tensor(features[:, :, :width], device=self.device)
+        lengths = torch.as_tensor(frames, device=self.device)
+        return self.model(feats, lengths, exit_layer=self.exit_layer)
+
+    def decode(self, encoded, languages, tasks, options: DecodeOptions) -> Decoded:
+        """Characters per item: greedy (``beam_size`` 1) or prefix beam search; the whole search counts as the
+        decoder's first step (there is no per-token decoder)."""
+        log_probs, lengths = encoded
+        t0 = time.perf_counter()
+        if options.beam_size > 1:
+            tokens = [prefix_beam_search(lp, int(n), options.beam_size) for lp, n in zip(log_probs, lengths)]
+        else:
+            tokens = greedy_ctc(log_probs, lengths)
+        return Decoded(tokens, ["en"] * len(tokens), DecodeStats(first_step_s=time.perf_counter() - t0))
+
+    def decode_text(self, tokens: list[int]) -> str:
+        return self.vocab.decode(tokens)

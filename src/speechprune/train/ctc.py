@@ -1,0 +1,230 @@
+"""Training a CTC model from a recipe: CTC on the references (normalized like the scoring), intermediate CTC
+through the shared head, LayerDrop, AdamW with warmup and linear decay; resumable.
+
+``OUT/checkpoint.safetensors`` (weights, optimizer, step, losses) is written atomically every
+``checkpoint_every`` steps; a rerun of the same recipe resumes from it and ends where an unbroken run would: the
+batch order is a pure function of the seed and the step (``recovery.distill.batch_order``) and the random state of
+dropout and LayerDrop is reseeded from the step. ``OUT/log.jsonl`` gets the loss every 10 steps and the held-out
+WER/CER every ``eval_every`` steps (at every exit when intermediate CTC is on); ``OUT/model/`` the final model with
+the weights it started from (``init.safetensors``), ``OUT/step-N/`` the models of ``save_steps``, ``OUT/train.json``
+the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data.audio import SAMPLE_RATE, load_audio
+from ..data.datasets import training_utterances
+from ..data.manifest import Utterance
+from ..data.normalize import normalize_text
+from ..errors import AudioError, ConfigError
+from ..evaluate.frontend import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
+from ..evaluate.metrics import char_errors, word_errors
+from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant
+from ..models.ctc import CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, layerdrop_rates, save_ctc
+from ..recovery.distill import batch_order, load_recovery_state, save_recovery_state
+from .recipe import TrainRecipe
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class Example:
+    id: str
+    features: np.ndarray  # [n_mels, frames] float32
+    target: list[int]
+    text: str
+
+
+def build_model(recipe: TrainRecipe, source: str | Path | None = None) -> CTCModel:
+    """The untrained model of ``recipe.model`` (a Whisper encoder with a new head, or fresh weights; seeded)."""
+    spec = recipe.model
+    if spec.init is not None:
+        from ..models.registry import resolve_model
+
+        model = from_whisper(resolve_model(spec.init), n_layers=spec.n_layers, dropout=spec.dropout, seed=recipe.seed)
+    else:
+        cfg = CTCConfig(encoder=spec.encoder, d_model=spec.d_model, n_layers=spec.n_layers or 8, n_heads=spec.n_heads,
+                        ffn_dim=spec.ffn_dim, conv_kernel=spec.conv_kernel, conv_norm=spec.conv_norm,
+                        conv_groups=spec.conv_groups, dropout=spec.dropout)
+        torch.manual_seed(recipe.seed)
+        model = CTCModel(cfg)
+    if recipe.intermediate is not None and max(recipe.intermediate.layers) >= model.depth:
+        raise ConfigError(f"bad recipe: intermediate.layers: layer {max(recipe.intermediate.layers)} is not below the "
+                          f"model's {model.depth} layers", source)
+    return model
+
+
+def prepare_examples(utts: list[Utterance], vocab: CharVocab, n_mels: int, min_frames: int,
+                     progress: bool = False) -> tuple[list[Example], dict[str, list[str]]]:
+    """Log-mel features of each clip's real frames (the shared Whisper front end) and its character ids. Clips that
+    cannot be used are skipped and listed by reason: unreadable audio, no text, characters outside the vocabulary,
+    longer than 30 s, shorter than the stem's receptive field."""
+    frontend = FeatureFrontend(n_mels)
+    examples: list[Example] = []
+    skipped: dict[str, list[str]] = {}
+    for u in tqdm(utts, desc="features", disable=not progress, leave=False):
+        text = normalize_text(u.text)
+        reason = None
+        if not text:
+            reason = "no text"
+        elif vocab.unknown(text):
+            reason = "characters outside the vocabulary"
+        if reason is None:
+            try:
+                audio = load_audio(u.audio)
+            except AudioError:
+                reason = "unreadable audio"
+        if reason is None:
+            frames = len(audio) // HOP_SAMPLES + 1
+            if frames > WINDOW_FRAMES:
+                reason = "longer than 30 s"
+            elif frames < min_frames:
+                reason = "shorter than the stem's receptive field"
+        if reason is not None:
+            skipped.setdefault(reason, []).append(u.id)
+            continue
+        feats = frontend([audio])[0, :, :frames]
+        examples.append(Example(u.id, np.ascontiguousarray(feats), vocab.encode(text), text))
+    return examples, skipped
+
+
+def collate(examples: list[Example], device) -> dict[str, torch.Tensor]:
+    lengths = [e.features.shape[1] for e in examples]
+    feats = np.zeros((len(examples), examples[0].features.shape[0], max(lengths)), dtype=np.float32)
+    for i, e in enumerate(examples):
+        feats[i, :, : lengths[i]] = e.features
+    return {"features": torch.from_numpy(feats).to(device), "lengths": torch.tensor(lengths, device=device),
+            "targets": torch.tensor([t for e in examples for t in e.target], dtype=torch.long, device=device),
+            "target_lengths": torch.tensor([len(e.target) for e in examples], device=device)}
+
+
+def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Mean CTC loss per target character (``log_probs`` ``[N, T, V]``); infeasible alignments count zero."""
+    return F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths, batch["target_lengths"], blank=0,
+                      reduction="mean", zero_infinity=True)
+
+
+def training_loss(model: CTCModel, batch: dict, recipe: TrainRecipe) -> tuple[torch.Tensor, dict[str, float]]:
+    """CTC of the last layer, mixed with the mean CTC of the intermediate exits when the recipe asks for them."""
+    inter = recipe.intermediate
+    taps = tuple(inter.layers) if inter else ()
+    drop = layerdrop_rates(model.depth, recipe.layerdrop.rate, recipe.layerdrop.schedule) if recipe.layerdrop else None
+    enc = model.encode(batch["features"], batch["lengths"], taps=taps, layerdrop=drop)
+    final = ctc_loss(model.log_probs(enc.hidden), enc.lengths, batch)
+    if not inter:
+        return final, {"ctc": final.item()}
+    mids = [ctc_loss(model.log_probs(enc.taps[k]), enc.lengths, batch) for k in inter.layers]
+    mid = torch.stack(mids).mean()
+    return (1 - inter.weight) * final + inter.weight * mid, {"ctc": final.item(), "inter_ctc": mid.item()}
+
+
+@torch.inference_mode()
+def score_exits(model: CTCModel, examples: list[Example], vocab: CharVocab, exits: list[int], device,
+                batch_size: int = 16) -> dict[int, dict]:
+    """Greedy WER and CER of ``examples`` at each exit layer."""
+    was = model.training
+    model.eval()
+    hyps: dict[int, list[str]] = {k: [] for k in exits}
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        batch = collate(chunk, device)
+        enc = model.encode(batch["features"], batch["lengths"], taps=tuple(exits))
+        for k in exits:
+            ids = greedy_ctc(model.log_probs(enc.taps[k]), enc.lengths)
+            hyps[k] += [vocab.decode(x) for x in ids]
+    model.train(was)
+    refs = [e.text for e in examples]
+    return {k: {"wer": word_errors(refs, h).rate, "cer": char_errors(refs, h).rate} for k, h in hyps.items()}
+
+
+def _fingerprint(recipe: TrainRecipe, model: CTCModel, examples: list[Example]) -> str:
+    h = hashlib.sha256(recipe.model_dump_json().encode())
+    h.update(json.dumps([e.id for e in examples]).encode())
+    h.update(json.dumps([(k, list(v.shape)) for k, v in model.state_dict().items()]).encode())
+    return h.hexdigest()[:32]
+
+
+def _lr(recipe: TrainRecipe, step: int) -> float:
+    warm = min(1.0, (step + 1) / recipe.warmup) if recipe.warmup else 1.0
+    return recipe.lr * warm * max(0.0, 1.0 - step / recipe.steps)
+
+
+def train_ctc(recipe: TrainRecipe, out: str | Path, device: str = "cpu", progress: bool = True,
+              source: str | Path | None = None) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(recipe, source).to(device)
+    init_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    vocab = CharVocab(model.config.vocab)
+
+    utts = training_utterances(recipe.data, recipe.max_utterances, interleave=recipe.interleave)
+    examples, skipped = prepare_examples(utts, vocab, model.config.n_mels, model.stem.receptive_field, progress)
+    if len(examples) <= recipe.valid_utterances:
+        raise ConfigError(f"bad recipe: data: {len(examples)} usable clips, not more than valid_utterances "
+                          f"({recipe.valid_utterances}); skipped: {({k: len(v) for k, v in skipped.items()})}", source)
+    valid, train = examples[: recipe.valid_utterances], examples[recipe.valid_utterances :]
+    n_batches = math.ceil(len(train) / recipe.batch_size)
+    exits = sorted({*(recipe.intermediate.layers if recipe.intermediate else ()), model.depth})
+
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    fingerprint = _fingerprint(recipe, model, examples)
+    ckpt = out / "checkpoint.safetensors"
+    meta = load_recovery_state(ckpt, model, opt, fingerprint)
+    start = int(meta["step"]) if meta else 0
+    losses: list[float] = list(meta["losses"]) if meta else []
+    if start == 0:
+        (out / "log.jsonl").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    order = batch_order(n_batches, recipe.seed, start)
+    model.train()
+    bar = tqdm(range(start, recipe.steps), desc="train", disable=not progress, initial=start, total=recipe.steps)
+    for step in bar:
+        idx = next(order)
+        batch = collate(train[idx * recipe.batch_size : (idx + 1) * recipe.batch_size], device)
+        torch.manual_seed(recipe.seed * 1_000_003 + step)  # dropout and LayerDrop: a pure function of the step
+        for g in opt.param_groups:
+            g["lr"] = _lr(recipe, step)
+        loss, parts = training_loss(model, batch, recipe)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        done = step + 1
+        if done % 10 == 0:
+            append_jsonl(out / "log.jsonl", {"step": done, "loss": float(np.mean(losses[-10:])), **parts})
+        if done % recipe.eval_every == 0 or done == recipe.steps:
+            scores = score_exits(model, valid, vocab, exits, device)
+            append_jsonl(out / "log.jsonl", {"step": done, "valid": {str(k): v for k, v in scores.items()}})
+        if done in recipe.save_steps:
+            save_ctc(model, out / f"step-{done}", init_state=init_state, overwrite=True)
+        if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+            save_recovery_state(ckpt, model, opt, {"fingerprint": fingerprint, "step": done, "losses": losses})
+    model.eval()
+    save_ctc(model, out / "model", init_state=init_state, overwrite=True)
+    evals = [r for r in read_jsonl_tolerant(out / "log.jsonl") if "valid" in r]
+    record = {"recipe": recipe.model_dump(), "config": model.config.model_dump(),
+              "params": sum(p.numel() for p in model.parameters()),
+              "data": {"specs": recipe.data, "clips": len(utts), "train": len(train), "valid": len(valid),
+                       "train_seconds": sum(e.features.shape[1] for e in train) * HOP_SAMPLES / SAMPLE_RATE,
+                       "skipped": {k: {"count": len(v), "examples": v[:5]} for k, v in skipped.items()}},
+             "valid": evals[-1]["valid"] if evals else None, "final_loss": float(np.mean(losses[-20:])),
+             "minutes_this_run": (time.perf_counter() - t0) / 60, "threads": torch.get_num_threads(),
+             "device": device, "model": str(out / "model")}
+    atomic_write_json(out / "train.json", record)
+    return record

@@ -1,0 +1,117 @@
+"""Training recipes (``speechprune train RECIPE --out DIR``): YAML, validated at load like the pruning recipes.
+
+```yaml
+name: ctc-whisper-tiny.en-interctc
+model: {encoder: whisper, init: whisper-tiny.en}       # or {encoder: conformer, d_model: 144, n_layers: 8, ...}
+data: ["asterisk:dev", "synth:1500", "synth-telephone:500"]   # transcribed clips; taken one of each set in turn
+valid_utterances: 40        # held out of data (first of the interleaved list): dev WER/CER while training
+steps: 1500
+batch_size: 16
+lr: 0.0005
+intermediate: {layers: [2], weight: 0.3}   # intermediate CTC through the shared final norm and head
+layerdrop: {rate: 0.2, schedule: linear}    # uniform | linear (deeper layers dropped more)
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..prune.recipe import read_recipe_yaml, validated
+from ..recovery.config import check_training_specs
+
+BUNDLED_TRAIN_RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "train"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """What to train. ``init``: a Whisper model (bundled name or folder) whose encoder starts a ``whisper`` model;
+    the other keys size a model built from scratch (``conformer``, or ``whisper`` without ``init``) or, with
+    ``init``, only ``n_layers`` (keep the first layers) and ``dropout`` apply."""
+
+    encoder: Literal["whisper", "conformer"]
+    init: str | None = None
+    d_model: int = Field(default=144, ge=8)
+    n_layers: int | None = Field(default=None, ge=1)
+    n_heads: int = Field(default=4, ge=1)
+    ffn_dim: int = Field(default=576, ge=1)
+    conv_kernel: int = Field(default=15, ge=3)
+    conv_norm: Literal["batch", "group"] = "batch"
+    conv_groups: int = Field(default=8, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.init is not None and self.encoder != "whisper":
+            raise ValueError("init names a Whisper model, whose encoder only a 'whisper' encoder can take")
+        return self
+
+
+class Intermediate(_Strict):
+    """Intermediate CTC: ``loss = (1 - weight) * CTC(last layer) + weight * mean_k CTC(layer k)``, every exit
+    through the shared final norm and head (Lee & Watanabe 2021)."""
+
+    layers: list[int] = Field(min_length=1)  # 1-based
+    weight: float = Field(default=0.3, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Intermediate":
+        if any(k < 1 for k in self.layers) or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers must be distinct 1-based layer numbers, got {self.layers}")
+        return self
+
+
+class LayerDrop(_Strict):
+    rate: float = Field(gt=0, lt=1)
+    schedule: Literal["uniform", "linear"] = "uniform"
+
+
+class TrainRecipe(_Strict):
+    name: str | None = None
+    family: Literal["ctc"] = "ctc"
+    model: ModelSpec
+    data: list[str] = Field(min_length=1)
+    interleave: bool = True
+    max_utterances: int | None = Field(default=None, ge=1)
+    valid_utterances: int = Field(default=32, ge=1)
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=5e-4, gt=0)
+    warmup: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    grad_clip: float = Field(default=5.0, gt=0)
+    intermediate: Intermediate | None = None
+    layerdrop: LayerDrop | None = None
+    eval_every: int = Field(default=250, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    save_steps: list[int] = Field(default_factory=list)  # also keep the model after these steps (OUT/step-N)
+    seed: int = 0
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, specs: list[str]) -> list[str]:
+        check_training_specs(specs)
+        return specs
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainRecipe":
+        depth = self.model.n_layers
+        if self.intermediate is not None and depth is not None and max(self.intermediate.layers) >= depth:
+            raise ValueError(f"intermediate.layers: layer {max(self.intermediate.layers)} is not below the model's "
+                             f"{depth} layers (the last layer is the final output)")
+        return self
+
+
+def parse_train_recipe(obj: dict, source: str | Path | None = None) -> TrainRecipe:
+    return validated(TrainRecipe, obj, source)
+
+
+def load_train_recipe(path: str | Path) -> TrainRecipe:
+    """A YAML training recipe: a file, or the name of one in ``recipes/train``."""
+    return parse_train_recipe(*read_recipe_yaml(path, BUNDLED_TRAIN_RECIPES))
