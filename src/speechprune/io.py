@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from speechprune.errors import ConfigError
+from speechprune.errors import ConfigError, ModelError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -77,6 +77,18 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path, missing: str = "file is missing", where: str | Path | None = None) -> Any:
+    """The JSON in ``path``, or a one-line ``ModelError``: ``missing`` (naming ``where``, default the file) when there
+    is no such file, "cannot read JSON" when it is unreadable or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(missing, where or path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read JSON ({type(e).__name__})", path) from None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -16,10 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-import json
-
 from ..errors import ConfigError, ModelError
-from ..io import tree_size_bytes
+from ..io import read_json, tree_size_bytes
 from .backends import Decoded, decoding_prompts, files_digest
 from .decoding import DecodeOptions, GraphCache, WhisperVocab, beam_search, greedy_search, reorder_cache
 
@@ -39,12 +37,7 @@ def read_manifest(folder: str | Path) -> dict:
     path = folder / MANIFEST
     if not folder.is_dir():
         raise ModelError("ONNX model folder does not exist", folder)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"not an exported ONNX folder (no {MANIFEST})", folder) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read JSON ({type(e).__name__})", path) from None
+    manifest = read_json(path, f"not an exported ONNX folder (no {MANIFEST})", folder)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("family") != "whisper":
         raise ModelError(f"unsupported ONNX export (format {manifest.get('format') if isinstance(manifest, dict) else None!r},"
                          f" this version reads whisper format {FORMAT})", path)

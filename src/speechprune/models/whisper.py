@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from speechprune.errors import ConfigError, ModelError
+from speechprune.io import read_json
 from speechprune.models.units import LOWRANK_KEY, ORIGINAL_KEYS, STRUCTURE_FORMAT, STRUCTURE_KEY
 from speechprune.models.ct2 import Ct2Model, read_ct2
 
@@ -228,15 +229,6 @@ def whisper_token_ids(tokenizer_json: dict, vocab_size: int) -> dict[str, Any]:
     }
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError("file is missing", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read JSON: {e}", path) from None
-
-
 def build_whisper_configs(ct2: Ct2Model, ct2_config: dict, tokenizer_json: dict):
     """``(WhisperConfig, GenerationConfig)`` from CT2 tensor shapes, the CT2 ``config.json`` and the tokenizer."""
     from transformers import GenerationConfig, WhisperConfig
@@ -338,9 +330,9 @@ def convert_ct2_to_hf(
 
     parts, aux = _source_files(source, aux_dir)
     ct2 = read_ct2(parts)
-    ct2_config = _read_json(aux / "config.json")
+    ct2_config = read_json(aux / "config.json")
     tokenizer_file = aux / "tokenizer.json"
-    tokenizer_json = _read_json(tokenizer_file)
+    tokenizer_json = read_json(tokenizer_file)
 
     state = ct2_to_hf_state_dict(ct2)
     config, generation_config = build_whisper_configs(ct2, ct2_config, tokenizer_json)
@@ -401,7 +393,7 @@ def load_whisper(folder: Path | str, device: str = "cpu", dtype=None):
     if not is_whisper_folder(folder):
         raise ModelError("not a Whisper model folder (no config.json with model_type 'whisper')", folder)
     dtype = torch.float32 if dtype is None else dtype
-    raw_config = _read_json(folder / "config.json")
+    raw_config = read_json(folder / "config.json")
     if STRUCTURE_KEY in raw_config or LOWRANK_KEY in raw_config:  # pruned: per-layer widths, removed blocks, low rank
         from speechprune.models.checkpoint import load_pruned
 

@@ -177,6 +177,8 @@ def train_ctc(recipe: TrainRecipe, out: str | Path, device: str = "cpu", progres
         raise ConfigError(f"bad recipe: data: {len(examples)} usable clips, not more than valid_utterances "
                           f"({recipe.valid_utterances}); skipped: {({k: len(v) for k, v in skipped.items()})}", source)
     valid, train = examples[: recipe.valid_utterances], examples[recipe.valid_utterances :]
+    # batches of similar lengths (fixed once; their order is shuffled): little padding to pay for
+    train = sorted(train, key=lambda e: (e.features.shape[1], e.id))
     n_batches = math.ceil(len(train) / recipe.batch_size)
     exits = sorted({*(recipe.intermediate.layers if recipe.intermediate else ()), model.depth})
 

@@ -5,14 +5,13 @@ one-line ``ModelError``s naming the file. ``from_whisper`` builds a Whisper-enco
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
 
 from ...errors import ModelError
-from ...io import check_output_dir, staged_dir
+from ...io import check_output_dir, read_json, staged_dir
 from .config import CONFIG_FILE, ENGLISH_CHARS, INIT_FILE, WEIGHTS_FILE, CTCConfig
 from .network import CTCModel
 
@@ -23,12 +22,7 @@ def is_ctc_folder(folder: str | Path) -> bool:
 
 def read_config(folder: str | Path) -> CTCConfig:
     path = Path(folder) / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"not a CTC model folder (no {CONFIG_FILE})", folder) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read JSON ({type(e).__name__})", path) from None
+    raw = read_json(path, f"not a CTC model folder (no {CONFIG_FILE})", folder)
     try:
         return CTCConfig.model_validate(raw)
     except ValidationError as e:
@@ -119,7 +113,7 @@ def from_whisper(folder: str | Path, vocab: tuple[str, ...] = ENGLISH_CHARS, n_l
 
     if not is_whisper_folder(folder):
         raise ModelError("not a Whisper model folder (no config.json with model_type 'whisper')", folder)
-    raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    raw = read_json(Path(folder) / "config.json")
     if STRUCTURE_KEY in raw or LOWRANK_KEY in raw:
         raise ModelError("a pruned Whisper folder cannot seed a CTC model yet; use the dense one", folder)
     try:
