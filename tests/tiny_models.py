@@ -98,3 +98,20 @@ def pruned_tiny_whisper(seed: int = 0):
         adapter.remove_module(model, stack, layer, kind)
     adapter.remove_layers(model, "encoder", [1])
     return model
+
+
+def tiny_ctc(encoder="conformer", norm="batch", seed=0, **kw):
+    """A 3-layer CTC model of the ``models.ctc`` family (16 mel bins, width 32), BatchNorm statistics randomized."""
+    from speechprune.models.ctc import CTCConfig, CTCModel
+
+    cfg = dict(encoder=encoder, n_mels=16, d_model=32, n_layers=3, n_heads=2, ffn_dim=48, conv_kernel=5,
+               conv_norm=norm, conv_groups=4, max_positions=300, dropout=0.0)
+    cfg.update(kw)
+    torch.manual_seed(seed)
+    model = CTCModel(CTCConfig(**cfg))
+    if norm == "batch" and encoder == "conformer":  # non-trivial running statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()

@@ -9,25 +9,12 @@ import pytest
 import torch
 
 from closeness import assert_reorder_close
+from tiny_models import tiny_ctc
 from speechprune.errors import ModelError
 from speechprune.models.ctc import (BLANK, CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, layerdrop_rates,
                                     load_ctc, prefix_beam_search, save_ctc)
 
 KINDS = [("whisper", "batch"), ("conformer", "batch"), ("conformer", "group")]
-
-
-def tiny_ctc(encoder="conformer", norm="batch", seed=0, **kw) -> CTCModel:
-    cfg = dict(encoder=encoder, n_mels=16, d_model=32, n_layers=3, n_heads=2, ffn_dim=48, conv_kernel=5,
-               conv_norm=norm, conv_groups=4, max_positions=300, dropout=0.0)
-    cfg.update(kw)
-    torch.manual_seed(seed)
-    model = CTCModel(CTCConfig(**cfg))
-    if norm == "batch" and encoder == "conformer":  # non-trivial running statistics
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 def depth(model: CTCModel) -> int:
@@ -194,3 +181,80 @@ def test_analytic_flops_match_torchs_flop_counter(encoder, norm):
         assert ours["total"] - ours["attention_products"] == counter.get_total_flops()
         t = (frames + 1) // 2 if encoder == "whisper" else ((frames - 1) // 2 - 1) // 2
         assert ours["attention_products"] == (exit_layer or 3) * 4 * t * t * 32
+
+
+def test_masked_group_norm_is_group_norm_on_unpadded_input():
+    from speechprune.models.ctc.network import MaskedGroupNorm
+
+    torch.manual_seed(0)
+    ours = MaskedGroupNorm(4, 12)
+    ref = torch.nn.GroupNorm(4, 12)
+    with torch.no_grad():
+        for norm in (ours, ref):
+            norm.weight.copy_(torch.linspace(0.5, 1.5, 12))
+            norm.bias.copy_(torch.linspace(-1, 1, 12))
+    x = torch.randn(3, 12, 20)
+    assert_reorder_close(ours(x, torch.ones(3, 20, dtype=torch.bool)), ref(x), k=60, depth=3)
+
+
+def _prune_everything(model):
+    from speechprune.models.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    for g in adapter.unit_groups(model):
+        adapter.prune_units(model, g, list(range(0, g.n_units, 2)))  # every other unit
+    kinds = adapter.module_kinds(model, "encoder")
+    adapter.remove_module(model, "encoder", 0, kinds[0])
+    adapter.remove_module(model, "encoder", 1, "ffn")
+    adapter.remove_layers(model, "encoder", [2])
+    return adapter
+
+
+@pytest.mark.parametrize("encoder, norm", KINDS)
+def test_pruning_is_physical_and_reloads_to_identical_outputs(encoder, norm, tmp_path):
+    model = tiny_ctc(encoder, norm)
+    before = sum(p.numel() for p in model.parameters())
+    adapter = _prune_everything(model)
+    assert model.depth == 2 and sum(p.numel() for p in model.parameters()) < 0.6 * before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    layers = adapter.structure(model)["encoder"]["layers"]
+    assert layers[0][adapter.module_kinds(model, "encoder")[0]] is None and layers[1]["ffn"] is None
+    assert layers[1]["self_attn"] == 1  # 2 heads -> every other one
+    feats, lengths = torch.randn(2, 16, 60), torch.tensor([60, 41])
+    out = model(feats, lengths)[0]
+    save_ctc(model, tmp_path / "p")
+    again = load_ctc(tmp_path / "p")
+    assert torch.equal(again(feats, lengths)[0], out)
+    assert adapter.structure(again) == adapter.structure(model)
+
+
+def test_conv_channels_pruned_are_the_channels_removed():
+    """Cutting a conv channel equals zeroing its output row of the linear map back (BatchNorm is per channel)."""
+    from speechprune.models.adapters import adapter_for
+
+    model = tiny_ctc("conformer", "batch")
+    adapter = adapter_for(model)
+    group = next(g for g in adapter.unit_groups(model) if g.kind == "conv" and g.layer == 1)
+    keep = [i for i in range(group.n_units) if i % 3]
+    zeroed = tiny_ctc("conformer", "batch")
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        drop = [i for i in range(group.n_units) if i not in keep]
+        zeroed.layers[1].conv.out.weight[:, drop] = 0
+    adapter.prune_units(model, group, keep)
+    feats, lengths = torch.randn(2, 16, 60), torch.tensor([60, 33])
+    assert_reorder_close(model(feats, lengths)[0], zeroed(feats, lengths)[0], k=60, depth=depth(model))
+
+
+def test_the_adapter_refuses_what_a_ctc_model_does_not_have():
+    from speechprune.errors import ConfigError
+    from speechprune.models.adapters import adapter_for
+
+    whisper_like = tiny_ctc("whisper")
+    adapter = adapter_for(whisper_like)
+    with pytest.raises(ConfigError, match="whisper CTC encoder has no removable conv .*stem"):
+        adapter.remove_module(whisper_like, "encoder", 0, "conv")
+    with pytest.raises(ConfigError, match="only the encoder stack"):
+        adapter.n_layers(whisper_like, "decoder")
+    with pytest.raises(ConfigError, match="cannot remove every ctc encoder layer"):
+        adapter.remove_layers(whisper_like, "encoder", [0, 1, 2])

@@ -9,9 +9,10 @@ from speechprune.errors import ModelError
 
 @dataclass(frozen=True)
 class Family:
-    model_type: str  # config.json "model_type"
-    model_class: str  # the transformers class that the adapter operates on
+    model_type: str  # config.json "model_type" ("ctc": speechprune_ctc.json)
+    model_class: str  # the class that the adapter operates on
     adapter: str  # "module:Class"
+    module: str = "transformers."  # where model_class must come from (a subclass elsewhere may change forwards)
 
     def load_adapter(self):
         import importlib
@@ -28,6 +29,7 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("whisper", "WhisperForConditionalGeneration", "speechprune.models.whisper:WhisperAdapter"),
     Family("wav2vec2", "Wav2Vec2ForCTC", "speechprune.models.wav2vec2:Wav2Vec2Adapter"),
+    Family("ctc", "CTCModel", "speechprune.models.ctc.adapter:CTCAdapter", module="speechprune.models.ctc."),
 )
 
 
@@ -39,7 +41,7 @@ def family_for_model(model) -> Family:
     """The family of a live model, by its exact class (a subclass may change forwards the adapter relies on)."""
     name = type(model).__name__
     for family in FAMILIES:
-        if name == family.model_class and type(model).__module__.startswith("transformers."):
+        if name == family.model_class and type(model).__module__.startswith(family.module):
             return family
     raise ModelError(f"no pruning adapter for {type(model).__module__}.{name}; supported: {_supported()}")
 

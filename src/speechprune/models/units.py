@@ -17,10 +17,10 @@ if TYPE_CHECKING:  # torch is imported where used: the CLI and the adapters' mod
     from torch import nn
 
 Stack = Literal["encoder", "decoder"]
-GroupKind = Literal["self_attn", "cross_attn", "ffn"]  # heads of an attention block, or FFN neurons
-ModuleKind = Literal["self_attn", "cross_attn", "ffn", "conv"]
-GROUP_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn")
-MODULE_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "conv")
+GroupKind = Literal["self_attn", "cross_attn", "ffn", "ffn_macaron", "conv"]  # heads, FFN neurons, conv channels
+ModuleKind = Literal["self_attn", "cross_attn", "ffn", "ffn_macaron", "conv"]
+GROUP_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "ffn_macaron", "conv")
+MODULE_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "ffn_macaron", "conv")
 # What a weight belongs to, for unstructured / low-rank pruning and per-component analysis.
 COMPONENTS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "conv", "embed", "norm")
 # The config attribute (and config.json key) under which adapters keep a pruned model's per-layer structure.

@@ -35,12 +35,12 @@ class _Strict(BaseModel):
 
 class ModuleRef(_Strict):
     layer: int = Field(ge=0)
-    kind: Literal["self_attn", "cross_attn", "ffn", "conv"]
+    kind: Literal["self_attn", "cross_attn", "ffn", "ffn_macaron", "conv"]
 
 
 class Target(_Strict):
     stack: Literal["encoder", "decoder"]
-    kind: Literal["self_attn", "cross_attn", "ffn"] | None = None  # a unit group kind, with sparsity
+    kind: Literal["self_attn", "cross_attn", "ffn", "ffn_macaron", "conv"] | None = None  # a unit group kind, with sparsity
     sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
     scope: Literal["layer", "global", "local"] = "layer"
     layers: list[int] | None = None  # restrict a unit target to these original layers

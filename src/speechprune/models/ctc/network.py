@@ -82,43 +82,54 @@ class MaskedBatchNorm(nn.BatchNorm1d):
 
 
 class MaskedGroupNorm(nn.Module):
-    """GroupNorm per item over real frames only (statistics of ``C / groups`` channels x the item's frames)."""
+    """GroupNorm per item over real frames only. Each channel's group is a buffer (``group``), so pruning channels
+    keeps the others in the groups they were trained in."""
 
     def __init__(self, groups: int, channels: int, eps: float = 1e-5):
         super().__init__()
         self.groups, self.eps = groups, eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("group", torch.arange(channels) * groups // channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # x [N, C, T]
-        n, c, t = x.shape
-        g = x.view(n, self.groups, c // self.groups, t)
-        m = mask[:, None, None, :].to(x.dtype)
-        count = m.sum(dim=(2, 3), keepdim=True) * (c // self.groups)
-        mean = (g * m).sum(dim=(2, 3), keepdim=True) / count
-        var = (((g - mean) * m) ** 2).sum(dim=(2, 3), keepdim=True) / count
-        y = ((g - mean) / torch.sqrt(var + self.eps)).view(n, c, t)
-        return (y * self.weight[None, :, None] + self.bias[None, :, None]) * mask[:, None, :]
+        n = x.shape[0]
+        m = mask[:, None, :].to(x.dtype)
+        frames = m.sum(dim=2)  # [N, 1]
+        size = torch.zeros(self.groups, dtype=x.dtype, device=x.device).index_add_(
+            0, self.group, torch.ones_like(self.weight))  # channels per group
+        count = (frames * size[None, :]).clamp_min(1)  # [N, G]
+
+        def per_group(values: torch.Tensor) -> torch.Tensor:  # [N, C] -> [N, C] (the group's sum per channel)
+            sums = torch.zeros(n, self.groups, dtype=x.dtype, device=x.device).index_add_(1, self.group, values)
+            return (sums / count)[:, self.group]
+
+        mean = per_group((x * m).sum(dim=2))[:, :, None]
+        var = per_group((((x - mean) * m) ** 2).sum(dim=2))[:, :, None]
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        return (y * self.weight[None, :, None] + self.bias[None, :, None]) * m
 
 
 class ConvModule(nn.Module):
-    """Conformer convolution module: LayerNorm, pointwise conv to 2 x channels, GLU, depthwise conv, BatchNorm or
-    GroupNorm, SiLU, pointwise conv back; ``channels`` (prunable) may be below ``d_model``."""
+    """Conformer convolution module: LayerNorm, a gated linear unit (``value * sigmoid(gate)``: the pointwise conv to
+    2 x channels and GLU, as two linear maps so a channel owns one row of each), depthwise conv, BatchNorm or
+    GroupNorm, SiLU, a linear map back; ``channels`` (prunable) may be below ``d_model``."""
 
     def __init__(self, d_model: int, channels: int, kernel: int, norm: str, groups: int, dropout: float):
         super().__init__()
         self.layer_norm = nn.LayerNorm(d_model)
-        self.pointwise1 = nn.Conv1d(d_model, 2 * channels, 1)
+        self.value = nn.Linear(d_model, channels)
+        self.gate = nn.Linear(d_model, channels)
         self.depthwise = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels)
-        self.norm = MaskedBatchNorm(channels) if norm == "batch" else MaskedGroupNorm(math.gcd(groups, channels), channels)
-        self.pointwise2 = nn.Conv1d(channels, d_model, 1)
+        self.norm = MaskedBatchNorm(channels) if norm == "batch" else MaskedGroupNorm(groups, channels)
+        self.out = nn.Linear(channels, d_model)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keep = mask[:, None, :].to(x.dtype)
-        h = F.glu(self.pointwise1(self.layer_norm(x).transpose(1, 2)), dim=1) * keep
-        h = F.silu(self.norm(self.depthwise(h), mask))
-        return F.dropout(self.pointwise2(h).transpose(1, 2), self.dropout, self.training)
+        y = self.layer_norm(x)
+        h = (self.value(y) * torch.sigmoid(self.gate(y))) * mask[:, :, None].to(x.dtype)  # [N, T, C]
+        h = F.silu(self.norm(self.depthwise(h.transpose(1, 2)), mask)).transpose(1, 2)
+        return F.dropout(self.out(h), self.dropout, self.training)
 
 
 def _width(structure: dict | None, key: str, layer: int, default: int) -> int:

@@ -1,0 +1,32 @@
+"""The family-neutral structured pruning core driving the CTC family: Conformer heads, both FFNs, conv channels and
+layers chosen by magnitude, removed physically, and the pruned model saved and reloaded to the same outputs."""
+
+import torch
+
+from speechprune.models.adapters import adapter_for
+from speechprune.models.ctc import load_ctc, save_ctc
+from speechprune.prune.recipe import parse_recipe
+from speechprune.prune.structured import prune
+from tiny_models import tiny_ctc
+
+
+def test_a_conformer_is_pruned_by_a_recipe_and_reloads(tmp_path):
+    model = tiny_ctc("conformer", "group")
+    recipe = parse_recipe({"criterion": "magnitude", "targets": [
+        {"stack": "encoder", "kind": "ffn", "sparsity": 0.5},
+        {"stack": "encoder", "kind": "ffn_macaron", "sparsity": 0.25},
+        {"stack": "encoder", "kind": "conv", "sparsity": 0.5},
+        {"stack": "encoder", "kind": "self_attn", "sparsity": 0.5},
+        {"stack": "encoder", "n_layers": 1},
+        {"stack": "encoder", "remove_modules": [{"layer": 0, "kind": "conv"}]},
+    ]})
+    adapter = adapter_for(model)
+    prune(model, adapter, recipe)
+    layers = adapter.structure(model)["encoder"]["layers"]
+    assert len(layers) == 2
+    assert all(l["ffn"] == 24 and l["ffn_macaron"] == 36 and l["self_attn"] == 1 for l in layers)
+    assert layers[0]["conv"] is None or layers[1]["conv"] is None  # layer 0's conv went (if layer 0 stayed)
+    assert {l["conv"] for l in layers} <= {None, 16}
+    feats, lengths = torch.randn(2, 16, 60), torch.tensor([60, 45])
+    save_ctc(model, tmp_path / "p")
+    assert torch.equal(load_ctc(tmp_path / "p")(feats, lengths)[0], model.eval()(feats, lengths)[0])
