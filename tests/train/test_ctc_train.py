@@ -125,3 +125,19 @@ def test_every_bundled_training_recipe_validates_and_builds_its_model():
         if r.model.init is None:  # the Whisper-initialized ones need the bundled model (integration tests)
             model = build_model(r)
             assert model.config.conv_norm == r.model.conv_norm
+
+
+def test_static_layer_removal_then_recovery_continues_from_a_trained_model(clips, tmp_path):
+    train_ctc(recipe(clips, steps=4, intermediate=None, layerdrop=None), tmp_path / "full", progress=False)
+    full = load_ctc(tmp_path / "full" / "model")
+    cut = recipe(clips, steps=4, intermediate=None, layerdrop=None,
+                 model={"encoder": "conformer", "init": str(tmp_path / "full" / "model"), "n_layers": 2})
+    train_ctc(cut, tmp_path / "cut", progress=False)
+    model = load_ctc(tmp_path / "cut" / "model")
+    assert model.depth == 2
+    start = load_ctc(tmp_path / "cut" / "model", initial=True)  # the cut model before recovery
+    assert torch.equal(start.stem.conv1.weight, full.stem.conv1.weight)
+    assert not torch.equal(model.stem.conv1.weight, full.stem.conv1.weight)
+    bad = recipe(clips, model={"encoder": "whisper", "init": str(tmp_path / "full" / "model")})
+    with pytest.raises(ConfigError, match="holds a conformer encoder"):
+        train_ctc(bad, tmp_path / "bad", progress=False)

@@ -33,7 +33,9 @@ from ..errors import AudioError, ConfigError
 from ..evaluate.frontend import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
 from ..evaluate.metrics import char_errors, word_errors
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant
-from ..models.ctc import CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, layerdrop_rates, save_ctc
+from ..models.ctc import (CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, is_ctc_folder, layerdrop_rates,
+                          load_ctc, save_ctc)
+from ..models.ctc.adapter import CTCAdapter
 from ..recovery.distill import batch_order, load_recovery_state, save_recovery_state
 from .recipe import TrainRecipe
 
@@ -52,7 +54,16 @@ class Example:
 def build_model(recipe: TrainRecipe, source: str | Path | None = None) -> CTCModel:
     """The untrained model of ``recipe.model`` (a Whisper encoder with a new head, or fresh weights; seeded)."""
     spec = recipe.model
-    if spec.init is not None:
+    if spec.init is not None and is_ctc_folder(spec.init):
+        model = load_ctc(spec.init)
+        if model.config.encoder != spec.encoder:
+            raise ConfigError(f"bad recipe: model.encoder: {spec.init} holds a {model.config.encoder} encoder", source)
+        if spec.n_layers is not None:
+            if not 1 <= spec.n_layers <= model.depth:
+                raise ConfigError(f"bad recipe: model.n_layers: {spec.n_layers} is outside the model's 1..{model.depth}",
+                                  source)
+            CTCAdapter().remove_layers(model, "encoder", list(range(spec.n_layers, model.depth)))
+    elif spec.init is not None:
         from ..models.registry import resolve_model
 
         model = from_whisper(resolve_model(spec.init), n_layers=spec.n_layers, dropout=spec.dropout, seed=recipe.seed)

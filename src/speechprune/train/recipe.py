@@ -31,9 +31,11 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """What to train. ``init``: a Whisper model (bundled name or folder) whose encoder starts a ``whisper`` model;
-    the other keys size a model built from scratch (``conformer``, or ``whisper`` without ``init``) or, with
-    ``init``, only ``n_layers`` (keep the first layers) and ``dropout`` apply."""
+    """What to train. ``init``: a Whisper model (bundled name or folder) whose encoder starts a ``whisper`` model,
+    or a CTC model folder to continue from (``encoder`` must match it; with ``n_layers`` its top layers are removed
+    first: static layer removal, then recovery by training). The other keys size a model built from scratch
+    (``conformer``, or ``whisper`` without ``init``); with ``init`` only ``n_layers`` (keep the first layers) and
+    ``dropout`` (Whisper encoders) apply."""
 
     encoder: Literal["whisper", "conformer"]
     init: str | None = None
@@ -48,7 +50,9 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
-        if self.init is not None and self.encoder != "whisper":
+        from ..models.ctc import is_ctc_folder
+
+        if self.init is not None and self.encoder != "whisper" and not is_ctc_folder(self.init):
             raise ValueError("init names a Whisper model, whose encoder only a 'whisper' encoder can take")
         return self
 
