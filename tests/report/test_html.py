@@ -136,3 +136,31 @@ def test_report_shows_unstructured_and_lowrank_results(tmp_path):
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     # WER vs size; unstructured WER, latency and disk against sparsity; low-rank WER vs params
     assert len(imgs) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
+
+
+def test_ablation_and_signature_folders_get_heatmaps_and_the_critical_ambient_table(tmp_path):
+    from speechprune.analysis.ablation import Metric, summarize
+    from speechprune.analysis.jobs import signatures_job
+    from tiny_models import tiny_ctc
+
+    targets = ["encoder.0", "encoder.1", "encoder.2"]
+    loss = {"encoder.0": 1.05, "encoder.1": 3.0, "encoder.2": 1.5}
+    recs = [{"target": "dense", "method": "dense", "seed": 0, "metric": "proxy", "value": 1.0}]
+    recs += [{"target": t, "method": m, "seed": s, "metric": "proxy", "value": loss[t] + 0.01 * s}
+             for t in targets for m in ("skip", "reinit") for s in (0, 1)]
+    summary = summarize(recs, [Metric("proxy", None, relative=True, threshold=0.1)], targets, ["skip", "reinit"])
+    _write(tmp_path / "abl" / "summary.json", summary)
+    before, after = tiny_ctc("conformer", seed=0), tiny_ctc("conformer", seed=1)
+    from speechprune.models.ctc import save_ctc
+
+    save_ctc(before, tmp_path / "m0")
+    save_ctc(after, tmp_path / "m1")
+    signatures_job(str(tmp_path / "m0"), str(tmp_path / "m1"), tmp_path / "sig", ablation=tmp_path / "abl")
+
+    col = collect([tmp_path / "abl", tmp_path / "sig"])
+    assert len(col.ablations) == 1 and len(col.signatures) == 1 and not col.tables
+    page = write_html_report([tmp_path / "abl", tmp_path / "sig"], tmp_path / "r.html").read_text()
+    assert "critical and ambient" in page and "ambient (0.05" in page and "critical (2.005" in page
+    assert "(value - dense) / dense &lt; 0.1 is ambient" in page
+    assert "Weight-change signatures" in page and "Spearman with the signature" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) >= 2  # the ablation heatmap and a signature one

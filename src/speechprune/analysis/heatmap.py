@@ -8,10 +8,23 @@ from pathlib import Path
 
 
 def plot_heatmap(values: list[list[float | None]], rows: list[str], cols: list[str], path: str | Path, title: str,
-                 vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
-                 marks: list[list[str]] | None = None, cmap: str = "viridis") -> Path:
-    """Write a ``rows x cols`` heatmap with each cell's value printed (``None`` = blank, drawn grey) and an
-    optional short mark per cell (e.g. ``A``/``C`` for ambient/critical). Returns ``path``."""
+                 **kw) -> Path:
+    """Write :func:`heatmap_figure` to ``path`` (PNG). Returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(values, rows, cols, title, **kw)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def heatmap_figure(values: list[list[float | None]], rows: list[str], cols: list[str], title: str,
+                   vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
+                   marks: list[list[str]] | None = None, cmap: str = "viridis"):
+    """A ``rows x cols`` heatmap (matplotlib figure) with each cell's value printed (``None`` = blank, drawn grey)
+    and an optional short mark per cell (e.g. ``A``/``C`` for ambient/critical)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,8 +50,4 @@ def plot_heatmap(values: list[list[float | None]], rows: list[str], cols: list[s
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

@@ -83,20 +83,38 @@ def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", met
     return summary
 
 
-def plot_ablation(summary: dict, out: str | Path) -> list[Path]:
-    """One heatmap per metric: targets x methods, seed-mean delta, ``A``/``C`` marks for ambient/critical."""
-    from .heatmap import plot_heatmap
-
-    paths = []
+def ablation_heatmaps(summary: dict) -> list[tuple[str, dict]]:
+    """``(metric, heatmap arguments)`` per metric of an ablation summary: targets x methods, seed-mean delta,
+    ``A``/``C`` marks for ambient/critical (the files ``plot_ablation`` writes, the figures the report shows)."""
+    out = []
     for metric, info in summary["metrics"].items():
         rows, cols, vals = heatmap_matrix(summary, metric)
         marks = [[("A" if (summary["table"].get(t, {}).get(m, {}).get(metric) or {}).get("class") == "ambient"
                    else "C") if v is not None else "" for m, v in zip(cols, r)] for t, r in zip(rows, vals)]
         what = "relative increase of the proxy loss" if info["relative"] else f"absolute increase of {metric}"
-        paths.append(plot_heatmap(vals, rows, cols, Path(out) / f"ablation_{metric}.png",
-                                  f"ablation: {what} vs dense (A = ambient, < {info['threshold']:g})",
-                                  vmin=0.0, marks=marks))
-    return paths
+        out.append((metric, {"values": vals, "rows": rows, "cols": cols, "vmin": 0.0, "marks": marks,
+                             "title": f"ablation: {what} vs dense (A = ambient, < {info['threshold']:g})"}))
+    return out
+
+
+def plot_ablation(summary: dict, out: str | Path) -> list[Path]:
+    """One heatmap file per metric (``OUT/ablation_<metric>.png``)."""
+    from .heatmap import plot_heatmap
+
+    return [plot_heatmap(path=Path(out) / f"ablation_{metric}.png", **kw) for metric, kw in ablation_heatmaps(summary)]
+
+
+def signature_heatmaps(record: dict) -> list[tuple[str, dict]]:
+    """``(stack, heatmap arguments)`` of a signatures record: module types x layers, normalized to [0, 1]."""
+    from .signatures import signature_table
+
+    out = []
+    for stack in dict.fromkeys(r["stack"] for r in record["rows"]):
+        types, cols, grid = signature_table(record["rows"], stack)
+        if types:
+            out.append((stack, {"values": grid, "rows": types, "cols": cols, "vmin": 0.0, "vmax": 1.0,
+                                "title": f"{stack}: ||W_after - W_before||_F / max over layers"}))
+    return out
 
 
 def signatures_job(before: str, after: str, out: str | Path, ablation: str | Path | None = None,
@@ -107,7 +125,7 @@ def signatures_job(before: str, after: str, out: str | Path, ablation: str | Pat
     from ..io import atomic_write_json
     from .ablation import init_like
     from .heatmap import plot_heatmap
-    from .signatures import compare_models, correlate_with_ablation, layer_signatures, signature_table
+    from .signatures import compare_models, correlate_with_ablation, layer_signatures
 
     abl = None
     if ablation is not None:
@@ -139,9 +157,6 @@ def signatures_job(before: str, after: str, out: str | Path, ablation: str | Pat
         record["correlation"] = correlate_with_ablation(layers, abl)
     out = Path(out)
     atomic_write_json(out / "signatures.json", record)
-    for stack in dict.fromkeys(r["stack"] for r in rows):
-        types, cols, grid = signature_table(rows, stack)
-        if types:
-            plot_heatmap(grid, types, cols, out / f"signatures_{stack}.png",
-                         f"{stack}: ||W_after - W_before||_F / max over layers", vmin=0.0, vmax=1.0)
+    for stack, kw in signature_heatmaps(record):
+        plot_heatmap(path=out / f"signatures_{stack}.png", **kw)
     return record

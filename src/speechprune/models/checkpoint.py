@@ -107,8 +107,8 @@ def _has_processor(folder: Path) -> bool:
 
 
 def load_pruned(folder: str | Path, device: str = "cpu", dtype=None):
-    """``(model, processor)`` from a folder written by ``save_pruned`` (or a stock folder of a supported family, or
-    a compressed sparse folder of :func:`speechprune.models.sparse.save_sparse`: dense tensors rebuilt exactly).
+    """``(model, processor)`` from a folder written by ``save_pruned`` (or a stock folder of a supported family, a CTC
+    model folder of ``models.ctc``, or a compressed sparse folder of :func:`speechprune.models.sparse.save_sparse`: dense tensors rebuilt exactly).
 
     The model is in eval mode with sdpa attention, its weights' dtype as stored unless ``dtype`` is given; the
     processor is ``None`` when the folder has no processor files. Missing or unexpected weights, or a structure
@@ -120,7 +120,12 @@ def load_pruned(folder: str | Path, device: str = "cpu", dtype=None):
 
     from speechprune.models.adapters import family_for_model_type
 
+    from .ctc import is_ctc_folder, load_ctc
+
     folder = Path(folder)
+    if is_ctc_folder(folder):  # the CTC family's own format (speechprune_ctc.json): no processor
+        model = load_ctc(folder, device=device)
+        return (model if dtype is None else model.to(dtype)), None
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelError("not a model folder (no config.json)", folder)

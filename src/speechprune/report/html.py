@@ -44,7 +44,9 @@ class Collection:
     plans: list[dict] = field(default_factory=list)  # {source, record}
     sparsity: list[dict] = field(default_factory=list)  # {source, points, storage}: bench/unstructured.py results
     lowrank: list[dict] = field(default_factory=list)  # {source, points}: bench/lowrank.py results
-    tables: list[dict] = field(default_factory=list)  # {source, rows}: generic (ablation, signatures, ...)
+    ablations: list[dict] = field(default_factory=list)  # {source, summary}: analyze ablation's summary.json
+    signatures: list[dict] = field(default_factory=list)  # {source, record}: analyze signatures' signatures.json
+    tables: list[dict] = field(default_factory=list)  # {source, rows}: any other list of records
     skipped: list[str] = field(default_factory=list)  # "path: why"
 
     def to_json(self) -> dict:
@@ -117,6 +119,10 @@ def collect(dirs: list[str | Path]) -> Collection:
             col.prunes.append({"source": src, "record": obj})
         elif isinstance(obj.get("plan"), dict) and isinstance(obj.get("uniform"), dict):
             col.plans.append({"source": src, "record": obj})
+        elif {"rule", "classes", "table", "targets", "methods", "metrics"} <= set(obj):
+            col.ablations.append({"source": src, "summary": obj})
+        elif {"before", "after", "rows", "layers"} <= set(obj) and isinstance(obj["rows"], list):
+            col.signatures.append({"source": src, "record": obj})
         else:
             rows = _flat_rows(obj)
             if rows:
@@ -384,6 +390,7 @@ def render(col: Collection, title: str = "speechprune report") -> str:
         parts.append(_table(["allocation", "unit fractions removed", "predicted WER +%", "predicted removed", "params",
                              "encoder FLOPs", "decoder FLOPs/token", "checked WER +% (sweep subset)",
                              "measured WER % (evals of its prune)"], rows))
+    parts += _analysis_sections(col)
     for t in col.tables:
         rows = t["rows"][:MAX_ROWS]
         keys = list(dict.fromkeys(k for r in rows for k in r))[:12]
@@ -394,6 +401,48 @@ def render(col: Collection, title: str = "speechprune report") -> str:
         parts.append("<h2>Skipped inputs</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in col.skipped) + "</ul>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def _analysis_sections(col: Collection) -> list[str]:
+    """Layer ablations (heatmaps, the critical/ambient table with its rule, seed stability) and weight-change
+    signatures (heatmaps, per-layer values, correlation with an ablation)."""
+    from ..analysis.heatmap import heatmap_figure
+    from ..analysis.jobs import ablation_heatmaps, signature_heatmaps
+
+    parts = []
+    for a in col.ablations:
+        sm = a["summary"]
+        parts.append(f"<h2>Layer ablation: critical and ambient</h2><p class='src'>{html.escape(a['source'])}</p>")
+        thresholds = "; ".join(f"{m}: {i['delta']} < {i['threshold']:g} is ambient ({i['seeds']} seeds)"
+                               for m, i in sm["metrics"].items())
+        parts.append(f"<p class='note'>{html.escape(sm['rule'])}. {html.escape(thresholds)}</p>")
+        for _, kw in ablation_heatmaps(sm):
+            parts.append(_png(heatmap_figure(**kw)))
+        cols = [(method, metric) for metric in sm["metrics"] for method in sm["methods"]]
+        rows = []
+        for t in sm["targets"]:
+            cells = [t]
+            for method, metric in cols:
+                entry = (sm["table"].get(t, {}).get(method, {}) or {}).get(metric)
+                cells.append("-" if entry is None else f"{entry['class']} ({_fmt(entry['delta'])})")
+            rows.append(cells)
+        parts.append(_table(["target"] + [f"{method} / {metric}" for method, metric in cols], rows))
+        stab = [[metric, method, v.get("mean_spearman"), v.get("min_spearman"), v.get("class_agreement")]
+                for metric, by in sm.get("stability", {}).items() for method, v in by.items()]
+        if stab:
+            parts.append(_table(["metric", "method", "seed Spearman (mean)", "(min)", "class agreement"], stab))
+    for g in col.signatures:
+        r = g["record"]
+        parts.append(f"<h2>Weight-change signatures: {html.escape(str(r['before']))} -> {html.escape(str(r['after']))}"
+                     f"</h2><p class='src'>{html.escape(g['source'])}</p>")
+        for _, kw in signature_heatmaps(r):
+            parts.append(_png(heatmap_figure(**kw)))
+        parts.append(_table(["layer", "signature (normalized per stack)"], [[k, v] for k, v in r["layers"].items()]))
+        corr = [[metric, method, c.get("spearman"), c.get("n")] for metric, by in (r.get("correlation") or {}).items()
+                for method, c in by.items()]
+        if corr:
+            parts.append(_table(["ablation metric", "method", "Spearman with the signature", "layers"], corr))
+    return parts
 
 
 def _sparsity_sections(col: Collection) -> list[str]:
