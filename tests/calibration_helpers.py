@@ -13,6 +13,9 @@ def calibration_batches(family: str, n: int = 2, seed: int = 0) -> list[dict]:
             ids = torch.randint(0, 60, (2, 6), generator=g)
             out.append({"input_features": torch.randn(2, 80, 3000, generator=g), "decoder_input_ids": ids,
                         "labels": torch.randint(0, 60, (2, 6), generator=g)})
+        elif family == "ctc":  # models.ctc: a training batch is the forward's arguments
+            out.append({"features": torch.randn(2, 16, 60, generator=g), "lengths": torch.tensor([60, 44]),
+                        "targets": torch.randint(1, 30, (7,), generator=g), "target_lengths": torch.tensor([4, 3])})
         else:
             out.append({"input_values": torch.randn(2, 4000, generator=g),
                         "labels": torch.randint(1, 12, (2, 5), generator=g)})

@@ -74,10 +74,12 @@ def randomize(model, seed: int = 0):
 
 
 def build_tiny(family: str, seed: int = 0, **overrides):
-    """A tiny random model of ``family`` ("whisper": ``tiny_models.tiny_whisper``, 2+2 layers d 32; "wav2vec2"),
-    every parameter random."""
+    """A tiny random model of ``family`` ("whisper": ``tiny_models.tiny_whisper``, 2+2 layers d 32; "wav2vec2";
+    "ctc": a 3-layer Conformer CTC model), every parameter random."""
     if family == "whisper":
         return randomize(tiny_whisper(seed, **overrides), seed)
+    if family == "ctc":
+        return randomize(tiny_ctc("conformer", "batch", seed, **overrides), seed)
     return make_tiny_wav2vec2(seed, **overrides)
 
 

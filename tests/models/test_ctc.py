@@ -28,8 +28,8 @@ def test_an_item_decodes_the_same_alone_and_beside_a_longer_one(encoder, norm):
     torch.manual_seed(1)
     feats = torch.randn(2, 16, 120)
     lengths = torch.tensor([120, 70])
-    batched, out_len = model(feats, lengths)
-    alone, alone_len = model(feats[1:, :, :70], lengths[1:])
+    batched, out_len, _ = model(feats, lengths)
+    alone, alone_len, _ = model(feats[1:, :, :70], lengths[1:])
     n = int(alone_len[0])
     assert int(out_len[1]) == n
     assert_reorder_close(batched[1, :n], alone[0], k=120, depth=depth(model))
@@ -258,3 +258,12 @@ def test_the_adapter_refuses_what_a_ctc_model_does_not_have():
         adapter.n_layers(whisper_like, "decoder")
     with pytest.raises(ConfigError, match="cannot remove every ctc encoder layer"):
         adapter.remove_layers(whisper_like, "encoder", [0, 1, 2])
+
+
+def test_a_training_batch_is_the_forward_arguments_and_gives_the_ctc_loss():
+    model = tiny_ctc("whisper")
+    batch = {"features": torch.randn(2, 16, 40), "lengths": torch.tensor([40, 30]),
+             "targets": torch.tensor([1, 2, 3, 4, 5]), "target_lengths": torch.tensor([3, 2])}
+    out = model(**batch)
+    assert out.loss is not None and out.loss.item() > 0
+    assert model(batch["features"], batch["lengths"]).loss is None

@@ -30,3 +30,28 @@ def test_a_conformer_is_pruned_by_a_recipe_and_reloads(tmp_path):
     feats, lengths = torch.randn(2, 16, 60), torch.tensor([60, 45])
     save_ctc(model, tmp_path / "p")
     assert torch.equal(load_ctc(tmp_path / "p")(feats, lengths)[0], model.eval()(feats, lengths)[0])
+
+
+def test_data_driven_criteria_and_reconstruction_read_ctc_training_batches():
+    import copy
+
+    import pytest
+
+    from calibration_helpers import calibration_batches
+    from tiny_models import build_tiny
+
+    batches = calibration_batches("ctc", n=2)
+    for criterion in ("taylor", "activation"):
+        model = build_tiny("ctc")
+        reference = copy.deepcopy(model)
+        recipe = parse_recipe({"criterion": criterion, "reconstruct": True, "targets": [
+            {"stack": "encoder", "kind": "conv", "sparsity": 0.5},
+            {"stack": "encoder", "kind": "ffn", "sparsity": 0.5}]})
+        (report,) = prune(model, adapter_for(model), recipe, batches, reference=reference)
+        assert all(v["error_after"] <= v["error_before"] + 1e-6 for v in report.reconstruction.values())
+        assert {g.n_units for g in adapter_for(model).unit_groups(model) if g.kind in ("conv", "ffn")} == {16, 24}
+        assert not any(p.grad is not None for p in model.parameters())
+    with pytest.raises(Exception, match="loss"):
+        prune(build_tiny("ctc"), adapter_for(model), parse_recipe({"criterion": "taylor", "targets": [
+            {"stack": "encoder", "kind": "ffn", "sparsity": 0.5}]}),
+            [{k: v for k, v in b.items() if not k.startswith("target")} for b in batches])

@@ -33,8 +33,7 @@ def heatmap_figure(values: list[list[float | None]], rows: list[str], cols: list
 
     data = np.array([[math.nan if v is None else float(v) for v in r] for r in values], dtype=float)
     fig, ax = plt.subplots(figsize=(max(4.5, 2.0 + 1.1 * len(cols)), 1.4 + 0.38 * max(len(rows), 1)))
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("#dddddd")
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cm, vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)

@@ -58,7 +58,8 @@ class CTCBackend:
         width = max(frames)
         feats = torch.as_tensor(features[:, :, :width], device=self.device)
         lengths = torch.as_tensor(frames, device=self.device)
-        return self.model(feats, lengths, exit_layer=self.exit_layer)
+        out = self.model(feats, lengths, exit_layer=self.exit_layer)
+        return out.log_probs, out.lengths
 
     def decode(self, encoded, languages, tasks, options: DecodeOptions) -> Decoded:
         """Characters per item: greedy (``beam_size`` 1) or prefix beam search; the whole search counts as the

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE, load_audio
@@ -36,6 +35,7 @@ from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from ..models.ctc import (CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, is_ctc_folder, layerdrop_rates,
                           load_ctc, save_ctc)
 from ..models.ctc.adapter import CTCAdapter
+from ..models.ctc.network import ctc_loss
 from ..recovery.distill import batch_order, load_recovery_state, save_recovery_state
 from .recipe import TrainRecipe
 
@@ -123,22 +123,17 @@ def collate(examples: list[Example], device) -> dict[str, torch.Tensor]:
             "target_lengths": torch.tensor([len(e.target) for e in examples], device=device)}
 
 
-def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Mean CTC loss per target character (``log_probs`` ``[N, T, V]``); infeasible alignments count zero."""
-    return F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths, batch["target_lengths"], blank=0,
-                      reduction="mean", zero_infinity=True)
-
-
 def training_loss(model: CTCModel, batch: dict, recipe: TrainRecipe) -> tuple[torch.Tensor, dict[str, float]]:
     """CTC of the last layer, mixed with the mean CTC of the intermediate exits when the recipe asks for them."""
     inter = recipe.intermediate
     taps = tuple(inter.layers) if inter else ()
     drop = layerdrop_rates(model.depth, recipe.layerdrop.rate, recipe.layerdrop.schedule) if recipe.layerdrop else None
     enc = model.encode(batch["features"], batch["lengths"], taps=taps, layerdrop=drop)
-    final = ctc_loss(model.log_probs(enc.hidden), enc.lengths, batch)
+    final = ctc_loss(model.log_probs(enc.hidden), enc.lengths, batch["targets"], batch["target_lengths"])
     if not inter:
         return final, {"ctc": final.item()}
-    mids = [ctc_loss(model.log_probs(enc.taps[k]), enc.lengths, batch) for k in inter.layers]
+    mids = [ctc_loss(model.log_probs(enc.taps[k]), enc.lengths, batch["targets"], batch["target_lengths"])
+            for k in inter.layers]
     mid = torch.stack(mids).mean()
     return (1 - inter.weight) * final + inter.weight * mid, {"ctc": final.item(), "inter_ctc": mid.item()}
 

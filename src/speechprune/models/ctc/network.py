@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -251,6 +252,20 @@ class ConformerStem(nn.Module):
         return h + self.positions[:t].to(h.dtype), self.out_lengths(lengths)
 
 
+class CTCOutput(NamedTuple):
+    log_probs: torch.Tensor  # [N, T', V]
+    lengths: torch.Tensor  # [N]
+    loss: torch.Tensor | None = None  # mean CTC loss per target symbol, when targets were given
+
+
+def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+             target_lengths: torch.Tensor) -> torch.Tensor:
+    """Mean CTC loss per target symbol (``log_probs`` ``[N, T, V]``, ``targets`` concatenated); infeasible
+    alignments count zero."""
+    return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lengths, blank=0, reduction="mean",
+                      zero_infinity=True)
+
+
 @dataclass
 class Encoded:
     hidden: torch.Tensor  # [N, T', d] after the last layer run (before the final norm)
@@ -296,9 +311,14 @@ class CTCModel(nn.Module):
         """``[N, T', V]`` log-probabilities through the shared final norm and head."""
         return F.log_softmax(self.head(self.layer_norm(hidden)).float(), dim=-1)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, exit_layer: int | None = None):
-        enc = self.encode(feats, lengths, exit_layer)
-        return self.log_probs(enc.hidden), enc.lengths
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None,
+                target_lengths: torch.Tensor | None = None, exit_layer: int | None = None) -> CTCOutput:
+        """Log-probabilities at ``exit_layer`` (the last layer by default) and, given ``targets``, the CTC loss:
+        a training batch (``train.ctc.collate``) is its keyword arguments, as calibration reads it."""
+        enc = self.encode(features, lengths, exit_layer)
+        lp = self.log_probs(enc.hidden)
+        loss = None if targets is None else ctc_loss(lp, enc.lengths, targets, target_lengths)
+        return CTCOutput(lp, enc.lengths, loss)
 
 
 def layerdrop_rates(depth: int, rate: float, schedule: str) -> tuple[float, ...]:
