@@ -42,6 +42,15 @@ def _width(layer: nn.Module, kind: str) -> int:
     return block.fc1.out_features
 
 
+def _blocks(model: CTCModel):
+    """``(layer index, kind, block)`` of every present block, in model order."""
+    for i, layer in enumerate(model.layers):
+        for kind in _kinds(model):
+            block = getattr(layer, BLOCKS[kind][0])
+            if block is not None:
+                yield i, kind, block
+
+
 def _slice_conv_channels(conv: nn.Conv1d, index: torch.Tensor) -> nn.Conv1d:
     """A depthwise convolution keeping channels ``index``."""
     new = nn.Conv1d(len(index), len(index), conv.kernel_size[0], padding=conv.padding[0], groups=len(index),
@@ -101,27 +110,23 @@ class CTCAdapter:
 
     def unit_groups(self, model) -> list[UnitGroup]:
         groups = []
-        for i, layer in enumerate(model.layers):
-            for kind in _kinds(model):
-                block = getattr(layer, BLOCKS[kind][0])
-                if block is None:
-                    continue
-                if kind == "self_attn":
-                    hd = block.head_dim
-                    params = [ParamSlice(p.weight, 0, hd) for p in (block.q_proj, block.k_proj, block.v_proj)]
-                    params += [ParamSlice(p.bias, 0, hd) for p in (block.q_proj, block.v_proj)]
-                    params.append(ParamSlice(block.out_proj.weight, 1, hd))
-                    groups.append(UnitGroup(STACK, i, kind, block.n_heads, hd, params, block.out_proj))
-                elif kind == "conv":
-                    params = [ParamSlice(p, 0, 1) for p in (block.value.weight, block.value.bias, block.gate.weight,
-                                                            block.gate.bias, block.depthwise.weight,
-                                                            block.depthwise.bias, block.norm.weight, block.norm.bias)]
-                    params.append(ParamSlice(block.out.weight, 1, 1))
-                    groups.append(UnitGroup(STACK, i, kind, block.value.out_features, 1, params, block.out))
-                else:
-                    params = [ParamSlice(block.fc1.weight, 0, 1), ParamSlice(block.fc1.bias, 0, 1),
-                              ParamSlice(block.fc2.weight, 1, 1)]
-                    groups.append(UnitGroup(STACK, i, kind, block.fc1.out_features, 1, params, block.fc2))
+        for i, kind, block in _blocks(model):
+            if kind == "self_attn":
+                hd = block.head_dim
+                params = [ParamSlice(p.weight, 0, hd) for p in (block.q_proj, block.k_proj, block.v_proj)]
+                params += [ParamSlice(p.bias, 0, hd) for p in (block.q_proj, block.v_proj)]
+                params.append(ParamSlice(block.out_proj.weight, 1, hd))
+                groups.append(UnitGroup(STACK, i, kind, block.n_heads, hd, params, block.out_proj))
+            elif kind == "conv":
+                params = [ParamSlice(p, 0, 1) for p in (block.value.weight, block.value.bias, block.gate.weight,
+                                                        block.gate.bias, block.depthwise.weight, block.depthwise.bias,
+                                                        block.norm.weight, block.norm.bias)]
+                params.append(ParamSlice(block.out.weight, 1, 1))
+                groups.append(UnitGroup(STACK, i, kind, block.value.out_features, 1, params, block.out))
+            else:
+                params = [ParamSlice(block.fc1.weight, 0, 1), ParamSlice(block.fc1.bias, 0, 1),
+                          ParamSlice(block.fc2.weight, 1, 1)]
+                groups.append(UnitGroup(STACK, i, kind, block.fc1.out_features, 1, params, block.fc2))
         return groups
 
     def prune_units(self, model, group: UnitGroup, keep: list[int]) -> None:
@@ -190,11 +195,9 @@ class CTCAdapter:
             add(f"encoder.conv.{name}", None, "conv", name, model.stem, name)
         add("encoder.embed.projection", None, "embed", "projection", model.stem, "proj")
         add("encoder.embed.positions", None, "embed", "positions", model.stem, "embed_positions")
-        for i, layer in enumerate(model.layers):
-            for kind in _kinds(model):
-                block = getattr(layer, BLOCKS[kind][0])
-                if block is None:
-                    continue
+        blocks = list(_blocks(model))
+        for i, layer in enumerate(model.layers):  # each layer's weights, then its norms
+            for _, kind, block in (b for b in blocks if b[0] == i):
                 if kind == "self_attn":
                     for role in ("q", "k", "v", "out"):
                         add(f"encoder.{i}.self_attn.{role}", i, "self_attn", role, block, f"{role}_proj")
