@@ -55,3 +55,27 @@ def test_data_driven_criteria_and_reconstruction_read_ctc_training_batches():
         prune(build_tiny("ctc"), adapter_for(model), parse_recipe({"criterion": "taylor", "targets": [
             {"stack": "encoder", "kind": "ffn", "sparsity": 0.5}]}),
             [{k: v for k, v in b.items() if not k.startswith("target")} for b in batches])
+
+
+def test_unstructured_and_low_rank_cores_act_on_ctc_weight_sites():
+    from calibration_helpers import calibration_batches
+    from tiny_models import build_tiny
+
+    from speechprune.prune.lowrank import factorize, input_grams, lowrank_sites, plan_ranks
+    from speechprune.prune.sparse_recipe import parse_sparsify_recipe
+    from speechprune.prune.unstructured import sparsify
+
+    batches = calibration_batches("ctc", n=2)
+    model = build_tiny("ctc")
+    rec = sparsify(model, parse_sparsify_recipe({"criterion": "wanda", "sparsity": 0.5}), batches)
+    assert abs(rec["sparsity"] - 0.5) < 0.01 and rec["criterion"] == "wanda"
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+    model = build_tiny("ctc")
+    sites = lowrank_sites(model, ("self_attn", "ffn"))
+    assert {s.component for s in sites} == {"self_attn", "ffn"} and any("ffn_macaron" in s.key for s in sites)
+    before = sum(p.numel() for p in model.parameters())
+    grams = input_grams(model, sites, batches)
+    factorize(sites, plan_ranks(sites, rank=4).ranks, grams)
+    assert sum(p.numel() for p in model.parameters()) < before
+    assert model(**batches[0]).loss.isfinite()

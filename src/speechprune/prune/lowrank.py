@@ -34,6 +34,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.lowrank import LowRankLinear, is_smaller, max_useful_rank
 from ..models.units import WeightSite
+from .unstructured import DISTILLATION_EXTRAS
 
 DEFAULT_COMPONENTS = ("self_attn", "cross_attn", "ffn")
 
@@ -273,8 +274,7 @@ def input_grams(model, sites: list[WeightSite], batches: list[dict]) -> dict[str
     try:
         with _gram_hooks(sites) as acc:
             for b in batches:
-                model(**{k: v for k, v in b.items() if k in ("input_features", "decoder_input_ids", "input_values",
-                                                              "attention_mask")})
+                model(**{k: v for k, v in b.items() if k not in DISTILLATION_EXTRAS})
     finally:
         model.train(was_training)
     missing = [s.key for s in sites if s.key not in acc]

@@ -25,7 +25,8 @@ from . import masks as M
 if TYPE_CHECKING:
     from .sparse_recipe import SparsifyRecipe
 
-_NOT_MODEL_INPUTS = ("teacher_logits", "teacher_encoder")  # distillation extras in labelled batches
+# distillation extras in labelled batches: everything else in a batch is a forward argument of its family's model
+DISTILLATION_EXTRAS = ("teacher_logits", "teacher_encoder", "teacher_hidden")
 
 DEFAULT_COMPONENTS = ("self_attn", "cross_attn", "ffn")  # the matmul weights inside the layers
 
@@ -79,7 +80,7 @@ def magnitude_prune(model, sparsity: float, components: Iterable[str] = DEFAULT_
 
 def model_inputs(batch: dict, device) -> dict:
     """A labelled batch as forward keyword arguments on ``device`` (distillation extras dropped)."""
-    return {k: v.to(device) for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+    return {k: v.to(device) for k, v in batch.items() if k not in DISTILLATION_EXTRAS}
 
 
 @contextmanager
