@@ -369,8 +369,17 @@ def export_cmd(
     """Export a model where users run it: ONNX Runtime, CTranslate2 (faster-whisper), a stock Hugging Face folder."""
     import json
 
+    from .models.ctc import is_ctc_folder
     from .models.registry import resolve_model
 
+    if is_ctc_folder(model):  # the CTC family: one ONNX graph with a dynamic time axis
+        from .export.ctc_onnx import export_ctc_onnx
+
+        if format != "onnx" or vocab is not None or quantize not in (None, "int8"):
+            raise SpeechpruneError("a CTC model exports to --format onnx, optionally --quantize int8, only")
+        record = export_ctc_onnx(model, out, quantize=quantize == "int8", overwrite=overwrite)
+        console.print(f"wrote {out} (onnx; posteriors within {record['check']['posterior_max_abs_diff']:.2g} of PyTorch)")
+        return
     src = resolve_model(model)
     if format == "onnx":
         from .export.onnx import export_onnx

@@ -331,12 +331,12 @@ def load_backend(model: str, backend: str = "torch", compute_type: str = "int8",
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    ctc = is_ctc_folder(model)
-    if exit_layer is not None and not (ctc and backend == "torch"):
+    ctc = is_ctc_folder(model) and backend != "onnx"  # an ONNX export of a CTC model carries its config too
+    if exit_layer is not None and not ctc:
         raise ConfigError("--exit-layer reads a CTC model (speechprune train) at a smaller depth; this is not one", model)
     if ctc:
         if backend != "torch":
-            raise ConfigError(f"a CTC model runs on the torch backend, not {backend}", model)
+            raise ConfigError(f"a CTC model runs on the torch or onnx (an export) backend, not {backend}", model)
         from .ctc_backend import CTCBackend
 
         try:
@@ -344,8 +344,12 @@ def load_backend(model: str, backend: str = "torch", compute_type: str = "int8",
         except ValueError as e:
             raise ConfigError(str(e), model) from None
     if backend == "onnx":
-        from .onnx_backend import OnnxWhisper
+        from .onnx_backend import OnnxWhisper, export_family
 
+        if export_family(model) == "ctc":
+            from .ctc_backend import OnnxCTC
+
+            return OnnxCTC(model, threads=threads or None, device=device)
         return OnnxWhisper.from_folder(model, threads=threads or None, device=device)
     if backend == "faster-whisper" and model not in BUNDLED_MODELS and (Path(model) / "model.bin").is_file():
         return _exported_ct2(Path(model), compute_type, threads, device)

@@ -74,3 +74,37 @@ class CTCBackend:
 
     def decode_text(self, tokens: list[int]) -> str:
         return self.vocab.decode(tokens)
+
+
+class OnnxCTC(CTCBackend):
+    """A CTC model exported by ``export.ctc_onnx``, run by ONNX Runtime; decoding as ``CTCBackend``."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None, device: str = "cpu", name: str = "onnx"):
+        from ..models.ctc import read_config
+        from .onnx_backend import open_sessions, read_manifest
+
+        folder = Path(folder)
+        self.manifest = read_manifest(folder, family="ctc")
+        cfg = read_config(folder)
+        (self.session,) = open_sessions(folder, threads, device, graphs=("ctc",)).values()
+        self.name, self.folder, self.device = name, folder, torch.device("cpu")
+        self.vocab = CharVocab(cfg.vocab)
+        self.n_mels = cfg.n_mels
+        self.exit_layer = None
+        self.params = int(self.manifest["params"])
+        self.disk_bytes = (folder / "ctc.onnx").stat().st_size
+
+    def synchronize(self) -> None:
+        pass
+
+    def fingerprint(self) -> str:
+        from .backends import files_digest
+
+        return files_digest([self.folder / "ctc.onnx"])
+
+    def encode(self, features: np.ndarray, frames: list[int] | None = None):
+        n, _, t = features.shape
+        frames = [t] * n if frames is None else list(frames)
+        feats = np.ascontiguousarray(features[:, :, : max(frames)], dtype=np.float32)
+        lp, lengths = self.session.run(None, {"features": feats, "lengths": np.asarray(frames, dtype=np.int64)})
+        return torch.from_numpy(lp), torch.from_numpy(lengths)

@@ -31,20 +31,33 @@ GRAPHS = ("encoder", "decoder_prefill", "decoder_step")
 # Reading an exported folder (written by speechprune.export.onnx)
 
 
-def read_manifest(folder: str | Path) -> dict:
-    """``speechprune_onnx.json`` of an exported folder, checked for format and files (``ModelError`` otherwise)."""
+GRAPHS_OF = {"whisper": GRAPHS, "ctc": ("ctc",)}  # the graphs of each family's export
+
+
+def read_manifest(folder: str | Path, family: str = "whisper") -> dict:
+    """``speechprune_onnx.json`` of an exported folder of ``family``, checked for format and files (``ModelError``
+    otherwise)."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
         raise ModelError("ONNX model folder does not exist", folder)
     manifest = read_json(path, f"not an exported ONNX folder (no {MANIFEST})", folder)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("family") != "whisper":
-        raise ModelError(f"unsupported ONNX export (format {manifest.get('format') if isinstance(manifest, dict) else None!r},"
-                         f" this version reads whisper format {FORMAT})", path)
-    for name in GRAPHS:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("family") != family:
+        got = (manifest.get("family"), manifest.get("format")) if isinstance(manifest, dict) else (None, None)
+        raise ModelError(f"unsupported ONNX export ({got[0]} format {got[1]!r}; expected {family} format {FORMAT})", path)
+    for name in GRAPHS_OF[family]:
         if not (folder / f"{name}.onnx").is_file():
             raise ModelError(f"{name}.onnx is missing", folder)
     return manifest
+
+
+def export_family(folder: str | Path) -> str | None:
+    """The family an exported ONNX folder holds (its manifest's ``family``), or None when it is not one."""
+    try:
+        manifest = read_json(Path(folder) / MANIFEST)
+    except ModelError:
+        return None
+    return manifest.get("family") if isinstance(manifest, dict) else None
 
 
 def session_options(threads: int | None):
@@ -76,14 +89,15 @@ def providers(device: str) -> list[str]:
     raise ConfigError(f"unknown ONNX Runtime device {device!r}; choose cpu or cuda")
 
 
-def open_sessions(folder: str | Path, threads: int | None = None, device: str = "cpu") -> dict:
-    """``{graph name: onnxruntime.InferenceSession}`` for the three graphs of an exported folder."""
+def open_sessions(folder: str | Path, threads: int | None = None, device: str = "cpu",
+                  graphs: tuple[str, ...] = GRAPHS) -> dict:
+    """``{graph name: onnxruntime.InferenceSession}`` for the graphs of an exported folder (Whisper's three)."""
     import onnxruntime as ort
 
     folder = Path(folder)
     so, prov = session_options(threads), providers(device)
     sessions = {}
-    for name in GRAPHS:
+    for name in graphs:
         path = folder / f"{name}.onnx"
         try:
             sessions[name] = ort.InferenceSession(str(path), sess_options=so, providers=prov)

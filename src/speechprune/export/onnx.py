@@ -40,7 +40,7 @@ CHECK_TOLERANCE = {False: 1e-3, True: 0.2}
 SOURCE_RECORD = "speechprune_source.json"  # a bundled model's provenance (weight checksums), kept when present
 
 
-def _versions() -> dict[str, str | None]:
+def versions() -> dict[str, str | None]:
     out = {}
     for lib in ("speechprune", "torch", "transformers", "onnx", "onnxruntime"):
         try:
@@ -50,7 +50,7 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _trace_to_onnx(module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+def trace_to_onnx(module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
                    dynamic_axes: dict[str, dict[int, str]], opset: int, ort_ops: bool = False) -> None:
     """TorchScript-exporter trace: the graphs have Python-level control flow only (present blocks), fixed at trace.
     ``ort_ops``: the graph uses ONNX Runtime's ``com.microsoft`` operators."""
@@ -74,7 +74,7 @@ def _export_graphs(graphs, shape: dict, out: Path, opset: int) -> dict[str, dict
 
     feats = torch.randn(2, n_mels, 2 * t, generator=g)
     names["encoder"] = {"inputs": ["input_features"], "outputs": ["encoder_hidden"]}
-    _trace_to_onnx(graphs.encoder, (feats,), out / "encoder.onnx", ["input_features"], ["encoder_hidden"],
+    trace_to_onnx(graphs.encoder, (feats,), out / "encoder.onnx", ["input_features"], ["encoder_hidden"],
                    {"input_features": {0: "batch"}, "encoder_hidden": {0: "batch"}}, opset, ort_ops=True)
 
     # no size of 1 gets baked in: prefill traced on 2 utterances and a 3-token prompt, the step on N = 4 rows over
@@ -86,7 +86,7 @@ def _export_graphs(graphs, shape: dict, out: Path, opset: int) -> dict[str, dict
     axes.update({n: {0: "rows", 2: "prompt"} for n in io.self_cache})
     axes.update({n: {0: "batch", 2: "frames"} for n in io.cross_cache})
     names["decoder_prefill"] = {"inputs": inputs, "outputs": outputs}
-    _trace_to_onnx(graphs.prefill, (ids[::2], enc), out / "decoder_prefill.onnx", inputs, outputs, axes, opset)
+    trace_to_onnx(graphs.prefill, (ids[::2], enc), out / "decoder_prefill.onnx", inputs, outputs, axes, opset)
 
     with torch.no_grad():
         first = graphs.prefill(ids, enc[:2].repeat_interleave(2, dim=0))
@@ -99,7 +99,7 @@ def _export_graphs(graphs, shape: dict, out: Path, opset: int) -> dict[str, dict
     axes.update({n: {0: "rows", 2: "length"} for n in io.self_cache})
     names["decoder_step"] = {"inputs": inputs, "outputs": outputs}
     step_args = (ids[:, :1], torch.tensor([3]), *past, *cross)
-    _trace_to_onnx(graphs.step, step_args, out / "decoder_step.onnx", inputs, outputs, axes, opset)
+    trace_to_onnx(graphs.step, step_args, out / "decoder_step.onnx", inputs, outputs, axes, opset)
     return names
 
 
@@ -111,13 +111,14 @@ class _NoPreprocessHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def _quantize(folder: Path, per_channel: bool) -> dict:
+def quantize_graphs(folder: Path, per_channel: bool, graphs: tuple[str, ...] = GRAPHS) -> dict:
+    """Dynamic int8 quantization of ``graphs`` in ``folder``, in place; returns what was done."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     hint = _NoPreprocessHint()
     logging.getLogger().addFilter(hint)
     try:
-        for name in GRAPHS:
+        for name in graphs:
             src, dst = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel,
                              op_types_to_quantize=list(QUANT_OP_TYPES))
@@ -208,7 +209,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
 
     with staged_dir(out) as tmp:
         names = _export_graphs(graphs, shape, tmp, opset)
-        quantization = _quantize(tmp, per_channel) if quantize else None
+        quantization = quantize_graphs(tmp, per_channel) if quantize else None
         for name in (*PROCESSOR_FILES, GENERATION_CONFIG):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
@@ -238,7 +239,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
             "quantized": quantize,
             "quantization": quantization,
             "opset": opset,
-            "source": {"model_dir": str(source.resolve()), "versions": _versions(),
+            "source": {"model_dir": str(source.resolve()), "versions": versions(),
                        "record": _read_json_or_none(source / SOURCE_RECORD)},
             "check": check,
         }

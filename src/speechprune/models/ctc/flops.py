@@ -48,6 +48,8 @@ def layer_flops(cfg: CTCConfig, layer: int, frames: int) -> int:
     ffn = 2 * t * d * w["ffn"] + 2 * t * d * w["ffn_macaron"]
     c = w["conv"]
     conv = t * d * 2 * c + t * c * cfg.conv_kernel + t * c * d if c else 0
+    if c and cfg.conv_norm == "group":
+        conv += 4 * c * cfg.conv_groups  # the group sums and their spread back (mean, then variance)
     return 2 * (projections + ffn + conv) + attention_product_flops(cfg, layer, frames)
 
 

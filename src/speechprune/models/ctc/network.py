@@ -74,9 +74,12 @@ class MaskedBatchNorm(nn.BatchNorm1d):
     """BatchNorm over real frames only: padding neither enters the batch statistics nor the running ones."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # x [N, C, T]
+        if not self.training:  # running statistics: per channel, no gather (and a graph ONNX can trace)
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return y * mask[:, None, :].to(y.dtype)
         rows = x.transpose(1, 2)[mask]  # [frames, C]
         y = F.batch_norm(rows, self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training, self.momentum, self.eps)
+                         True, self.momentum, self.eps)
         out = torch.zeros_like(x.transpose(1, 2))
         out[mask] = y
         return out.transpose(1, 2)
@@ -94,16 +97,13 @@ class MaskedGroupNorm(nn.Module):
         self.register_buffer("group", torch.arange(channels) * groups // channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # x [N, C, T]
-        n = x.shape[0]
         m = mask[:, None, :].to(x.dtype)
         frames = m.sum(dim=2)  # [N, 1]
-        size = torch.zeros(self.groups, dtype=x.dtype, device=x.device).index_add_(
-            0, self.group, torch.ones_like(self.weight))  # channels per group
-        count = (frames * size[None, :]).clamp_min(1)  # [N, G]
+        member = (self.group[:, None] == torch.arange(self.groups, device=x.device)[None, :]).to(x.dtype)  # [C, G]
+        count = (frames * member.sum(dim=0)[None, :]).clamp_min(1)  # [N, G]: real frames x channels per group
 
-        def per_group(values: torch.Tensor) -> torch.Tensor:  # [N, C] -> [N, C] (the group's sum per channel)
-            sums = torch.zeros(n, self.groups, dtype=x.dtype, device=x.device).index_add_(1, self.group, values)
-            return (sums / count)[:, self.group]
+        def per_group(values: torch.Tensor) -> torch.Tensor:  # [N, C] -> [N, C]: the mean over each one's group
+            return ((values @ member) / count) @ member.T
 
         mean = per_group((x * m).sum(dim=2))[:, :, None]
         var = per_group((((x - mean) * m) ** 2).sum(dim=2))[:, :, None]
