@@ -82,7 +82,8 @@ def _print_bench(record: dict) -> None:
                   fmt(r["encoder_ms_median"]), fmt(r["decoder_first_step_ms_median"]), fmt(r["decoder_ms_per_token"]),
                   f"{r['rtf_median']:.3f}", f"{record['latency_ratio'][name]:.2f}x")
     console.print(t)
-    console.print(f"FLOPs: encoder {record['flops_encoder'] / 1e9:.2f} G/window, decoder first step "
+    enc = "G per clip (median; the model reads only the clip)" if record["flops_encoder_breakdown"] is None else "G/window"
+    console.print(f"FLOPs: encoder {record['flops_encoder'] / 1e9:.2f} {enc}, decoder first step "
                   f"{record['flops_decoder_first_step'] / 1e9:.2f} G, {record['flops_decoder_per_token'] / 1e6:.1f} M/token; "
                   f"params {record['params'] / 1e6:.2f} M; disk {record['disk_bytes'] / 1e6:.1f} MB; "
                   f"peak RSS {record['peak_rss_bytes'] / 2**20:.0f} MiB; other CPU load {record['other_cpu_load']:.2f}")

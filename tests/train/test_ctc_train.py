@@ -141,3 +141,22 @@ def test_static_layer_removal_then_recovery_continues_from_a_trained_model(clips
     bad = recipe(clips, model={"encoder": "whisper", "init": str(tmp_path / "full" / "model")})
     with pytest.raises(ConfigError, match="holds a conformer encoder"):
         train_ctc(bad, tmp_path / "bad", progress=False)
+
+
+def test_bench_times_a_ctc_model_and_its_onnx_export_side_by_side(clips, tmp_path):
+    from speechprune.bench.latency import BenchOptions, benchmark
+    from speechprune.data.datasets import load_dataset
+    from speechprune.evaluate.backends import load_backend
+    from speechprune.export.ctc_onnx import export_ctc_onnx
+    from speechprune.models.ctc import save_ctc
+    from tiny_models import tiny_ctc
+
+    save_ctc(tiny_ctc("conformer", n_mels=80), tmp_path / "m")
+    export_ctc_onnx(tmp_path / "m", tmp_path / "onnx")
+    bes = [load_backend(str(tmp_path / "m")), load_backend(str(tmp_path / "onnx"), "onnx")]
+    rec = benchmark(bes, load_dataset(str(clips)), bench=BenchOptions(warmup=1, repeats=1, max_utterances=3),
+                    progress=False)
+    assert set(rec["backends"]) == {"ctc", "onnx"} and rec["latency_ms_median"] > 0
+    frames = [r["frames"] for r in rec["backends"]["ctc"]["utterances"]]
+    assert frames == [8000 // 160 + 1, 11200 // 160 + 1, 14400 // 160 + 1]  # the clips' own frames, not 3000
+    assert rec["flops_encoder"] == bes[0].clip_flops(sorted(frames)[1])

@@ -22,6 +22,7 @@ class CTCBackend:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         self.name = name
+        self.config = model.config
         self.vocab = CharVocab(model.config.vocab)
         self.n_mels = model.config.n_mels
         self.exit_layer = exit_layer
@@ -36,6 +37,12 @@ class CTCBackend:
         be = cls(load_ctc(folder, device=device), device=device, name=name, exit_layer=exit_layer)
         be.disk_bytes = sum(p.stat().st_size for p in Path(folder).glob("model.safetensors"))
         return be
+
+    def clip_flops(self, frames: int) -> int:
+        """Analytic FLOPs of one clip of ``frames`` frames read to this backend's exit layer."""
+        from ..models.ctc.flops import encoder_flops
+
+        return encoder_flops(self.config, frames, self.exit_layer)["total"]
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -88,6 +95,7 @@ class OnnxCTC(CTCBackend):
         cfg = read_config(folder)
         (self.session,) = open_sessions(folder, threads, device, graphs=("ctc",)).values()
         self.name, self.folder, self.device = name, folder, torch.device("cpu")
+        self.config = cfg
         self.vocab = CharVocab(cfg.vocab)
         self.n_mels = cfg.n_mels
         self.exit_layer = None
