@@ -32,10 +32,11 @@ SYNTH = ["synth:300", "synth-telephone:300"]
 REAL = ["unlabelled:600"]
 DIVERSE_CALIBRATION = {"data": BASE_DATA + SYNTH + REAL}
 # per variant: changes to the recipe's recovery, and to its calibration
+# (every key a variant changes is set explicitly: the recipe's own recovery block is the +augment variant)
 VARIANTS = {
-    "asterisk": {"data": BASE_DATA},
-    "+synth": {"data": BASE_DATA + SYNTH, "interleave": True},
-    "+real": {"data": BASE_DATA + SYNTH + REAL, "interleave": True},
+    "asterisk": {"data": BASE_DATA, "interleave": False, "augment": None},
+    "+synth": {"data": BASE_DATA + SYNTH, "interleave": True, "augment": None},
+    "+real": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": None},
     "+augment": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {}},
     "+augment+cal": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {},
                      "calibration": DIVERSE_CALIBRATION},
@@ -52,7 +53,7 @@ def variant_recipe(name: str):
     base = load_recipe(RECIPE)
     change = dict(VARIANTS[name])
     calibration = change.pop("calibration", {})
-    if "augment" in change:
+    if change.get("augment") is not None:
         change["augment"] = AugmentSettings(**change["augment"])
     return base.model_copy(update={"name": f"{RECIPE}{name}",
                                    "calibration": base.calibration.model_copy(update=calibration),
