@@ -54,7 +54,7 @@ def main() -> None:
     from speechprune.data.audio import load_audio
     from speechprune.data.datasets import load_dataset
     from speechprune.evaluate.backends import load_backend
-    from speechprune.evaluate.frontend import HOP_SAMPLES, FeatureFrontend
+    from speechprune.data.features import HOP_SAMPLES, FeatureFrontend
     from speechprune.io import append_jsonl, read_jsonl_tolerant
     from speechprune.models.ctc import load_ctc
     from speechprune.models.ctc.flops import encoder_flops

@@ -132,7 +132,7 @@ def test_decoder_points_reuse_the_dense_encoder_exactly(tiny_folder, clips, tmp_
     from speechprune.data.datasets import load_dataset
     from speechprune.evaluate.backends import TorchWhisper
     from speechprune.evaluate.decoding import DecodeOptions
-    from speechprune.evaluate.frontend import FeatureFrontend
+    from speechprune.data.features import FeatureFrontend
     from speechprune.evaluate.runner import decode_prepared, prepare_batch
 
     dense = TorchWhisper.from_folder(tiny_folder)

@@ -290,7 +290,7 @@ def test_real_tiny_en_export_decodes_real_speech_like_torch(tmp_path):
     import ctranslate2
 
     from speechprune.data import load_audio, load_dataset
-    from speechprune.evaluate.frontend import FeatureFrontend
+    from speechprune.data.features import FeatureFrontend
     from speechprune.models.registry import resolve_model
     from speechprune.models.whisper import load_whisper
 

@@ -194,7 +194,7 @@ def test_real_tiny_en_onnx_greedy_equals_torch_on_real_speech(tmp_path):
     if not SOUNDS.is_dir():
         pytest.skip(f"Debian asterisk sounds absent ({SOUNDS})")
     from speechprune.data.audio import load_audio
-    from speechprune.evaluate.frontend import FeatureFrontend
+    from speechprune.data.features import FeatureFrontend
     from speechprune.models.registry import resolve_model
 
     src = resolve_model("whisper-tiny.en")

@@ -30,7 +30,7 @@ def test_torch_and_ctranslate2_give_identical_greedy_tokens_on_shared_features()
     from speechprune.data import load_audio, load_dataset
     from speechprune.evaluate.backends import load_backend
     from speechprune.evaluate.decoding import DecodeOptions
-    from speechprune.evaluate.frontend import FeatureFrontend
+    from speechprune.data.features import FeatureFrontend
 
     utts = load_dataset("asterisk", "dev")[:8]
     feats = FeatureFrontend(80)([load_audio(u.audio) for u in utts])

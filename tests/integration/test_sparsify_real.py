@@ -18,7 +18,7 @@ def test_sparsify_command_writes_both_folders_and_they_agree(tmp_path):
     from speechprune.data import load_audio, load_dataset
     from speechprune.evaluate.backends import TorchWhisper
     from speechprune.evaluate.decoding import DecodeOptions
-    from speechprune.evaluate.frontend import FeatureFrontend
+    from speechprune.data.features import FeatureFrontend
 
     out = tmp_path / "s"
     proc = cli("sparsify", "whisper-tiny.en", "--recipe", "whisper-tiny.en-magnitude50", "--out", str(out))

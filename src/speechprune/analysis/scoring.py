@@ -101,7 +101,7 @@ class _starting_at:
 def readable(utterances: list[Utterance]) -> list[Utterance]:
     """The utterances whose audio loads within one 30 s window (the others are left out of the analysis)."""
     from ..data.audio import load_audio
-    from ..evaluate.frontend import WINDOW_SECONDS
+    from ..data.features import WINDOW_SECONDS
 
     out = []
     for u in utterances:

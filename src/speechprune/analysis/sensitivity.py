@@ -268,7 +268,7 @@ def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: b
     """The inputs of the sweep pinned by ``settings`` (``sweep.json``) for the dense backend ``dense``."""
     from ..data.datasets import load_dataset, training_utterances
     from ..evaluate.decoding import DecodeOptions
-    from ..evaluate.frontend import FeatureFrontend
+    from ..data.features import FeatureFrontend
     from ..evaluate.runner import prepare_batch
 
     data, limit = settings["data"], settings.get("limit")

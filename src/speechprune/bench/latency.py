@@ -19,7 +19,7 @@ from ..data.manifest import Utterance
 from ..errors import AudioError, ConfigError
 from ..evaluate.backends import Backend, FasterWhisper
 from ..evaluate.decoding import DecodeOptions
-from ..evaluate.frontend import HOP_SAMPLES, WINDOW_FRAMES, WINDOW_SECONDS, FeatureFrontend
+from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, WINDOW_SECONDS, FeatureFrontend
 from . import flops as F
 from .environment import ResourceMonitor, environment
 

@@ -202,7 +202,7 @@ class TorchWhisper:
 
         from ..data.audio import load_audio
         from ..errors import AudioError
-        from .frontend import WINDOW_SECONDS, FeatureFrontend
+        from ..data.features import WINDOW_SECONDS, FeatureFrontend
 
         frontend = FeatureFrontend(self.n_mels)
         batches = []

@@ -23,7 +23,7 @@ from ..errors import AudioError, ConfigError
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant, repair_jsonl
 from .backends import Backend
 from .decoding import DecodeOptions
-from .frontend import HOP_SAMPLES, MAX_CLIP_SECONDS, WINDOW_FRAMES, FeatureFrontend, split_windows
+from ..data.features import HOP_SAMPLES, MAX_CLIP_SECONDS, WINDOW_FRAMES, FeatureFrontend, split_windows
 from .metrics import bleu, char_errors, word_errors
 
 HYPOTHESES = "hypotheses.jsonl"

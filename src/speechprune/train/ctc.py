@@ -29,7 +29,7 @@ from ..data.datasets import training_utterances
 from ..data.manifest import Utterance
 from ..data.normalize import normalize_text
 from ..errors import AudioError, ConfigError
-from ..evaluate.frontend import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
+from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
 from ..evaluate.metrics import char_errors, word_errors
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from ..models.ctc import (CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, is_ctc_folder, layerdrop_rates,

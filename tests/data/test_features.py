@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from speechprune.evaluate.frontend import FeatureFrontend, split_windows
+from speechprune.data.features import FeatureFrontend, split_windows
 
 
 def test_features_are_one_padded_window():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from transformers import WhisperFeatureExtractor
 
-from ..data.audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE
 
 WINDOW_SECONDS = 30.0
 HOP_SAMPLES = 160  # samples per log-mel frame: a clip of n samples has n // 160 + 1 real frames
