@@ -10,7 +10,8 @@ median over ``--latency-utterances`` test clips after two warm-up ones, at ``--t
 Rows are appended to ``OUT/results.jsonl`` as each finishes; a rerun skips them and resumes unfinished
 evaluations.
 
-    python bench/ctc_depth.py --models runs/ctc/whisper-interctc/model,runs/ctc/whisper/model --out runs/ctc/depth
+    python bench/ctc_depth.py --out runs/ctc/depth \
+        --models runs/ctc/whisper-interctc/model,runs/ctc/whisper/model,runs/ctc/static-2/model@full,...
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main() -> None:
     from speechprune.models.ctc.flops import encoder_flops
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", required=True, help="comma-separated CTC model folders")
+    ap.add_argument("--models", required=True, help="comma-separated CTC model folders (FOLDER@full: full depth only)")
     ap.add_argument("--out", type=Path, default=Path("runs/ctc/depth"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-utterances", type=int, default=40)
@@ -75,9 +76,10 @@ def main() -> None:
     env = environment(args.threads, kernels=False)
 
     jobs = [] if args.no_baselines else [("whisper-tiny.en", "torch", None), ("whisper-tiny.en", "faster-whisper", None)]
-    for folder in args.models.split(","):
+    for spec in args.models.split(","):
+        folder, _, only = spec.partition("@")  # FOLDER@full: its full depth only (a statically cut model)
         depth = load_ctc(folder).depth
-        jobs += [(folder, "torch", k) for k in range(depth, 0, -1)]
+        jobs += [(folder, "torch", k) for k in ([depth] if only == "full" else range(depth, 0, -1))]
     for model, backend_name, exit_layer in jobs:
         label = f"{Path(model).parent.name if exit_layer else model}-{backend_name}" + (f"-exit{exit_layer}" if exit_layer else "")
         if (label, exit_layer) in done:
