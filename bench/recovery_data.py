@@ -10,6 +10,7 @@ The structure and the recovery settings are the main job's default recipe (``whi
     +augment+cal     and the calibration (criterion and least-squares refit) on the same diverse clips
     one-shot         no recovery: the structure as pruned and refit on asterisk calibration
     one-shot+cal     no recovery, calibration on diverse clips (asterisk, synthetic voices, real unlabelled English)
+    one-shot+speech  no recovery, asterisk calibration, the refit weighing speech and padding positions alike
 
 Each variant is pruned and recovered (``run_prune``), then scored on the asterisk test split and on the pooled
 out-of-domain suite (``english-ood``: speakers and recordings that no recovery, calibration or sweep reads).
@@ -42,6 +43,7 @@ VARIANTS = {
                      "calibration": DIVERSE_CALIBRATION},
     "one-shot": {"steps": 0},
     "one-shot+cal": {"steps": 0, "calibration": DIVERSE_CALIBRATION},
+    "one-shot+speech": {"steps": 0, "recipe": {"reconstruct_weighting": "speech"}},
 }
 EVALS = (("asterisk", "test"), ("english-ood", None))
 
@@ -53,9 +55,10 @@ def variant_recipe(name: str):
     base = load_recipe(RECIPE)
     change = dict(VARIANTS[name])
     calibration = change.pop("calibration", {})
+    top = change.pop("recipe", {})  # recipe-level keys
     if change.get("augment") is not None:
         change["augment"] = AugmentSettings(**change["augment"])
-    return base.model_copy(update={"name": f"{RECIPE}{name}",
+    return base.model_copy(update={"name": f"{RECIPE}{name}", **top,
                                    "calibration": base.calibration.model_copy(update=calibration),
                                    "recovery": base.recovery.model_copy(update=change)})
 

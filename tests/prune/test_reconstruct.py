@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,46 @@ def test_reconstruction_needs_calibration_and_a_reference():
     assert recipe.needs_calibration
     with pytest.raises(ConfigError, match="reconstruction needs calibration batches"):
         prune(model, adapter_for(model), recipe, batches(model, "whisper"))
+
+
+def test_weighted_refit_equals_the_refit_of_repeated_rows():
+    from speechprune.prune.reconstruct import balanced_weights
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=g), torch.randn(40, 3, generator=g)
+    w = torch.randint(1, 4, (40,), generator=g)
+    weighted = ridge_refit(x, y, ridge=0.0, weights=w.double())
+    repeated = ridge_refit(x.repeat_interleave(w, dim=0), y.repeat_interleave(w, dim=0), ridge=0.0)
+    for a, b in zip(weighted, repeated):
+        torch.testing.assert_close(a, b, rtol=reorder_rtol(torch.float32, 120, 2), atol=1e-6)
+    real = torch.tensor([True] * 3 + [False] * 12)
+    bw = balanced_weights(real)
+    assert bw[:3].sum() == pytest.approx(bw[3:].sum()) and bw[0] == 1.0
+    assert torch.equal(balanced_weights(torch.ones(4, dtype=torch.bool)), torch.ones(4, dtype=torch.float64))
+
+
+def test_whisper_padding_positions_are_found_from_the_features_floor():
+    from speechprune.data.features import FeatureFrontend
+
+    fe = FeatureFrontend(80)
+    rng = np.random.default_rng(0)
+    feats = torch.from_numpy(fe([0.1 * rng.standard_normal(16000).astype(np.float32),  # 1 s of audio
+                                 0.1 * rng.standard_normal(48000).astype(np.float32)]))  # 3 s
+    model = build_tiny("whisper")
+    real = adapter_for(model).real_positions(model, {"input_features": feats}, "encoder")
+    assert real.shape == (2, 1500)
+    assert abs(int(real[0].sum()) - 50) <= 2 and abs(int(real[1].sum()) - 150) <= 2  # 50 positions per second
+    assert adapter_for(model).real_positions(model, {"input_features": feats}, "decoder") is None
+
+
+def test_speech_weighted_reconstruction_runs_and_weighs_ctc_clips_by_their_own_positions():
+    from calibration_helpers import calibration_batches
+
+    model = build_tiny("ctc")
+    batches = calibration_batches("ctc", n=2)
+    real = adapter_for(model).real_positions(model, batches[0], "encoder")
+    assert real.tolist()[1].count(True) == model.stem.out_lengths(torch.tensor([44])).item()
+    recipe = parse_recipe({"criterion": "magnitude", "reconstruct": True, "reconstruct_weighting": "speech",
+                           "targets": [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5}]})
+    (report,) = prune(model, adapter_for(model), recipe, batches, reference=copy.deepcopy(model))
+    assert report.reconstruction and all(v["error_after"] <= v["error_before"] for v in report.reconstruction.values())

@@ -648,6 +648,17 @@ class WhisperAdapter:
 
     family = "whisper"
 
+    def real_positions(self, model, batch: dict, stack: str):
+        """``[batch, 1500]`` True at encoder positions that see audio (not the 30 s window's zero padding, whose
+        log-mel frames sit at the item's floor in every bin); None for the decoder (every label position is real)."""
+        if stack != "encoder" or "input_features" not in batch:
+            return None
+        feats = batch["input_features"]
+        floor = feats.amin(dim=(1, 2), keepdim=True)
+        real_frames = ~(feats == floor).all(dim=1)  # [B, frames]
+        n = real_frames.shape[1] // 2
+        return real_frames[:, : 2 * n].reshape(-1, n, 2).any(dim=-1)
+
     # ----- navigation and validation
 
     def stacks(self, model) -> tuple[str, ...]:

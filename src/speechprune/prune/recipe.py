@@ -110,6 +110,9 @@ class Recipe(_Strict):
     criterion: Literal["magnitude", "taylor", "activation", "random"] = "magnitude"
     normalize: Literal["layer", "global"] = "layer"
     reconstruct: bool = False  # refit each pruned block's output projection by least squares on calibration audio
+    # which rows the refit weighs: every position alike ("all"), or real audio and padding alike in total ("speech":
+    # short clips padded to 30 s would otherwise fit mostly the padding)
+    reconstruct_weighting: Literal["all", "speech"] = "all"
     seed: int = 0
     calibration: Calibration = Calibration()
     schedule: Schedule = Schedule()

@@ -20,18 +20,20 @@ from torch import nn
 from ..models.units import UnitGroup
 
 
-def ridge_refit(inputs: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3,
-                bias: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weight ``[d_out, d_in]`` (and bias ``[d_out]``) minimizing ``||inputs W^T + b - targets||^2 + penalty``.
+def ridge_refit(inputs: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3, bias: bool = True,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight ``[d_out, d_in]`` (and bias ``[d_out]``) minimizing ``sum_i w_i ||x_i W^T + b - y_i||^2 + penalty``.
 
-    ``inputs`` ``[n, d_in]``, ``targets`` ``[n, d_out]``. The ridge penalty is ``ridge`` times the mean diagonal of
-    the inputs' Gram matrix (scale-free); the bias is not penalized much (it shares the ridge). Solved in float64."""
+    ``inputs`` ``[n, d_in]``, ``targets`` ``[n, d_out]``, ``weights`` ``[n]`` (default 1). The ridge penalty is
+    ``ridge`` times the mean diagonal of the (weighted) Gram matrix (scale-free); the bias is not penalized much
+    (it shares the ridge). Solved in float64."""
     x = inputs.double()
     if bias:
         x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-    gram = x.T @ x
+    xw = x if weights is None else x * weights.double().to(x.device)[:, None]
+    gram = xw.T @ x
     gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=x.dtype, device=x.device)
-    solution = torch.linalg.solve(gram, x.T @ targets.double())  # [d_in (+1), d_out]
+    solution = torch.linalg.solve(gram, xw.T @ targets.double())  # [d_in (+1), d_out]
     weight = solution[: inputs.shape[1]].T.to(inputs.dtype)
     return weight, (solution[-1].to(inputs.dtype) if bias else None)
 
@@ -54,13 +56,25 @@ def _capture(module: nn.Module, what: str) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def balanced_weights(real: torch.Tensor) -> torch.Tensor:
+    """Row weights from a real-position mask (``[n]`` bool): real rows 1, padding rows share the real rows' total,
+    so speech and padding count alike however short the clips. A pure function."""
+    w = torch.ones(real.shape[0], dtype=torch.float64)
+    n_real, n_pad = int(real.sum()), int((~real).sum())
+    if n_real and n_pad:
+        w[~real] = n_real / n_pad
+    return w
+
+
 @torch.no_grad()
 def reconstruct(model: nn.Module, reference: nn.Module, pairs: list[tuple[UnitGroup, UnitGroup]],
-                batches: list[dict], ridge: float = 1e-3) -> dict[str, dict[str, float]]:
+                batches: list[dict], ridge: float = 1e-3, real_positions=None) -> dict[str, dict[str, float]]:
     """Refit the activation site of every pruned group in ``pairs`` (pruned group, its reference group), in order.
 
+    ``real_positions(batch, stack)``: a ``[batch, positions]`` mask of real (not padding) positions, or None; where
+    given, the rows are weighted by :func:`balanced_weights` (the family's adapter knows where padding is).
     Returns ``{pruned group key: {"error_before", "error_after"}}``: the site output's squared error relative to the
-    reference's mean square, on the calibration batches."""
+    reference's mean square (unweighted), on the calibration batches."""
     was_training = (model.training, reference.training)
     model.eval()
     reference.eval()
@@ -75,9 +89,13 @@ def reconstruct(model: nn.Module, reference: nn.Module, pairs: list[tuple[UnitGr
                 for b in batches:
                     reference(**b)
             x, y = torch.cat(inputs), torch.cat(targets)
+            weights = None
+            masks = [real_positions(b, group.stack) for b in batches] if real_positions is not None else []
+            if masks and all(m is not None for m in masks) and sum(m.numel() for m in masks) == x.shape[0]:
+                weights = balanced_weights(torch.cat([m.reshape(-1).cpu() for m in masks]))
             scale = (y**2).mean().clamp_min(1e-12)
             before = float(((site(x) - y) ** 2).mean() / scale)
-            weight, bias = ridge_refit(x, y, ridge, bias=site.bias is not None)
+            weight, bias = ridge_refit(x, y, ridge, bias=site.bias is not None, weights=weights)
             site.weight.copy_(weight)
             if bias is not None:
                 site.bias.copy_(bias)

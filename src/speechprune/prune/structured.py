@@ -136,7 +136,9 @@ def prune(model: torch.nn.Module, adapter: Adapter, recipe: Recipe, batches: lis
             ref_groups = {g.key: g for g in adapter.unit_groups(reference)}  # its keys are the original ones
             pairs = [(g, ref_groups[_orig_key(g.key, layers)]) for g in adapter.unit_groups(model)
                      if g.n_units < original_units[_orig_key(g.key, layers)]]
-            report.reconstruction = reconstruct(model, reference, pairs, batches)
+            real = getattr(adapter, "real_positions", None) if recipe.reconstruct_weighting == "speech" else None
+            report.reconstruction = reconstruct(model, reference, pairs, batches, real_positions=(
+                None if real is None else lambda batch, stack: real(model, batch, stack)))
         report.params = sum(p.numel() for p in model.parameters())
         report.kept_units = {_orig_key(g.key, layers): g.n_units for g in adapter.unit_groups(model)}
         reports.append(report)

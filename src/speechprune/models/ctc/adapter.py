@@ -81,6 +81,12 @@ class CTCAdapter:
     def stacks(self, model) -> tuple[str, ...]:
         return (STACK,)
 
+    def real_positions(self, model, batch: dict, stack: str):
+        """``[batch, positions]`` True at each clip's own encoder positions (the batch's padding is not)."""
+        lengths = model.stem.out_lengths(batch["lengths"])
+        width = int(model.stem.out_lengths(torch.tensor([batch["features"].shape[-1]]))[0])
+        return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
     def _check_stack(self, stack: str) -> None:
         if stack != STACK:
             raise ConfigError(f"unknown stack {stack!r} for a CTC model; it has only the encoder stack")
