@@ -79,6 +79,16 @@ def files_digest(paths) -> str:
     return h.hexdigest()[:20]
 
 
+def state_digest(model: torch.nn.Module, salt: str = "") -> str:
+    """A digest of a model's tensors (names, dtypes, shapes, values), and of ``salt`` (how it is run)."""
+    h = hashlib.sha256(salt.encode())
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 class TorchWhisper:
     """A Hugging Face ``WhisperForConditionalGeneration`` (dense or pruned), on any torch device."""
 
@@ -113,13 +123,8 @@ class TorchWhisper:
             torch.cuda.synchronize(self.device)
 
     def fingerprint(self) -> str:
-        """A digest of the model's tensors (names, dtypes, shapes, values): what an evaluation run is pinned to."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.model.state_dict().items()):
-            t = v.detach().to("cpu").contiguous()
-            h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:20]
+        """What an evaluation run is pinned to: :func:`state_digest` of the model."""
+        return state_digest(self.model)
 
     @torch.inference_mode()
     def encode(self, features: np.ndarray, frames: list[int] | None = None) -> torch.Tensor:

@@ -3,7 +3,6 @@ characters out by greedy or prefix beam search, at full depth or exiting at any 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from ..models.ctc import CharVocab, CTCModel, greedy_ctc, load_ctc, prefix_beam_search
-from .backends import Decoded
+from .backends import Decoded, state_digest
 from .decoding import DecodeOptions, DecodeStats
 
 
@@ -49,12 +48,7 @@ class CTCBackend:
             torch.cuda.synchronize(self.device)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"exit={self.exit_layer}".encode())
-        for k, v in sorted(self.model.state_dict().items()):
-            t = v.detach().cpu().contiguous()
-            h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:20]
+        return state_digest(self.model, f"exit={self.exit_layer}")
 
     @torch.inference_mode()
     def encode(self, features: np.ndarray, frames: list[int] | None = None):
