@@ -15,11 +15,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.audio import load_audio
+from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, WINDOW_SECONDS, FeatureFrontend
 from ..data.manifest import Utterance
 from ..errors import AudioError, ConfigError
 from ..evaluate.backends import Backend, FasterWhisper
 from ..evaluate.decoding import DecodeOptions
-from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, WINDOW_SECONDS, FeatureFrontend
 from . import flops as F
 from .environment import ResourceMonitor, environment
 

@@ -2,7 +2,7 @@
 
 ``TorchWhisper`` runs a (dense or pruned) Hugging Face Whisper model with the search loops of
 :mod:`.decoding`. ``FasterWhisper`` runs CTranslate2 files through faster-whisper's engine, the peer every
-speed claim is measured against. Both take the same log-mel features (:class:`.frontend.FeatureFrontend`).
+speed claim is measured against. Both take the same log-mel features (:class:`speechprune.data.features.FeatureFrontend`).
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.audio import load_audio
+from ..data.features import HOP_SAMPLES, MAX_CLIP_SECONDS, WINDOW_FRAMES, FeatureFrontend, split_windows
 from ..data.manifest import Utterance
 from ..data.normalize import normalize_text
 from ..errors import AudioError, ConfigError
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant, repair_jsonl
 from .backends import Backend
 from .decoding import DecodeOptions
-from ..data.features import HOP_SAMPLES, MAX_CLIP_SECONDS, WINDOW_FRAMES, FeatureFrontend, split_windows
 from .metrics import bleu, char_errors, word_errors
 
 HYPOTHESES = "hypotheses.jsonl"

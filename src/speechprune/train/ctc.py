@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE, load_audio
 from ..data.datasets import training_utterances
+from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
 from ..data.manifest import Utterance
 from ..data.normalize import normalize_text
 from ..errors import AudioError, ConfigError
-from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
 from ..evaluate.metrics import char_errors, word_errors
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from ..models.ctc import (CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, is_ctc_folder, layerdrop_rates,
@@ -38,10 +37,6 @@ from ..models.ctc.adapter import CTCAdapter
 from ..models.ctc.network import ctc_loss
 from ..recovery.distill import batch_order, load_recovery_state, save_recovery_state
 from .recipe import TrainRecipe
-
-log = logging.getLogger(__name__)
-
-
 
 @dataclass
 class Example:
