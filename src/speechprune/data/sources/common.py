@@ -21,11 +21,12 @@ from speechprune.io import atomic_write_bytes
 from speechprune.paths import cache_dir
 
 
-def require(path: Path, package: str, what: str, want_dir: bool = False) -> Path:
-    """``path`` when it exists (a folder if ``want_dir``); else a one-line ConfigError naming it and the package."""
-    if path.is_dir() if want_dir else path.is_file():
+def require(path: Path, package: str, what: str = "", want_dir: bool | None = None) -> Path:
+    """``path`` when it exists (a folder if ``want_dir``, a file if False, either if None); else a one-line
+    ConfigError naming it (as ``what``), and the Debian package that installs it."""
+    if path.exists() if want_dir is None else path.is_dir() if want_dir else path.is_file():
         return path
-    raise ConfigError(f"{what} not found; install it with: sudo apt-get install {package}", path)
+    raise ConfigError(f"{what + ' ' if what else ''}not found; install it with: sudo apt-get install {package}", path)
 
 
 def source_cache(source: str) -> Path:

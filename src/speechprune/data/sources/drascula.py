@@ -182,7 +182,7 @@ def read_drascula(voice_dir: Path = VOICE_DIR, text_file: Path = TEXT_FILE) -> l
     """Every English voice line with a subtitle, sorted by id (the file stem: ``123``, ``D5``, ``VB12``); audio
     converted once into the cache. ConfigError when a package is missing or ``drascula.dat`` does not parse."""
     require(voice_dir, PACKAGE, "Drascula English voice folder", want_dir=True)
-    require(text_file, PACKAGE, "Drascula subtitle tables (drascula.dat)")
+    require(text_file, PACKAGE, "Drascula subtitle tables (drascula.dat)", want_dir=False)
     return list(_read(voice_dir.resolve(), text_file.resolve(), source_cache(NAME)))
 
 

@@ -51,7 +51,7 @@ def spoken_name(sound_name: str) -> str:
 
 def read_ktuberling(sounds_dir: Path = SOUNDS_DIR) -> list[Utterance]:
     """Every English object name with a clip, sorted by id."""
-    require(sounds_dir / THEME, PACKAGE, "KTuberling English sound theme")
+    require(sounds_dir / THEME, PACKAGE, "KTuberling English sound theme", want_dir=False)
     return list(_read(sounds_dir.resolve()))
 
 

@@ -79,7 +79,7 @@ def parse_tutorial_messages(script: str) -> dict[str, str]:
 def read_warzone2100(archive: Path = ARCHIVE) -> list[Utterance]:
     """The labelled tutorial clips, sorted by clip number; audio converted once into the cache. ConfigError when
     the package is missing or the archive lacks the script."""
-    require(archive, PACKAGE, "Warzone 2100 base data (base.wz)")
+    require(archive, PACKAGE, "Warzone 2100 base data (base.wz)", want_dir=False)
     return list(_read(archive.resolve(), source_cache(NAME)))
 
 

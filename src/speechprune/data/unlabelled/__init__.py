@@ -38,6 +38,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from speechprune.data.manifest import Utterance
+from speechprune.data.sources.common import require
 from speechprune.data.unlabelled import codec2, hedgewars, megaglest, openarena, queen
 from speechprune.data.unlabelled.cache import MAX_SECONDS, MIN_SECONDS
 from speechprune.errors import ConfigError
@@ -140,10 +141,8 @@ def source_utterances(name: str) -> list[Utterance]:
     """All kept clips of source ``name`` (any length the cache kept), decoding them on first use."""
     if name not in SOURCES:
         raise ConfigError(f"unknown unlabelled source {name!r}; choose from {', '.join(SOURCES)}")
-    missing = SOURCES[name].missing()
-    if missing:
-        path, package = missing[0]
-        raise ConfigError(f"not found; install it with: sudo apt-get install {package}", path)
+    for path, package in SOURCES[name].needs:
+        require(path, package)
     return SOURCES[name].reader()
 
 

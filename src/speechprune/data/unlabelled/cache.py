@@ -39,7 +39,6 @@ from speechprune.data.audio import SAMPLE_RATE, to_16k  # noqa: F401  (to_16k: u
 from speechprune.data.audio import decode_bytes as decode_soundfile  # noqa: F401  (the source readers' decoder)
 from speechprune.data.audio import pcm16_wav_bytes
 from speechprune.data.manifest import Utterance, read_manifest
-from speechprune.errors import ConfigError
 from speechprune.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl_tolerant, repair_jsonl
 from speechprune.paths import cache_dir
 
@@ -68,13 +67,6 @@ class Clip:
 
     id: str  # local id, unique in the source: letters, digits, "_-./" (it names the WAV under wavs/)
     decode: Callable[[], Decoded]
-
-
-def require(path: Path, package: str) -> Path:
-    """``path`` when it exists; else a one-line ConfigError naming it and the Debian package to install."""
-    if path.exists():
-        return path
-    raise ConfigError(f"not found; install it with: sudo apt-get install {package}", path)
 
 
 def unique_files(files: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:

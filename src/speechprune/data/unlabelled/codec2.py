@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from speechprune.data.manifest import Utterance
-from speechprune.data.unlabelled.cache import Clip, Decoded, build_source, decode_soundfile, require
+from speechprune.data.sources.common import require
+from speechprune.data.unlabelled.cache import Clip, Decoded, build_source, decode_soundfile
 
 NAME = "codec2"
 PACKAGE = "codec2-examples"

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from speechprune.data.manifest import Utterance
-from speechprune.data.unlabelled.cache import Clip, build_source, decode_soundfile, require, unique_files
+from speechprune.data.sources.common import require
+from speechprune.data.unlabelled.cache import Clip, build_source, decode_soundfile, unique_files
 
 NAME = "hedgewars"
 PACKAGE = "hedgewars-data"

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from speechprune.data.manifest import Utterance
-from speechprune.data.unlabelled.cache import Clip, build_source, decode_soundfile, require, unique_files
+from speechprune.data.sources.common import require
+from speechprune.data.unlabelled.cache import Clip, build_source, decode_soundfile, unique_files
 
 NAME = "megaglest"
 PACKAGE = "megaglest-data"

@@ -17,7 +17,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from speechprune.data.manifest import Utterance
-from speechprune.data.unlabelled.cache import Clip, build_source, decode_soundfile, require
+from speechprune.data.sources.common import require
+from speechprune.data.unlabelled.cache import Clip, build_source, decode_soundfile
 from speechprune.errors import ConfigError
 
 NAME = "openarena"

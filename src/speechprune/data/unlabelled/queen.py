@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from speechprune.data.manifest import Utterance
-from speechprune.data.unlabelled.cache import Clip, Decoded, build_source, decode_soundfile, require
+from speechprune.data.sources.common import require
+from speechprune.data.unlabelled.cache import Clip, Decoded, build_source, decode_soundfile
 from speechprune.errors import ConfigError
 
 NAME = "queen"
