@@ -104,9 +104,14 @@ def test_whisper_padding_positions_are_found_from_the_features_floor():
     assert adapter_for(model).real_positions(model, {"input_features": feats}, "decoder") is None
 
 
-def test_speech_weighted_reconstruction_runs_and_weighs_ctc_clips_by_their_own_positions():
+def test_speech_weighted_reconstruction_runs_and_weighs_ctc_clips_by_their_own_positions(monkeypatch):
+    import speechprune.prune.reconstruct as R
     from calibration_helpers import calibration_batches
 
+    weighted = []
+    refit = R.ridge_refit
+    monkeypatch.setattr(R, "ridge_refit", lambda *a, weights=None, **k: weighted.append(weights is not None)
+                        or refit(*a, weights=weights, **k))
     model = build_tiny("ctc")
     batches = calibration_batches("ctc", n=2)
     real = adapter_for(model).real_positions(model, batches[0], "encoder")
@@ -115,3 +120,4 @@ def test_speech_weighted_reconstruction_runs_and_weighs_ctc_clips_by_their_own_p
                            "targets": [{"stack": "encoder", "kind": "ffn", "sparsity": 0.5}]})
     (report,) = prune(model, adapter_for(model), recipe, batches, reference=copy.deepcopy(model))
     assert report.reconstruction and all(v["error_after"] <= v["error_before"] for v in report.reconstruction.values())
+    assert weighted and all(weighted)  # every refit read the weights

@@ -91,8 +91,12 @@ def reconstruct(model: nn.Module, reference: nn.Module, pairs: list[tuple[UnitGr
             x, y = torch.cat(inputs), torch.cat(targets)
             weights = None
             masks = [real_positions(b, group.stack) for b in batches] if real_positions is not None else []
-            if masks and all(m is not None for m in masks) and sum(m.numel() for m in masks) == x.shape[0]:
-                weights = balanced_weights(torch.cat([m.reshape(-1).cpu() for m in masks]))
+            if masks and all(m is not None for m in masks):
+                real = torch.cat([m.reshape(-1).cpu() for m in masks])
+                if real.numel() != x.shape[0]:
+                    raise ValueError(f"{group.key}: the real-position masks cover {real.numel()} rows, the site "
+                                     f"saw {x.shape[0]}")
+                weights = balanced_weights(real)
             scale = (y**2).mean().clamp_min(1e-12)
             before = float(((site(x) - y) ** 2).mean() / scale)
             weight, bias = ridge_refit(x, y, ridge, bias=site.bias is not None, weights=weights)
