@@ -9,58 +9,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.ctc import CharVocab, CTCModel, greedy_ctc, load_ctc, prefix_beam_search
-from .backends import Decoded, state_digest
+from ..models.ctc import CharVocab, CTCConfig, CTCModel, greedy_ctc, load_ctc, prefix_beam_search
+from .backends import Decoded, files_digest, state_digest
 from .decoding import DecodeOptions, DecodeStats
 
 
-class CTCBackend:
+class _CTCDecoding:
+    """What every CTC backend shares: the config and vocabulary, CTC search, FLOPs per clip; subclasses encode."""
+
     family = "ctc"
 
-    def __init__(self, model: CTCModel, device: str = "cpu", name: str = "ctc", exit_layer: int | None = None):
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
+    def __init__(self, config: CTCConfig, name: str, exit_layer: int | None = None):
+        self.config = config
         self.name = name
-        self.config = model.config
-        self.vocab = CharVocab(model.config.vocab)
-        self.n_mels = model.config.n_mels
+        self.vocab = CharVocab(config.vocab)
+        self.n_mels = config.n_mels
         self.exit_layer = exit_layer
-        if exit_layer is not None and not 1 <= exit_layer <= model.depth:
-            raise ValueError(f"exit layer {exit_layer} is outside this model's 1..{model.depth} layers")
-        self.params = sum(p.numel() for p in model.parameters())
         self.disk_bytes: int | None = None
 
-    @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu", name: str = "ctc",
-                    exit_layer: int | None = None) -> "CTCBackend":
-        be = cls(load_ctc(folder, device=device), device=device, name=name, exit_layer=exit_layer)
-        be.disk_bytes = sum(p.stat().st_size for p in Path(folder).glob("model.safetensors"))
-        return be
+    @staticmethod
+    def _real(features: np.ndarray, frames: list[int] | None) -> tuple[np.ndarray, list[int]]:
+        """The features cut to the longest item's real frames, and each item's frames (all of them when None)."""
+        n, _, t = features.shape
+        frames = [t] * n if frames is None else list(frames)
+        return np.ascontiguousarray(features[:, :, : max(frames)], dtype=np.float32), frames
 
     def clip_flops(self, frames: int) -> int:
         """Analytic FLOPs of one clip of ``frames`` frames read to this backend's exit layer."""
         from ..models.ctc.flops import encoder_flops
 
         return encoder_flops(self.config, frames, self.exit_layer)["total"]
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def fingerprint(self) -> str:
-        return state_digest(self.model, f"exit={self.exit_layer}")
-
-    @torch.inference_mode()
-    def encode(self, features: np.ndarray, frames: list[int] | None = None):
-        """``(log_probs [N, T', V], lengths [N])`` from features ``[N, n_mels, T]`` of which item i's first
-        ``frames[i]`` are real (all ``T`` when None)."""
-        n, _, t = features.shape
-        frames = [t] * n if frames is None else list(frames)
-        width = max(frames)
-        feats = torch.as_tensor(features[:, :, :width], device=self.device)
-        lengths = torch.as_tensor(frames, device=self.device)
-        out = self.model(feats, lengths, exit_layer=self.exit_layer)
-        return out.log_probs, out.lengths
 
     def decode(self, encoded, languages, tasks, options: DecodeOptions) -> Decoded:
         """Characters per item: greedy (``beam_size`` 1) or prefix beam search; the whole search counts as the
@@ -77,8 +55,43 @@ class CTCBackend:
         return self.vocab.decode(tokens)
 
 
-class OnnxCTC(CTCBackend):
-    """A CTC model exported by ``export.ctc_onnx``, run by ONNX Runtime; decoding as ``CTCBackend``."""
+class CTCBackend(_CTCDecoding):
+    """A CTC model in PyTorch, at full depth or exiting at ``exit_layer``."""
+
+    def __init__(self, model: CTCModel, device: str = "cpu", name: str = "ctc", exit_layer: int | None = None):
+        if exit_layer is not None and not 1 <= exit_layer <= model.depth:
+            raise ValueError(f"exit layer {exit_layer} is outside this model's 1..{model.depth} layers")
+        super().__init__(model.config, name, exit_layer)
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.params = sum(p.numel() for p in model.parameters())
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str = "cpu", name: str = "ctc",
+                    exit_layer: int | None = None) -> "CTCBackend":
+        be = cls(load_ctc(folder, device=device), device=device, name=name, exit_layer=exit_layer)
+        be.disk_bytes = sum(p.stat().st_size for p in Path(folder).glob("model.safetensors"))
+        return be
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def fingerprint(self) -> str:
+        return state_digest(self.model, f"exit={self.exit_layer}")
+
+    @torch.inference_mode()
+    def encode(self, features: np.ndarray, frames: list[int] | None = None):
+        """``(log_probs [N, T', V], lengths [N])`` from features ``[N, n_mels, T]`` of which item i's first
+        ``frames[i]`` are real (all ``T`` when None)."""
+        feats, frames = self._real(features, frames)
+        out = self.model(torch.as_tensor(feats, device=self.device), torch.as_tensor(frames, device=self.device),
+                         exit_layer=self.exit_layer)
+        return out.log_probs, out.lengths
+
+
+class OnnxCTC(_CTCDecoding):
+    """A CTC model exported by ``export.ctc_onnx``, run by ONNX Runtime."""
 
     def __init__(self, folder: str | Path, threads: int | None = None, device: str = "cpu", name: str = "onnx"):
         from ..models.ctc import read_config
@@ -86,13 +99,9 @@ class OnnxCTC(CTCBackend):
 
         folder = Path(folder)
         self.manifest = read_manifest(folder, family="ctc")
-        cfg = read_config(folder)
+        super().__init__(read_config(folder), name)
         (self.session,) = open_sessions(folder, threads, device, graphs=("ctc",)).values()
-        self.name, self.folder, self.device = name, folder, torch.device("cpu")
-        self.config = cfg
-        self.vocab = CharVocab(cfg.vocab)
-        self.n_mels = cfg.n_mels
-        self.exit_layer = None
+        self.folder = folder
         self.params = int(self.manifest["params"])
         self.disk_bytes = (folder / "ctc.onnx").stat().st_size
 
@@ -100,13 +109,9 @@ class OnnxCTC(CTCBackend):
         pass
 
     def fingerprint(self) -> str:
-        from .backends import files_digest
-
         return files_digest([self.folder / "ctc.onnx"])
 
     def encode(self, features: np.ndarray, frames: list[int] | None = None):
-        n, _, t = features.shape
-        frames = [t] * n if frames is None else list(frames)
-        feats = np.ascontiguousarray(features[:, :, : max(frames)], dtype=np.float32)
+        feats, frames = self._real(features, frames)
         lp, lengths = self.session.run(None, {"features": feats, "lengths": np.asarray(frames, dtype=np.int64)})
         return torch.from_numpy(lp), torch.from_numpy(lengths)
