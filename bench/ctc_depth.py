@@ -3,9 +3,10 @@
 For each CTC model folder and each exit layer (1..L, through the shared final norm and head, no retraining): WER
 and CER on the asterisk test split and on the out-of-domain suite (``english-ood``), encoder FLOPs at the test clips'
 real lengths (mean per clip), parameters to that depth, and per-utterance latency. Latency is timed the same way for
-every backend: features, encoder and decoding of one utterance at a time (``evaluate.runner.decode_prepared``), the
-median over ``--latency-utterances`` test clips after two warm-up ones, at ``--threads`` threads; the baselines
-(tiny.en in PyTorch, greedy, and faster-whisper int8 on the original files) are timed in the same run.
+every backend, by ``bench.latency.benchmark``: features, encoder and decoding of one utterance at a time (audio
+reading not timed), the median over ``--latency-utterances`` test clips after two warm-up runs, at ``--threads``
+threads; the baselines (tiny.en in PyTorch, greedy, and faster-whisper int8 on the original files) are timed in the
+same run.
 
 Rows are appended to ``OUT/results.jsonl`` as each finishes; a rerun skips them and resumes unfinished
 evaluations.
@@ -19,21 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 
-def latency_ms(backend, utts, frontend, n: int) -> float:
-    from speechprune.evaluate.decoding import DecodeOptions
-    from speechprune.evaluate.runner import decode_prepared, prepare_batch
+def latency_ms(backend, utts, n: int) -> float:
+    """Median end-to-end time per utterance (features, encoder, decoding; one at a time) by ``bench.latency``."""
+    from speechprune.bench.latency import BenchOptions, benchmark
 
-    times = []
-    for i, u in enumerate(utts[: n + 2]):
-        t0 = time.perf_counter()
-        decode_prepared(backend, prepare_batch(frontend, [u]), DecodeOptions())
-        if i >= 2:
-            times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return benchmark([backend], utts, bench=BenchOptions(warmup=2, repeats=1, max_utterances=n),
+                     progress=False)["latency_ms_median"]
 
 
 def score(backend, label: str, out: Path, test, ood) -> dict:
@@ -55,7 +50,7 @@ def main() -> None:
     from speechprune.data.audio import load_audio
     from speechprune.data.datasets import load_dataset
     from speechprune.evaluate.backends import load_backend
-    from speechprune.data.features import HOP_SAMPLES, FeatureFrontend
+    from speechprune.data.features import HOP_SAMPLES
     from speechprune.io import append_jsonl, read_jsonl_tolerant
     from speechprune.models.ctc import load_ctc
     from speechprune.models.ctc.flops import encoder_flops
@@ -72,7 +67,6 @@ def main() -> None:
     done = {(r["model"], r.get("exit_layer")) for r in read_jsonl_tolerant(results)} if results.exists() else set()
     test, ood = load_dataset("asterisk", "test"), load_dataset("english-ood")
     frames = [len(load_audio(u.audio)) // HOP_SAMPLES + 1 for u in test]
-    frontend = FeatureFrontend(80)
     env = environment(args.threads, kernels=False)
 
     jobs = [] if args.no_baselines else [("whisper-tiny.en", "torch", None), ("whisper-tiny.en", "faster-whisper", None)]
@@ -87,7 +81,7 @@ def main() -> None:
         be = load_backend(model, backend_name, threads=args.threads, exit_layer=exit_layer)
         row = {"model": label, "folder": model, "backend": backend_name, "exit_layer": exit_layer,
                **score(be, label, args.out, test, ood),
-               "latency_ms_median": latency_ms(be, test, frontend, args.latency_utterances),
+               "latency_ms_median": latency_ms(be, test, args.latency_utterances),
                "params": getattr(be, "params", None), "threads": args.threads, "machine": machine_line(env)}
         if exit_layer:
             cfg = be.model.config
