@@ -11,15 +11,10 @@ import torch
 from closeness import assert_reorder_close
 from tiny_models import tiny_ctc
 from speechprune.errors import ModelError
-from speechprune.models.ctc import (BLANK, CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, layerdrop_rates,
+from speechprune.models.ctc import (BLANK, CharVocab, CTCConfig, from_whisper, greedy_ctc, layerdrop_rates,
                                     load_ctc, prefix_beam_search, save_ctc)
 
 KINDS = [("whisper", "batch"), ("conformer", "batch"), ("conformer", "group")]
-
-
-def depth(model: CTCModel) -> int:
-    per_layer = 6 if model.config.encoder == "whisper" else 12
-    return 3 + per_layer * model.depth + 1
 
 
 @pytest.mark.parametrize("encoder, norm", KINDS)
@@ -32,11 +27,11 @@ def test_an_item_decodes_the_same_alone_and_beside_a_longer_one(encoder, norm):
     alone, alone_len, _ = model(feats[1:, :, :70], lengths[1:])
     n = int(alone_len[0])
     assert int(out_len[1]) == n
-    assert_reorder_close(batched[1, :n], alone[0], k=120, depth=depth(model))
+    assert_reorder_close(batched[1, :n], alone[0], k=120, depth=model.reduction_depth)
     # and the padding really is ignored: garbage there changes nothing
     noisy = feats.clone()
     noisy[1, :, 70:] = 100.0
-    assert_reorder_close(model(noisy, lengths)[0][1, :n], alone[0], k=120, depth=depth(model))
+    assert_reorder_close(model(noisy, lengths)[0][1, :n], alone[0], k=120, depth=model.reduction_depth)
 
 
 @pytest.mark.parametrize("encoder, norm", KINDS)
@@ -49,7 +44,7 @@ def test_group_and_batch_norm_statistics_read_only_real_frames_in_training(encod
     feats[1, :, 60:] = 50.0
     torch.manual_seed(3)
     b = model(feats, lengths)[0][1, :14]
-    assert_reorder_close(b, a, k=100, depth=depth(model))
+    assert_reorder_close(b, a, k=100, depth=model.reduction_depth)
 
 
 @pytest.mark.parametrize("encoder, norm", KINDS)
@@ -243,7 +238,7 @@ def test_conv_channels_pruned_are_the_channels_removed():
         zeroed.layers[1].conv.out.weight[:, drop] = 0
     adapter.prune_units(model, group, keep)
     feats, lengths = torch.randn(2, 16, 60), torch.tensor([60, 33])
-    assert_reorder_close(model(feats, lengths)[0], zeroed(feats, lengths)[0], k=60, depth=depth(model))
+    assert_reorder_close(model(feats, lengths)[0], zeroed(feats, lengths)[0], k=60, depth=model.reduction_depth)
 
 
 def test_the_adapter_refuses_what_a_ctc_model_does_not_have():

@@ -37,12 +37,6 @@ class _Graph(torch.nn.Module):
         return out.log_probs, out.lengths
 
 
-def _depth(model) -> int:
-    """Chained reductions of a forward, for the parity tolerance (stem, ~6 per Transformer layer, ~12 per
-    Conformer block, the head)."""
-    return 3 + (6 if model.config.encoder == "whisper" else 12) * model.depth + 1
-
-
 def export_ctc_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = False, opset: int = 17,
                     per_channel: bool = True, overwrite: bool = False) -> dict:
     """Export the CTC model in ``model_dir`` to ``out_dir``; returns the manifest with the parity check."""
@@ -74,8 +68,8 @@ def export_ctc_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: boo
         mask = np.arange(lp.shape[1])[None, :] < ol[:, None]
         probs, ref_probs = np.exp(lp)[mask], np.exp(ref.log_probs.numpy())[mask]
         diff = float(np.abs(probs - ref_probs).max())
-        bound = (quantization_rtol(8, _depth(model)) if quantize else
-                 reorder_rtol(torch.float32, 233, _depth(model)))
+        bound = (quantization_rtol(8, model.reduction_depth) if quantize else
+                 reorder_rtol(torch.float32, 233, model.reduction_depth))
         if diff > bound:
             raise ModelError(f"exported {'int8' if quantize else 'float32'} ONNX graph disagrees with PyTorch "
                              f"(max abs difference of the posteriors {diff:.3g} > {bound:.3g})", source)

@@ -287,6 +287,12 @@ class CTCModel(nn.Module):
     def depth(self) -> int:
         return len(self.layers)
 
+    @property
+    def reduction_depth(self) -> int:
+        """Chained reductions of a forward, for float tolerances (``numerics.reorder_rtol``): the stem, ~6 per
+        Transformer layer, ~12 per Conformer block, the head."""
+        return 3 + (6 if self.config.encoder == "whisper" else 12) * self.depth + 1
+
     def encode(self, feats: torch.Tensor, lengths: torch.Tensor, exit_layer: int | None = None,
                taps: tuple[int, ...] = (), layerdrop: tuple[float, ...] | None = None) -> Encoded:
         """Stem and the first ``exit_layer`` layers (all by default); ``taps``: 1-based layers whose outputs are
