@@ -50,7 +50,7 @@ def main() -> None:
     from speechprune.data.audio import load_audio
     from speechprune.data.datasets import load_dataset
     from speechprune.evaluate.backends import load_backend
-    from speechprune.data.features import HOP_SAMPLES
+    from speechprune.data.features import real_frames
     from speechprune.io import append_jsonl, read_jsonl_tolerant
     from speechprune.models.ctc import load_ctc
     from speechprune.models.ctc.flops import encoder_flops
@@ -66,7 +66,7 @@ def main() -> None:
     results = args.out / "results.jsonl"
     done = {(r["model"], r.get("exit_layer")) for r in read_jsonl_tolerant(results)} if results.exists() else set()
     test, ood = load_dataset("asterisk", "test"), load_dataset("english-ood")
-    frames = [len(load_audio(u.audio)) // HOP_SAMPLES + 1 for u in test]
+    frames = [real_frames(len(load_audio(u.audio))) for u in test]
     env = environment(args.threads, kernels=False)
 
     jobs = [] if args.no_baselines else [("whisper-tiny.en", "torch", None), ("whisper-tiny.en", "faster-whisper", None)]

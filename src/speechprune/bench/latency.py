@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.audio import load_audio
-from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, WINDOW_SECONDS, FeatureFrontend
+from ..data.features import WINDOW_SECONDS, FeatureFrontend, real_frames
 from ..data.manifest import Utterance
 from ..errors import AudioError, ConfigError
 from ..evaluate.backends import Backend, FasterWhisper
@@ -40,7 +40,7 @@ def _time_once(backend: Backend, frontend: FeatureFrontend, audio: np.ndarray, u
     t0 = time.perf_counter()
     feats = frontend([audio])
     t1 = time.perf_counter()
-    enc = backend.encode(feats, [min(len(audio) // HOP_SAMPLES + 1, WINDOW_FRAMES)])
+    enc = backend.encode(feats, [real_frames(len(audio))])
     backend.synchronize()
     t2 = time.perf_counter()
     # CTranslate2 decodes in one call: it times its first step apart only when asked (whatever the backend's name)
@@ -159,7 +159,7 @@ def benchmark(backends: list[Backend], utterances: list[Utterance], options: Dec
                 row = {k: _median([r[k] for r in rs]) for k in rs[0] if k.endswith("ms") or k.endswith("token")}
                 prompt = getattr(b.vocab, "prompt", None)  # a CTC model has no decoder prompt
                 row.update(id=u.id, duration_s=len(a) / 16000, n_tokens=rs[0]["n_tokens"],
-                           frames=min(len(a) // HOP_SAMPLES + 1, WINDOW_FRAMES),
+                           frames=real_frames(len(a)),
                            prompt_len=len(prompt(rs[0]["language"], rs[0]["task"])) if prompt else 0)
                 row["rtf"] = row["latency_ms"] / 1e3 / row["duration_s"]
                 rows[b.name].append(row)

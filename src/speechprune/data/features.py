@@ -13,8 +13,13 @@ from transformers import WhisperFeatureExtractor
 from .audio import SAMPLE_RATE
 
 WINDOW_SECONDS = 30.0
-HOP_SAMPLES = 160  # samples per log-mel frame: a clip of n samples has n // 160 + 1 real frames
+HOP_SAMPLES = 160  # samples per log-mel frame
 WINDOW_FRAMES = 3000
+
+
+def real_frames(samples: int) -> int:
+    """The log-mel frames a clip of ``samples`` samples fills in its window (``n // 160 + 1``, at most 3000)."""
+    return min(samples // HOP_SAMPLES + 1, WINDOW_FRAMES)
 
 
 class FeatureFrontend:

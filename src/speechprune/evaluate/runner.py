@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.audio import load_audio
-from ..data.features import HOP_SAMPLES, MAX_CLIP_SECONDS, WINDOW_FRAMES, FeatureFrontend, split_windows
+from ..data.features import MAX_CLIP_SECONDS, FeatureFrontend, real_frames, split_windows
 from ..data.manifest import Utterance
 from ..data.normalize import normalize_text
 from ..errors import AudioError, ConfigError
@@ -85,7 +85,7 @@ def prepare_batch(frontend: FeatureFrontend, utts: list[Utterance]) -> FeatureBa
             continue
         owners += [u] * len(windows)
         audios += windows
-    frames = [min(len(a) // HOP_SAMPLES + 1, WINDOW_FRAMES) for a in audios]
+    frames = [real_frames(len(a)) for a in audios]
     return FeatureBatch(list(utts), owners, frontend(audios) if audios else None, errors, frames)
 
 
