@@ -32,8 +32,8 @@ def latency_ms(backend, utts, n: int) -> float:
 
 
 def score(backend, label: str, out: Path, test, ood) -> dict:
-    from speechprune.evaluate.decoding import DecodeOptions
     from speechprune.evaluate.runner import eval_settings, evaluate
+    from speechprune.models.decoding import DecodeOptions
 
     row = {}
     for name, utts in (("asterisk", test), ("english-ood", ood)):

@@ -23,9 +23,9 @@ import torch
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
 from speechprune.evaluate.backends import load_backend
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.runner import eval_settings, evaluate
 from speechprune.io import atomic_write_json
+from speechprune.models.decoding import DecodeOptions
 from speechprune.models.registry import resolve_model
 
 

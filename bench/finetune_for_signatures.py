@@ -17,10 +17,10 @@ import json
 import torch
 
 from speechprune.data.datasets import load_dataset
-from speechprune.evaluate.backends import TorchWhisper
 from speechprune.io import atomic_write_json
 from speechprune.models.checkpoint import save_pruned
 from speechprune.models.registry import resolve_model
+from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.recovery.config import Recovery
 from speechprune.recovery.distill import distill
 

@@ -29,19 +29,19 @@ import torch
 
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.runner import eval_settings, evaluate
 from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from speechprune.models.checkpoint import save_pruned
+from speechprune.models.decoding import DecodeOptions
 from speechprune.models.lowrank import lowrank_ranks
 from speechprune.models.registry import resolve_model
+from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.prune.lowrank import factorize, input_grams
 from speechprune.prune.lowrank_recipe import parse_lowrank_recipe
 from speechprune.prune.lowrank_run import select_sites, step_plan
 from speechprune.recovery.config import Recovery
 from speechprune.data.datasets import training_utterances
-from speechprune.prune.run import shape_record
+from speechprune.models.whisper.family import FAMILY as WHISPER
 from speechprune.recovery.distill import distill, recovery_batches
 from speechprune.report.sparsity import lowrank_markdown
 
@@ -128,7 +128,7 @@ def main() -> None:
             "n_factorized": len(plan.ranks), "n_dense": len(plan.skipped), "ranks": lowrank_ranks(model),
             "site_weights_dense": plan.params_before, "site_weights": plan.params_after,
             "output_error_mean": sum(errors.values()) / max(1, len(errors)),
-            "dense": shape_record(dense.model), **shape_record(final.model),
+            "dense": WHISPER.shape_record(dense.model), **WHISPER.shape_record(final.model),
             "wer_dense": dense_metrics["wer"], "wer_factorized": before["wer"], "wer_recovered": after["wer"],
             "recovery": recovery, "recovery_config": rec_cfg.model_dump() if recovery else None,
             "factorize_seconds": factorize_s,

@@ -8,6 +8,8 @@ The structure and the recovery settings are the main job's default recipe (``whi
     +real            + real recorded English, unlabelled (game voices, radio: speechprune.data.unlabelled)
     +augment         the same data through noise, room and channel augmentation
     +augment+cal     and the calibration (criterion and least-squares refit) on the same diverse clips
+    +synth+cal       +synth's recovery data, calibration on diverse clips
+    +synth-refit     +synth's recovery data, no least-squares refit (the cut blocks keep their surviving weights)
     one-shot         no recovery: the structure as pruned and refit on asterisk calibration
     one-shot+cal     no recovery, calibration on diverse clips (asterisk, synthetic voices, real unlabelled English)
     one-shot+speech  no recovery, asterisk calibration, the refit weighing speech and padding positions alike
@@ -41,6 +43,10 @@ VARIANTS = {
     "+augment": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {}},
     "+augment+cal": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {},
                      "calibration": DIVERSE_CALIBRATION},
+    "+synth+cal": {"data": BASE_DATA + SYNTH, "interleave": True, "augment": None,
+                   "calibration": DIVERSE_CALIBRATION},
+    "+synth-refit": {"data": BASE_DATA + SYNTH, "interleave": True, "augment": None,
+                     "recipe": {"reconstruct": False}},
     "one-shot": {"steps": 0},
     "one-shot+cal": {"steps": 0, "calibration": DIVERSE_CALIBRATION},
     "one-shot+speech": {"steps": 0, "recipe": {"reconstruct_weighting": "speech"}},
@@ -65,8 +71,8 @@ def variant_recipe(name: str):
 
 def evaluate_model(folder: Path, out: Path, label: str) -> dict:
     from speechprune.data.datasets import load_dataset
-    from speechprune.evaluate.backends import TorchWhisper
-    from speechprune.evaluate.decoding import DecodeOptions
+    from speechprune.models.whisper.backend import TorchWhisper
+    from speechprune.models.decoding import DecodeOptions
     from speechprune.evaluate.runner import eval_settings, evaluate
 
     be = TorchWhisper.from_folder(folder, name="torch")
@@ -84,7 +90,8 @@ def main() -> None:
 
     from speechprune.io import append_jsonl, read_jsonl_tolerant
     from speechprune.models.registry import resolve_model
-    from speechprune.prune.run import final_model_dir, run_prune
+    from speechprune.prune.run import run_prune
+    from speechprune.prune.runner import final_model_dir
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/recovery-data"))

@@ -22,17 +22,17 @@ import torch
 
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.runner import eval_settings, evaluate, score
 from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from speechprune.models.adapters import adapter_for
 from speechprune.models.checkpoint import save_pruned
+from speechprune.models.decoding import DecodeOptions
 from speechprune.models.registry import resolve_model
+from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.prune.recipe import load_recipe, parse_recipe
 from speechprune.recovery.config import Recovery
 from speechprune.data.datasets import training_utterances
-from speechprune.prune.run import shape_record
+from speechprune.models.whisper.family import FAMILY as WHISPER
 from speechprune.prune.structured import prune
 from speechprune.recovery.distill import distill, recovery_batches
 
@@ -119,12 +119,12 @@ def main() -> None:
             final, after = TorchWhisper.from_folder(pruned_dir, name=name), {"wer": None}
         bench = benchmark([dense, final], test, DecodeOptions(), BenchOptions(1, 3, args.bench_utterances),
                           threads=args.threads, progress=False)
-        shape = shape_record(model)
+        shape = WHISPER.shape_record(model)
         record = {
             "name": name, "what": what, "recipe": recipe.model_dump(exclude_defaults=True),
             "removed_modules": [m for r in reports for m in r.removed_modules],
             "removed_layers": [lay for r in reports for lay in r.removed_layers],
-            "dense": shape_record(dense.model), **shape,
+            "dense": WHISPER.shape_record(dense.model), **shape,
             "wer_dense": dense_metrics["wer"], "wer_pruned": before["wer"], "wer_recovered": after["wer"],
             "runaway_pruned": before["runaway"], "runaway_recovered": after.get("runaway"),
             "recovery": recovery, "prune_seconds": prune_s,

@@ -31,12 +31,12 @@ import torch
 
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset, training_utterances
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.runner import eval_settings, evaluate
 from speechprune.models.sparse import crossover_sparsity, serialized_bytes, size_report, dense_bytes
 from speechprune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from speechprune.models.registry import resolve_model
+from speechprune.models.decoding import DecodeOptions
+from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.prune.imp import imp
 from speechprune.recovery.config import Recovery
 from speechprune.recovery.distill import recovery_batches

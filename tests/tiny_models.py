@@ -34,7 +34,7 @@ class ToyTokenizer:
 
 
 def toy_vocab(**kw):
-    from speechprune.evaluate.decoding import WhisperVocab
+    from speechprune.models.whisper.decoding import WhisperVocab
 
     return WhisperVocab(sot=SOT, eot=EOT, no_timestamps=NO_TS, suppress=kw.get("suppress", ()),
                         begin_suppress=kw.get("begin_suppress", (EOT,)))

@@ -116,8 +116,8 @@ def eval_cmd(
     """Decode a data set and score it: WER, CER (and BLEU for translations), and beside it the out-of-domain suite.
     Resumes an interrupted run."""
     from .data.datasets import load_dataset
-    from .evaluate.decoding import DecodeOptions
     from .evaluate.runner import OOD_DATA, OOD_DIR, eval_settings, evaluate, evaluate_ood, wants_ood
+    from .models.decoding import DecodeOptions
 
     _set_threads(threads)
     options = DecodeOptions(beam_size=beam, language=language, task=task)
@@ -197,8 +197,8 @@ def bench_cmd(
     """Time feature extraction, encoder and decoder per utterance; FLOPs, parameters, size, memory."""
     from .bench.latency import BenchOptions, benchmark
     from .data.datasets import load_dataset
-    from .evaluate.decoding import DecodeOptions
     from .io import atomic_write_json
+    from .models.decoding import DecodeOptions
 
     _set_threads(threads)
     utts = load_dataset(data, split)
@@ -227,6 +227,12 @@ def synth_cmd(
     console.print(f"wrote {manifest}")
 
 
+def _per_token(shape: dict) -> str:
+    """A step record's decoder MFLOP per token ("-" for a family without a decoder)."""
+    flops = shape.get("flops_decoder_per_token")
+    return "-" if flops is None else f"{flops / 1e6:.1f}"
+
+
 @app.command("prune")
 def prune_cmd(
     model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
@@ -243,11 +249,10 @@ def prune_cmd(
     r = load_recipe(recipe)
     if dry_run:
         from .models.adapters import adapter_for
-        from .models.registry import resolve_model
-        from .models.whisper import load_whisper
+        from .prune.runner import Job
         from .prune.structured import validate_against_model
 
-        m, _ = load_whisper(resolve_model(model))
+        m = Job.open(model).model
         validate_against_model(r, m, adapter_for(m))
         console.print(f"recipe {recipe} is valid for {model}")
         return
@@ -258,11 +263,11 @@ def prune_cmd(
     for col in ("step", "params M", "encoder GFLOP", "decoder MFLOP/token", "removed", "recovery loss"):
         t.add_column(col, justify="right")
     d = record["dense"]
-    t.add_row("dense", f"{d['params'] / 1e6:.2f}", f"{d['flops_encoder'] / 1e9:.2f}", f"{d['flops_decoder_per_token'] / 1e6:.1f}", "", "")
+    t.add_row("dense", f"{d['params'] / 1e6:.2f}", f"{d['flops_encoder'] / 1e9:.2f}", _per_token(d), "", "")
     for s in record["steps"]:
         rec = s.get("recovery") or {}
         t.add_row(str(s["step"]), f"{s['params'] / 1e6:.2f}", f"{s['flops_encoder'] / 1e9:.2f}",
-                  f"{s['flops_decoder_per_token'] / 1e6:.1f}", ", ".join(s["removed_modules"] + s["removed_layers"])[:40],
+                  _per_token(s), ", ".join(s["removed_modules"] + s["removed_layers"])[:40],
                   f"{rec.get('loss_first', 0):.3f} -> {rec.get('loss_last', 0):.3f}" if rec.get("steps") else "")
     console.print(t)
     console.print(f"wrote {out}/prune.json and a model per step; final model: {out}/step-{r.schedule.steps}")
@@ -285,11 +290,10 @@ def lowrank_cmd(
     _set_threads(threads)
     r = load_lowrank_recipe(recipe)
     if dry_run:
-        from .models.registry import resolve_model
-        from .models.whisper import load_whisper
         from .prune.lowrank_run import validate_lowrank
+        from .prune.runner import Job
 
-        m, _ = load_whisper(resolve_model(model))
+        m = Job.open(model).model
         plan = validate_lowrank(r, m)
         console.print(f"recipe {recipe} is valid for {model}: the last step factorizes {len(plan.ranks)} of "
                       f"{len(plan.ranks) + len(plan.skipped)} linear layers, their weights "
@@ -304,11 +308,11 @@ def lowrank_cmd(
         t.add_column(col, justify="right")
     d = record["dense"]
     t.add_row("dense", f"{d['params'] / 1e6:.2f}", f"{d['flops_encoder'] / 1e9:.2f}",
-              f"{d['flops_decoder_per_token'] / 1e6:.1f}", "0", "")
+              _per_token(d), "0", "")
     for s in record["steps"]:
         rec = s.get("recovery") or {}
         t.add_row(str(s["step"]), f"{s['params'] / 1e6:.2f}", f"{s['flops_encoder'] / 1e9:.2f}",
-                  f"{s['flops_decoder_per_token'] / 1e6:.1f}", str(len(s["ranks"])),
+                  _per_token(s), str(len(s["ranks"])),
                   f"{rec.get('loss_first', 0):.3f} -> {rec.get('loss_last', 0):.3f}" if rec.get("steps") else "")
     console.print(t)
     console.print(f"wrote {out}/lowrank.json and a model per step; final model: {out}/step-{r.schedule.steps}")
@@ -334,11 +338,10 @@ def sparsify_cmd(
     if values not in ("float32", "float16"):
         raise SpeechpruneError(f"--values {values!r}: choose float32 or float16")
     if dry_run:
-        from .models.registry import resolve_model
-        from .models.whisper import load_whisper
+        from .prune.runner import Job
         from .prune.unstructured import recipe_sites
 
-        m, _ = load_whisper(resolve_model(model))
+        m = Job.open(model).model
         n = sum(s.weight.numel() for s in recipe_sites(m, r))
         console.print(f"recipe {recipe} is valid for {model} ({n / 1e6:.2f} M weights targeted)")
         return

@@ -56,8 +56,9 @@ def rounding_rtol(dtype) -> float:
 def quantization_rtol(bits: int, depth: int) -> float:
     """Relative error after ``depth`` chained symmetric ``bits``-bit quantized matmuls: each rounds its weights and
     its inputs to half a step of ``max|x| / (2**(bits-1) - 1)``; to first order the two relative errors add per
-    matmul and accumulate linearly over the chain. int8, depth 14: 0.11. Kernel differences between CPUs (AVX2's
-    u8s8 path through saturating int16 sums against VNNI's int32) stay inside it."""
+    matmul and accumulate linearly over the chain. int8, depth 14: 0.11. It assumes sums that do not overflow:
+    ONNX Runtime's u8s8 kernels on CPUs without VNNI (AVX2) saturate int16 pair sums of 8-bit weights, which is why
+    the ONNX export uses 7-bit weights there (``bench.environment.int8_saturates``; then ``bits=7``)."""
     if bits < 2 or depth < 1:
         raise ValueError(f"bits must be >= 2 and depth >= 1, got bits={bits}, depth={depth}")
     return depth * 2 * 0.5 / (2 ** (bits - 1) - 1)

@@ -19,10 +19,11 @@ from pathlib import Path
 from .bench.latency import BenchOptions, benchmark
 from .data.datasets import load_dataset
 from .errors import ConfigError
-from .evaluate.backends import TorchWhisper, load_backend
-from .evaluate.decoding import DecodeOptions
+from .evaluate.backends import load_backend
 from .evaluate.runner import OOD_DIR, eval_settings, evaluate, evaluate_ood, wants_ood
 from .io import atomic_write_json
+from .models.decoding import DecodeOptions
+from .models.whisper.backend import TorchWhisper
 from .report.summary import write_report
 
 
@@ -56,7 +57,8 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
     metrics["torch"] = _eval(dense, utts, out / "eval" / "dense", model, data, split, options, ood_per_source)
     if recipe is not None:
         from .prune.recipe import load_recipe
-        from .prune.run import final_model_dir, run_prune
+        from .prune.run import run_prune
+        from .prune.runner import final_model_dir
 
         r = load_recipe(recipe)
         if (out / "prune" / "model.txt").exists():

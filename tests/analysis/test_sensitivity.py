@@ -130,10 +130,10 @@ def test_decoder_points_reuse_the_dense_encoder_exactly(tiny_folder, clips, tmp_
     import copy
 
     from speechprune.data.datasets import load_dataset
-    from speechprune.evaluate.backends import TorchWhisper
-    from speechprune.evaluate.decoding import DecodeOptions
     from speechprune.data.features import FeatureFrontend
     from speechprune.evaluate.runner import decode_prepared, prepare_batch
+    from speechprune.models.decoding import DecodeOptions
+    from speechprune.models.whisper.backend import TorchWhisper
 
     dense = TorchWhisper.from_folder(tiny_folder)
     batch = prepare_batch(FeatureFrontend(80), load_dataset(str(clips)))

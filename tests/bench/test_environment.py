@@ -83,3 +83,13 @@ def test_the_main_report_names_the_machine_and_its_kernels(tmp_path):
     md = write_report(tmp_path, bench, {"torch": {"wer": 0.05, "ood": {"wer": 0.0841, "macro_wer": 0.1213}}}, "t").read_text()
     assert "| torch | 5.00 | 8.41 (12.13) |" in md  # out of domain beside in domain
     assert "Machine and kernels: AMD EPYC [AVX2]; torch: ATen AVX2" in md and "int8 AVX2 (u8s8" in md
+
+
+def test_int8_saturates_where_u8s8_sums_in_int16():
+    from speechprune.bench.environment import cpu_isa, int8_saturates
+
+    assert int8_saturates(cpu_isa("fma avx2"))
+    assert int8_saturates(cpu_isa("avx2 avx512f avx512bw"))  # AVX-512 core without VNNI: vpmaddubsw
+    assert not int8_saturates(cpu_isa("avx2 avx_vnni"))
+    assert not int8_saturates(cpu_isa("avx2 avx512f avx512bw avx512_vnni"))
+    assert not int8_saturates(cpu_isa("avx2 avx512f amx_tile amx_int8"))

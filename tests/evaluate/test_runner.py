@@ -6,9 +6,9 @@ import pytest
 
 from speechprune.data.manifest import read_manifest
 from speechprune.errors import ConfigError
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.runner import evaluate, score
+from speechprune.models.decoding import DecodeOptions
+from speechprune.models.whisper.backend import TorchWhisper
 
 from tiny_models import ToyTokenizer, toy_vocab
 

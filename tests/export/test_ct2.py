@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from speechprune.errors import ConfigError, ModelError
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions, WhisperVocab
 from speechprune.export.ct2 import RECORD_FILE, export_ct2
 from speechprune.models.checkpoint import save_pruned
 from speechprune.models.ct2 import read_ct2
-from speechprune.models.whisper import WhisperAdapter
+from speechprune.models.decoding import DecodeOptions
+from speechprune.models.whisper.adapter import WhisperAdapter
+from speechprune.models.whisper.backend import TorchWhisper
+from speechprune.models.whisper.decoding import WhisperVocab
 
 from speechprune.numerics import quantization_rtol, rounding_rtol
 
@@ -30,7 +31,7 @@ FEATS = np.random.default_rng(0).standard_normal((3, 80, 3000)).astype(np.float3
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    from speechprune.models.whisper import build_processor
+    from speechprune.models.whisper.convert import build_processor
 
     return build_processor(write_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"), 80)
 
@@ -292,7 +293,7 @@ def test_real_tiny_en_export_decodes_real_speech_like_torch(tmp_path):
     from speechprune.data import load_audio, load_dataset
     from speechprune.data.features import FeatureFrontend
     from speechprune.models.registry import resolve_model
-    from speechprune.models.whisper import load_whisper
+    from speechprune.models.whisper.load import load_whisper
 
     hf_dir = resolve_model("whisper-tiny.en")
     model, processor = load_whisper(hf_dir)

@@ -9,10 +9,10 @@ import torch
 
 from speechprune.errors import ConfigError
 from speechprune.evaluate.backends import load_backend
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.export.ctc_onnx import export_ctc_onnx
 from speechprune.models.adapters import adapter_for
 from speechprune.models.ctc import save_ctc
+from speechprune.models.decoding import DecodeOptions
 from tiny_models import tiny_ctc
 
 

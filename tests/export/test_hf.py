@@ -11,7 +11,7 @@ import torch
 from speechprune.errors import ConfigError
 from speechprune.export.hf import RECORD_FILE, export_hf, stock_incompatibilities
 from speechprune.models.checkpoint import save_pruned
-from speechprune.models.whisper import WhisperAdapter
+from speechprune.models.whisper.adapter import WhisperAdapter
 
 from models.conftest import make_tiny_whisper, write_tiny_tokenizer
 
@@ -20,7 +20,7 @@ FEATS = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    from speechprune.models.whisper import build_processor
+    from speechprune.models.whisper.convert import build_processor
 
     return build_processor(write_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"), 80)
 

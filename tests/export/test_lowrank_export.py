@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from speechprune.errors import ConfigError
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.evaluate.onnx_backend import OnnxWhisper
+from speechprune.models.decoding import DecodeOptions
+from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.prune.lowrank import factorize, lowrank_sites
 
 from closeness import parity_bound

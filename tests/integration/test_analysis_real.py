@@ -15,9 +15,9 @@ def test_proxy_and_wer_on_real_tiny_en():
     from speechprune.analysis.ablation import Target, ablated
     from speechprune.analysis.scoring import ALL, WhisperScorer
     from speechprune.data.datasets import load_dataset
-    from speechprune.evaluate.backends import TorchWhisper
     from speechprune.models.adapters import adapter_for
     from speechprune.models.registry import resolve_model
+    from speechprune.models.whisper.backend import TorchWhisper
 
     be = TorchWhisper.from_folder(resolve_model("whisper-tiny.en"))
     scorer = WhisperScorer(be, load_dataset("asterisk", "dev")[:4], batch_size=4)

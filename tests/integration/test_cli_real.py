@@ -29,7 +29,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> Non
 def test_torch_and_ctranslate2_give_identical_greedy_tokens_on_shared_features():
     from speechprune.data import load_audio, load_dataset
     from speechprune.evaluate.backends import load_backend
-    from speechprune.evaluate.decoding import DecodeOptions
+    from speechprune.models.decoding import DecodeOptions
     from speechprune.data.features import FeatureFrontend
 
     utts = load_dataset("asterisk", "dev")[:8]
@@ -109,7 +109,7 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "config.json").write_text('{"model_type": "bert"}')
     assert_one_line_error(cli("eval", "whisper-huge-v9", "asterisk"), "whisper-huge-v9", "whisper-tiny.en")
-    assert_one_line_error(cli("eval", str(tmp_path / "folder"), "asterisk"), "not a Whisper model")
+    assert_one_line_error(cli("eval", str(tmp_path / "folder"), "asterisk"), "not a model folder of a supported family")
     assert_one_line_error(cli("eval", "whisper-tiny.en", str(tmp_path / "missing.jsonl")), "missing.jsonl")
     assert_one_line_error(cli("eval", "whisper-tiny.en", str(tmp_path / "notjson.jsonl")), "notjson.jsonl", "line 2")
     assert_one_line_error(cli("eval", "whisper-tiny.en", str(tmp_path / "latin1.jsonl")), "latin1.jsonl", "UTF-8")

@@ -55,8 +55,8 @@ def test_run_prunes_evaluates_benchmarks_and_reports(tmp_path):
     assert "torch-pruned" in (out / "report.md").read_text()
 
     # the pruned folder reloads, without the original, to identical outputs
-    from speechprune.evaluate.backends import TorchWhisper
     from speechprune.models.checkpoint import load_pruned
+    from speechprune.models.whisper.backend import TorchWhisper
 
     folder = Path(prune["steps"][-1]["folder"])
     a = TorchWhisper.from_folder(folder).model

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.integration
 @pytest.mark.skipif(not SOUNDS.is_dir(), reason="needs the asterisk prompts")
 def test_sparsify_command_writes_both_folders_and_they_agree(tmp_path):
     from speechprune.data import load_audio, load_dataset
-    from speechprune.evaluate.backends import TorchWhisper
-    from speechprune.evaluate.decoding import DecodeOptions
     from speechprune.data.features import FeatureFrontend
+    from speechprune.models.decoding import DecodeOptions
+    from speechprune.models.whisper.backend import TorchWhisper
 
     out = tmp_path / "s"
     proc = cli("sparsify", "whisper-tiny.en", "--recipe", "whisper-tiny.en-magnitude50", "--out", str(out))

@@ -190,6 +190,6 @@ def tiny_whisper_d64():
 @pytest.fixture(scope="session")
 def tiny_processor(tmp_path_factory):
     """A real ``WhisperProcessor`` over the tiny byte-level tokenizer (vocabulary 300) and an 80-mel extractor."""
-    from speechprune.models.whisper import build_processor
+    from speechprune.models.whisper.convert import build_processor
 
     return build_processor(write_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"), 80)

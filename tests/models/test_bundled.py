@@ -11,7 +11,7 @@ import torch
 
 from speechprune.models import registry
 from speechprune.models.registry import SOURCE_RECORD, ct2_source_dir, resolve_model
-from speechprune.models.whisper import load_whisper
+from speechprune.models.whisper.load import load_whisper
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ import torch
 from speechprune.errors import ConfigError, ModelError
 from speechprune.models.adapters import adapter_for
 from speechprune.models.checkpoint import load_pruned, save_pruned
-from speechprune.models.whisper import load_whisper, whisper_shape, whisper_shape_from_config
+from speechprune.models.whisper.load import load_whisper
+from speechprune.models.whisper.shape import whisper_shape, whisper_shape_from_config
 
 FEATS = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
 
@@ -67,9 +68,9 @@ def test_pruned_whisper_round_trips_bit_identically(whisper, processor, tmp_path
 
 
 def test_load_whisper_and_the_torch_backend_read_pruned_folders(whisper, processor, tmp_path):
-    from speechprune.evaluate.backends import TorchWhisper
-    from speechprune.evaluate.decoding import DecodeOptions
+    from speechprune.models.decoding import DecodeOptions
     from speechprune.models.registry import resolve_model
+    from speechprune.models.whisper.backend import TorchWhisper
 
     whisper_params = sum(p.numel() for p in whisper.parameters())
     a = _heavy_surgery(whisper)

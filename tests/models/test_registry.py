@@ -22,13 +22,14 @@ def _installed(name: str) -> bool:
         return False
 
 
-def test_non_whisper_folder_is_refused(tmp_path):
+def test_a_folder_no_family_owns_is_refused(tmp_path):
     with pytest.raises(ModelError) as info:
         resolve_model(str(tmp_path))
     msg = str(info.value)
-    assert msg == f"{tmp_path}: not a Whisper model folder (no config.json with model_type 'whisper')"
+    assert msg == (f"{tmp_path}: not a model folder of a supported family (Whisper config.json, or "
+                   "speechprune_ctc.json)")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
-    with pytest.raises(ModelError, match="not a Whisper model folder"):
+    with pytest.raises(ModelError, match="not a model folder of a supported family"):
         resolve_model(tmp_path)
 
 

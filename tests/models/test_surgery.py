@@ -10,11 +10,11 @@ import torch
 from closeness import assert_family_close, whisper_depth
 from tiny_models import EOT, SOT, ToyTokenizer, toy_vocab
 
-from speechprune.bench.flops import encoder_flops
 from speechprune.errors import ConfigError, ModelError
 from speechprune.models.adapters import adapter_for
 from speechprune.models.units import ParamSlice
-from speechprune.models.whisper import whisper_shape
+from speechprune.models.whisper.flops import encoder_flops
+from speechprune.models.whisper.shape import whisper_shape
 
 FAMILIES = ("whisper", "wav2vec2")
 
@@ -194,8 +194,9 @@ def _decoder_surgery(model):
 
 
 def test_kv_cache_greedy_decoding_after_decoder_surgery_equals_uncached(build):
-    from speechprune.evaluate.backends import TorchWhisper
-    from speechprune.evaluate.decoding import DecodeOptions, greedy_search
+    from speechprune.models.decoding import DecodeOptions
+    from speechprune.models.whisper.backend import TorchWhisper
+    from speechprune.models.whisper.decoding import greedy_search
 
     model = build("whisper", decoder_layers=4)
     _decoder_surgery(model)
@@ -422,10 +423,10 @@ def test_pruned_layers_take_the_arguments_of_the_installed_transformers_layers(k
 
     from transformers.models.whisper import modeling_whisper
 
-    from speechprune.models import whisper
+    from speechprune.models.whisper import adapter
 
     def params(fn):
         return list(inspect.signature(inspect.unwrap(fn)).parameters)
 
-    ours = getattr(whisper, f"PrunedWhisper{kind}Layer").forward
+    ours = getattr(adapter, f"PrunedWhisper{kind}Layer").forward
     assert params(ours) == params(getattr(modeling_whisper, f"Whisper{kind}Layer").forward)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from speechprune.data.manifest import read_manifest
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions
 from speechprune.models.adapters import adapter_for
+from speechprune.models.decoding import DecodeOptions
+from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.recovery.config import Recovery
 from speechprune.recovery.distill import (distill, distillation_loss, hidden_state_loss, layerwise_loss,
                                           recovery_batches)

@@ -41,8 +41,8 @@ def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", met
     seeds. ``init_from``: a checkpoint whose weights ``reinit`` restores (default: the family's initialization).
     The test split is refused unless ``allow_test``: choosing what to prune from test results would leak."""
     from ..data.datasets import load_dataset
-    from ..evaluate.backends import TorchWhisper
-    from ..evaluate.decoding import WhisperVocab
+    from ..models.whisper.backend import TorchWhisper
+    from ..models.whisper.decoding import WhisperVocab
     from .scoring import WhisperScorer
 
     if metric not in ("proxy", "wer", "both"):

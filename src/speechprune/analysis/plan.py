@@ -288,14 +288,14 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
     metric, amount = parse_target(target)
     dense_backend = None
     if check:
-        from ..evaluate.backends import TorchWhisper
         from ..models.registry import resolve_model
+        from ..models.whisper.backend import TorchWhisper
 
         dense_backend = TorchWhisper.from_folder(resolve_model(settings["model"]))
         model = dense_backend.model
     elif model is None:
         from ..models.registry import resolve_model
-        from ..models.whisper import load_whisper
+        from ..models.whisper.load import load_whisper
 
         model, _ = load_whisper(resolve_model(settings["model"]))
     dense = points.get("dense") or {}

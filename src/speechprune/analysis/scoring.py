@@ -17,8 +17,8 @@ import torch
 
 from ..data.manifest import Utterance
 from ..errors import AudioError, ConfigError
-from ..evaluate.backends import TorchWhisper
-from ..evaluate.decoding import DecodeOptions
+from ..models.decoding import DecodeOptions
+from ..models.whisper.backend import TorchWhisper
 
 Changed = dict  # stack -> index of its first changed layer (a skipped layer: the index it had)
 ALL: Changed = {"encoder": 0, "decoder": 0}

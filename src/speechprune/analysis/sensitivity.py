@@ -180,8 +180,8 @@ def cost_record(model) -> dict:
     elements that are not zero; FLOPs come from the shape (zeros do not lower them)."""
     import torch
 
-    from ..bench import flops as F
-    from ..models.whisper import whisper_shape
+    from ..models.whisper import flops as F
+    from ..models.whisper.shape import whisper_shape
 
     shape = whisper_shape(model)
     params = nonzero = 0
@@ -213,8 +213,8 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     """
     from tqdm import tqdm
 
-    from ..evaluate.backends import TorchWhisper
     from ..models.registry import resolve_model
+    from ..models.whisper.backend import TorchWhisper
 
     if split == "test":
         raise ConfigError("a sensitivity sweep selects what to prune: it reads dev (or all of a manifest), never test")
@@ -260,16 +260,16 @@ class SweepInputs:
 
     features: list  # evaluate.runner.FeatureBatch per batch
     batches: list[dict] | None
-    options: object  # evaluate.decoding.DecodeOptions
+    options: object  # models.decoding.DecodeOptions
 
 
 def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: bool = True,
                  progress: bool = False) -> SweepInputs:
     """The inputs of the sweep pinned by ``settings`` (``sweep.json``) for the dense backend ``dense``."""
     from ..data.datasets import load_dataset, training_utterances
-    from ..evaluate.decoding import DecodeOptions
     from ..data.features import FeatureFrontend
     from ..evaluate.runner import prepare_batch
+    from ..models.decoding import DecodeOptions
 
     data, limit = settings["data"], settings.get("limit")
     utts = load_dataset(data, settings["split"])
@@ -287,8 +287,8 @@ def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: b
 def score_model(model, dense, inputs: SweepInputs, encoded: list | None = None) -> dict:
     """WER and friends of ``model`` (a pruned copy of ``dense``'s model) on the sweep's inputs; ``encoded``: encoder
     outputs per batch to reuse (a model whose encoder is the dense one)."""
-    from ..evaluate.backends import TorchWhisper
     from ..evaluate.runner import decode_prepared, score
+    from ..models.whisper.backend import TorchWhisper
 
     be = TorchWhisper(model, dense.tokenizer, dense.vocab, device=dense.device)
     t0 = time.perf_counter()

@@ -82,6 +82,13 @@ def mlas_kernels(isa: dict[str, bool]) -> dict[str, str]:
     return {"sgemm": fp32, "int8_gemm": int8, "source": "inferred from the CPU flags by MLAS's dispatch rules"}
 
 
+def int8_saturates(isa: dict[str, bool]) -> bool:
+    """Whether ONNX Runtime's u8s8 int8 GEMM on a CPU with ``isa`` sums pairs of uint8 x int8 products in int16
+    (AVX2 and AVX-512 without VNNI: ``vpmaddubsw``), where two large products overflow and saturate; VNNI and AMX
+    accumulate in int32. ORT's answer is 7-bit weights (``reduce_range``), which cannot overflow."""
+    return not (isa.get("avx512_vnni") or isa.get("avx_vnni") or (isa.get("amx_tile") and isa.get("amx_int8")))
+
+
 # Runs in a fresh interpreter with the libraries' verbose switches on: one float32 matmul (MKL), one bfloat16 matmul
 # and one convolution (oneDNN), one CTranslate2 model load (its ISA and GEMM backends).
 _PROBE = r"""

@@ -19,8 +19,8 @@ from ..data.features import WINDOW_SECONDS, FeatureFrontend, real_frames
 from ..data.manifest import Utterance
 from ..errors import AudioError, ConfigError
 from ..evaluate.backends import Backend, FasterWhisper
-from ..evaluate.decoding import DecodeOptions
-from . import flops as F
+from ..models.decoding import DecodeOptions
+from ..models.whisper import flops as F
 from .environment import ResourceMonitor, environment
 
 

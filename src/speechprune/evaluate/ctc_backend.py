@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ..models.ctc import CharVocab, CTCConfig, CTCModel, greedy_ctc, load_ctc, prefix_beam_search
-from .backends import Decoded, files_digest, state_digest
-from .decoding import DecodeOptions, DecodeStats
+from ..models.decoding import Decoded, DecodeOptions, DecodeStats, state_digest
+from .backends import files_digest
 
 
 class _CTCDecoding:

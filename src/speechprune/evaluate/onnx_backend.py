@@ -4,7 +4,7 @@ Same interface as ``TorchWhisper`` and ``FasterWhisper`` (features in, tokens ou
 holder of ONNX Runtime's numpy arrays; the per-token path is numpy in, numpy out (torch only wraps the logits,
 zero-copy, for the search loops). Beam search keeps ONE cross-attention cache per utterance: prefill runs on the
 un-repeated prompts and the step graph folds each item's beams into its query positions (see
-``models.whisper_graph.attend``), so the prompt pass and the cross-attention reads cost the same as greedy.
+``models.whisper.graph.attend``), so the prompt pass and the cross-attention reads cost the same as greedy.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..io import read_json, tree_size_bytes
-from .backends import Decoded, decoding_prompts, files_digest
-from .decoding import DecodeOptions, GraphCache, WhisperVocab, beam_search, greedy_search, reorder_cache
+from ..models.decoding import Decoded, DecodeOptions
+from ..models.whisper.decoding import (GraphCache, WhisperVocab, beam_search, decoding_prompts, greedy_search,
+                                      reorder_cache)
+from .backends import files_digest
 
 
 FORMAT = 1
@@ -126,7 +128,7 @@ class OnnxWhisper:
         from transformers import WhisperTokenizerFast
 
         from ..models.units import LOWRANK_KEY, STRUCTURE_KEY
-        from ..models.whisper import whisper_shape_from_config
+        from ..models.whisper.shape import whisper_shape_from_config
 
         folder = Path(folder)
         self.name = name

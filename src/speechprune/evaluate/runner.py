@@ -22,8 +22,8 @@ from ..data.manifest import Utterance
 from ..data.normalize import normalize_text
 from ..errors import AudioError, ConfigError
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant, repair_jsonl
+from ..models.decoding import DecodeOptions
 from .backends import Backend
-from .decoding import DecodeOptions
 from .metrics import bleu, char_errors, word_errors
 
 HYPOTHESES = "hypotheses.jsonl"

@@ -204,7 +204,8 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
 
     from speechprune.io import check_output_dir, staged_dir
     from speechprune.models.adapters import adapter_for
-    from speechprune.models.whisper import load_whisper, whisper_ct2_variables, whisper_token_ids
+    from speechprune.models.whisper.convert import whisper_ct2_variables, whisper_token_ids
+    from speechprune.models.whisper.load import load_whisper
 
     folder, out = Path(model_dir), Path(out_dir)
     if quantization is not None and quantization not in ACCEPTED_MODEL_TYPES:

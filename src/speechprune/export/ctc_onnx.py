@@ -68,7 +68,7 @@ def export_ctc_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: boo
         mask = np.arange(lp.shape[1])[None, :] < ol[:, None]
         probs, ref_probs = np.exp(lp)[mask], np.exp(ref.log_probs.numpy())[mask]
         diff = float(np.abs(probs - ref_probs).max())
-        bound = (quantization_rtol(8, model.reduction_depth) if quantize else
+        bound = (quantization_rtol(quantization["weight_bits"], model.reduction_depth) if quantize else
                  reorder_rtol(torch.float32, 233, model.reduction_depth))
         if diff > bound:
             raise ModelError(f"exported {'int8' if quantize else 'float32'} ONNX graph disagrees with PyTorch "

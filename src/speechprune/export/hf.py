@@ -46,7 +46,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
     from speechprune.io import atomic_write_json, check_output_dir, staged_dir
     from speechprune.models.adapters import adapter_for, family_for_model
     from speechprune.models.units import STRUCTURE_KEY
-    from speechprune.models.whisper import load_whisper
+    from speechprune.models.whisper.load import load_whisper
 
     folder, out = Path(model_dir), Path(out_dir)
     check_output_dir(out, overwrite, source=folder)

@@ -1,15 +1,18 @@
 """ONNX export of dense and pruned Whisper models (the folder's reader is ``evaluate.onnx_backend``).
 
-An exported folder holds three graphs traced from ``models.whisper_graph`` (``encoder.onnx``,
+An exported folder holds three graphs traced from ``models.whisper.graph`` (``encoder.onnx``,
 ``decoder_prefill.onnx``, ``decoder_step.onnx``; dynamic batch and sequence axes), the tokenizer, processor and
 generation-config files of the source folder, and ``speechprune_onnx.json``: format version, tensor names, the
 per-layer structure, ``n_mels``, ``output_vocab``, quantization and source. It is written to a temporary sibling
 folder, checked against PyTorch there, and renamed into place: a failed export leaves nothing behind.
 
 Quantization is ONNX Runtime's dynamic quantization: MatMul weights to int8, one scale per output column
-(activations quantized on the fly to uint8: "U8S8", the format ORT recommends on x86-64; U8S8 can saturate on AVX2
-CPUs without VNNI, where ORT suggests ``reduce_range``; the machines here have AVX512-VNNI), and the token embedding
-table (Gather) to int8 so the decoder graphs shrink 4x. Attention products have no constant operand and stay
+(activations quantized on the fly to uint8: "U8S8", the format ORT recommends on x86-64), and the token embedding
+table (Gather) to int8 so the decoder graphs shrink 4x. The machine chooses the weights' range: U8S8 saturates on
+CPUs without VNNI or AMX (AVX2, AVX-512 core: pairs of products summed in int16; tiny.en's logits then moved by up
+to 4.4 on an AVX2 EPYC), so there the weights use 7 bits (ORT's ``reduce_range``), which cannot overflow; the
+manifest records the choice, the CPU's int8 kernel and why (an export made on one CPU and run on another keeps its
+choice: 7-bit weights are safe everywhere, 8-bit ones only where VNNI or AMX runs them). Attention products have no constant operand and stay
 float32. On 80 real dev prompts tiny.en's greedy transcripts stay token-identical to float32 PyTorch on 72 (69
 with one scale per tensor, which is no faster); the embedding quantization changes none of them.
 """
@@ -111,22 +114,33 @@ class _NoPreprocessHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_graphs(folder: Path, per_channel: bool, graphs: tuple[str, ...] = GRAPHS) -> dict:
-    """Dynamic int8 quantization of ``graphs`` in ``folder``, in place; returns what was done."""
+def quantize_graphs(folder: Path, per_channel: bool, graphs: tuple[str, ...] = GRAPHS,
+                    isa: dict[str, bool] | None = None) -> dict:
+    """Dynamic int8 quantization of ``graphs`` in ``folder``, in place, with 7-bit weights where the CPU (``isa``,
+    default this machine's) would saturate 8-bit ones; returns what was done and why."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from ..bench.environment import cpu_isa, int8_saturates, isa_summary, mlas_kernels
+
+    isa = cpu_isa() if isa is None else isa
+    reduce_range = int8_saturates(isa)
     hint = _NoPreprocessHint()
     logging.getLogger().addFilter(hint)
     try:
         for name in graphs:
             src, dst = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=list(QUANT_OP_TYPES))
+                             reduce_range=reduce_range, op_types_to_quantize=list(QUANT_OP_TYPES))
             os.replace(dst, src)
     finally:
         logging.getLogger().removeFilter(hint)
+    kernel = mlas_kernels(isa)["int8_gemm"]
     return {"method": "dynamic", "weight_type": "QInt8", "activation_type": "QUInt8", "per_channel": per_channel,
-            "op_types": list(QUANT_OP_TYPES)}
+            "op_types": list(QUANT_OP_TYPES), "weight_bits": 7 if reduce_range else 8, "reduce_range": reduce_range,
+            "chosen_for": {"cpu": isa_summary(isa), "int8_kernel": kernel,
+                           "why": ("u8s8 sums pairs of products in int16 on this CPU and would saturate 8-bit "
+                                   "weights" if reduce_range else "VNNI/AMX accumulate u8s8 in int32: full 8-bit "
+                                   "weights")}}
 
 
 def _read_json_or_none(path: Path) -> Any:
@@ -182,13 +196,13 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     """
     import torch
 
-    from speechprune.evaluate.decoding import WhisperVocab
     from speechprune.io import check_output_dir, staged_dir
     from speechprune.models.adapters import adapter_for
     from speechprune.models.checkpoint import PROCESSOR_FILES
-    from speechprune.models.whisper import load_whisper
-    from speechprune.models.whisper_graph import whisper_graphs
     from speechprune.models.lowrank import lowrank_ranks
+    from speechprune.models.whisper.decoding import WhisperVocab
+    from speechprune.models.whisper.graph import whisper_graphs
+    from speechprune.models.whisper.load import load_whisper
 
     source, out = Path(model_dir), Path(out_dir)
     if not 14 <= opset <= 21:

@@ -13,6 +13,7 @@ class Family:
     model_class: str  # the class that the adapter operates on
     adapter: str  # "module:Class"
     module: str = "transformers."  # where model_class must come from (a subclass elsewhere may change forwards)
+    seam: str | None = None  # "module:object": the family's models.family.ModelFamily (None: surgery only)
 
     def load_adapter(self):
         import importlib
@@ -27,9 +28,11 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("whisper", "WhisperForConditionalGeneration", "speechprune.models.whisper:WhisperAdapter"),
+    Family("whisper", "WhisperForConditionalGeneration", "speechprune.models.whisper.adapter:WhisperAdapter",
+           seam="speechprune.models.whisper.family:FAMILY"),
     Family("wav2vec2", "Wav2Vec2ForCTC", "speechprune.models.wav2vec2:Wav2Vec2Adapter"),
-    Family("ctc", "CTCModel", "speechprune.models.ctc.adapter:CTCAdapter", module="speechprune.models.ctc."),
+    Family("ctc", "CTCModel", "speechprune.models.ctc.adapter:CTCAdapter", module="speechprune.models.ctc.",
+           seam="speechprune.models.ctc.family:FAMILY"),
 )
 
 

@@ -29,7 +29,8 @@ from typing import Callable
 
 from speechprune.errors import ModelError
 from speechprune.models.ct2 import sha256_file
-from speechprune.models.whisper import AUX_FILES, convert_ct2_to_hf, is_whisper_folder
+from speechprune.models.whisper.convert import AUX_FILES, convert_ct2_to_hf
+from speechprune.models.whisper.load import is_whisper_folder
 from speechprune.paths import cache_dir
 
 # Bump when convert_ct2_to_hf changes what it writes: cached folders with another format are rebuilt.
@@ -320,18 +321,20 @@ def convert_bundled(name: str) -> Path:
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
-    """A Hugging Face Whisper folder for a path or a bundled model name.
+    """A model folder for a path or a bundled model name.
 
-    An existing folder is returned as is when its ``config.json`` says ``model_type == "whisper"``; a bundled name
-    gives ``cache_dir()/models/<name>/``, converted on first use. Anything else raises a one-line ``ModelError``.
+    An existing folder is returned as is when a model family owns it (``models.family``: a Whisper ``config.json``,
+    a CTC ``speechprune_ctc.json``); a bundled name gives ``cache_dir()/models/<name>/``, converted on first use.
+    Anything else raises a one-line ``ModelError``.
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
     if text in BUNDLED_MODELS and not path.is_dir():
         return convert_bundled(text)
     if path.is_dir():
-        if not is_whisper_folder(path):
-            raise ModelError("not a Whisper model folder (no config.json with model_type 'whisper')", path)
+        from .family import family_for_folder
+
+        family_for_folder(path)  # a one-line ModelError when no family owns it
         return path
     if path.exists():
         raise ModelError("expected a model folder or a bundled model name, got a file", path)

@@ -1,7 +1,8 @@
 """A compressed checkpoint for unstructured-sparse models, and what it saves on disk.
 
 Folder layout: the files of :func:`speechprune.models.checkpoint.save_pruned` (``config.json`` with the structure,
-generation config, processor files) with ``model.sparse.safetensors`` in place of ``model.safetensors``. Each tensor
+generation config, processor files), or of the family's own format (``models.ctc``: ``speechprune_ctc.json``), with
+``model.sparse.safetensors`` in place of ``model.safetensors``. Each tensor
 of two or more dimensions is stored in the layout that takes fewest bytes (or the one asked for):
 
 - ``dense``: the tensor as is (``NAME``);
@@ -177,13 +178,23 @@ def save_sparse(model, processor_or_tokenizer_folder, out_dir: str | Path, *, la
     source = processor_or_tokenizer_folder
     if isinstance(source, (str, Path)) and not Path(source).is_dir():
         raise ConfigError("processor folder does not exist", source)
-    setattr(model.config, STRUCTURE_KEY, adapter_for(model).structure(model))
     tensors, meta = encode_state(_unique_state(model), layout, values)
     with staged_dir(out) as tmp:
-        model.config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None and model.can_generate():
-            model.generation_config.save_pretrained(tmp)
         save_file(tensors, str(tmp / SPARSE_FILE), metadata={META_KEY: json.dumps(meta)})
+        if not hasattr(model.config, "save_pretrained"):  # a family with its own folder format (models.ctc)
+            from .family import family_for
+
+            dense = family_for(model).save(model, source, tmp / ".dense")
+            for f in dense.iterdir():
+                if f.suffix != ".safetensors":  # its config, not its weights
+                    f.rename(tmp / f.name)
+            shutil.rmtree(dense)
+            source = None
+        else:
+            setattr(model.config, STRUCTURE_KEY, adapter_for(model).structure(model))
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None and model.can_generate():
+                model.generation_config.save_pretrained(tmp)
         if isinstance(source, (str, Path)):
             for name in PROCESSOR_FILES:
                 if (Path(source) / name).is_file():

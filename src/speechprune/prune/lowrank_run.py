@@ -22,16 +22,12 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..evaluate.backends import TorchWhisper
-from ..io import atomic_write_json, atomic_write_text
 from ..models.adapters import adapter_for
-from ..models.checkpoint import save_pruned
 from ..models.lowrank import lowrank_ranks
-from ..models.registry import resolve_model
 from ..models.units import WeightSite
 from .lowrank import Plan, factorize, input_grams, lowrank_sites, plan_ranks
 from .lowrank_recipe import LowRankRecipe, LowRankTarget
-from .run import shape_record
+from .runner import Job, Steps
 
 RECORD = "lowrank.json"
 
@@ -85,60 +81,25 @@ def validate_lowrank(recipe: LowRankRecipe, model) -> Plan:
     return plan_ranks(sites, **{k: v for k, v in recipe.target.model_dump().items() if v is not None})
 
 
-def _resume(out: Path, record: dict) -> list[dict]:
-    """The steps of an earlier run with the same settings whose model folders exist; a different run is refused."""
-    path = out / RECORD
-    if not path.is_file():
-        return []
-    import json
-
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError("unreadable record; remove it or choose another --out", path) from None
-    if old.get("recipe") != record["recipe"] or old.get("model") != record["model"]:
-        raise ConfigError("holds a run with another model or recipe; choose another --out", path)
-    steps = []
-    for s in old.get("steps", []):
-        if not (Path(s.get("folder", "")) / "config.json").is_file():
-            break
-        steps.append(s)
-    return steps
-
-
 def run_lowrank(model_name: str, recipe: LowRankRecipe, out: str | Path, device: str = "cpu",
                 progress: bool = True) -> dict:
-    """Factorize ``model_name`` (a bundled name or a Whisper folder) by ``recipe`` into ``out``; returns the record."""
-    from ..recovery.distill import distill, recovery_batches
-
-    out = Path(out)
-    src = resolve_model(model_name)
-    dense = TorchWhisper.from_folder(src, device=device)
-    select_sites(dense.model, recipe)  # refuse a bad selection before any calibration work
+    """Factorize ``model_name`` (a bundled name or a folder of any family) by ``recipe`` into ``out``; returns the
+    record."""
+    job = Job.open(model_name, device=device)
+    dense = job.model
+    select_sites(dense, recipe)  # refuse a bad selection before any calibration work
     torch.manual_seed(recipe.seed)
-    record = {"model": model_name, "source": str(src), "recipe": recipe.model_dump(mode="json"),
-              "dense": shape_record(dense.model), "steps": []}
-    record["steps"] = _resume(out, record)
-    start = len(record["steps"]) + 1
+    steps = Steps(job, out, RECORD, job.record(recipe), recipe.schedule.steps, recipe.recovery,
+                  save_every_step=recipe.schedule.save_every_step, progress=progress)
+    start = steps.resumed()
     if start > recipe.schedule.steps:
-        return record
-    if start > 1:
-        model = TorchWhisper.from_folder(record["steps"][-1]["folder"], device=device).model
-    else:
-        model = copy.deepcopy(dense.model)
+        return steps.record
+    model = job.load(steps.record["steps"][-1]["folder"]) if start > 1 else copy.deepcopy(dense)
     shares = None
     if recipe.target.rank is not None or recipe.target.rank_fraction is not None:
-        shares = final_ranks(select_sites(dense.model, recipe), recipe.target)
-
-    cal_batches = None
-    if recipe.needs_calibration:
-        cal = recipe.calibration
-        utts = cal.clips()
-        cal_batches = [{k: v.to(device) for k, v in b.items()}
-                       for b in dense.labelled_batches(utts, cal.batch_size, progress=progress)]
-    rec_batches = None
-    if recipe.recovery is not None and recipe.recovery.steps > 0:
-        rec_batches = recovery_batches(dense, recipe.recovery, progress=progress)
+        shares = final_ranks(select_sites(dense, recipe), recipe.target)
+    cal_batches = job.calibration_batches(recipe.calibration if recipe.needs_calibration else None, progress)
+    steps.batches = job.recovery_batches(recipe.recovery, progress)
 
     for step in range(start, recipe.schedule.steps + 1):
         sites = select_sites(model, recipe)
@@ -146,16 +107,7 @@ def run_lowrank(model_name: str, recipe: LowRankRecipe, out: str | Path, device:
         plan = step_plan(sites, recipe.target, step, recipe.schedule.steps, shares, grams, recipe.damping)
         errors = factorize(sites, plan.ranks, grams, recipe.damping)
         del grams
-        entry = {"step": step, "factorized": plan.ranks, "skipped": plan.skipped, "energy": plan.energy,
-                 "site_weights_before": plan.params_before, "site_weights_after": plan.params_after,
-                 "output_error": errors, "ranks": lowrank_ranks(model), **shape_record(model)}
-        if rec_batches is not None:
-            entry["recovery"] = distill(model, rec_batches, recipe.recovery, progress=progress)
-        last = step == recipe.schedule.steps
-        if recipe.schedule.save_every_step or last:
-            save_pruned(model, src, out / f"step-{step}", overwrite=True)
-            entry["folder"] = str(out / f"step-{step}")
-        record["steps"].append(entry)
-        atomic_write_json(out / RECORD, record)
-    atomic_write_text(out / "model.txt", f"step-{recipe.schedule.steps}\n")
-    return record
+        steps.finish(step, model, {"factorized": plan.ranks, "skipped": plan.skipped, "energy": plan.energy,
+                                   "site_weights_before": plan.params_before, "site_weights_after": plan.params_after,
+                                   "output_error": errors, "ranks": lowrank_ranks(model)})
+    return steps.close()

@@ -14,47 +14,37 @@ from pathlib import Path
 
 import torch
 
-from ..evaluate.backends import TorchWhisper
-from ..models.sparse import crossover_sparsity, save_sparse
 from ..io import atomic_write_json
-from ..models.checkpoint import save_pruned
-from ..models.registry import resolve_model
-from ..recovery.distill import recovery_batches
+from ..models.sparse import crossover_sparsity, save_sparse
 from .imp import imp
+from .runner import Job
 from .sparse_recipe import SparsifyRecipe
 from .unstructured import recipe_sites, sparsify
 
 
 def run_sparsify(model_name: str, recipe: SparsifyRecipe, out: str | Path, device: str = "cpu",
                  values: str = "float32", overwrite: bool = False, progress: bool = True) -> dict:
-    """Prune bundled model or Whisper folder ``model_name`` by ``recipe`` and write ``out`` (see the module);
-    returns the record written to ``sparsify.json``."""
+    """Prune bundled model or a folder of any family ``model_name`` by ``recipe`` and write ``out`` (see the
+    module); returns the record written to ``sparsify.json``."""
     out = Path(out)
-    src = resolve_model(model_name)
-    student = TorchWhisper.from_folder(src, device=device)
-    model = student.model
+    job = Job.open(model_name, device=device)
+    model = job.model
     recipe_sites(model, recipe)  # refuse a recipe that does not fit before any calibration
     torch.manual_seed(recipe.seed)
     dense_params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     if recipe.imp is not None:
-        rc = recipe.imp.recovery
-        batches = recovery_batches(student, rc, progress=progress) if rc.steps > 0 else None
-        result = imp(model, recipe, batches, progress=progress)
+        result = imp(model, recipe, job.recovery_batches(recipe.imp.recovery, progress), progress=progress)
     else:
-        batches = None
-        if recipe.needs_calibration:
-            cal = recipe.calibration
-            utts = cal.clips()
-            batches = student.labelled_batches(utts, cal.batch_size, progress=progress)
+        batches = job.calibration_batches(recipe.calibration if recipe.needs_calibration else None, progress)
         result = sparsify(model, recipe, batches, progress=progress)
     seconds = time.perf_counter() - t0
-    dense_dir = save_pruned(model, src, out / "model", overwrite=overwrite)
-    sparse = save_sparse(model, src, out / "sparse", values=values, overwrite=overwrite)
+    dense_dir = job.family.save(model, job.source, out / "model", overwrite=overwrite)
+    sparse = save_sparse(model, job.source, out / "sparse", values=values, overwrite=overwrite)
     dense_bytes = (dense_dir / "model.safetensors").stat().st_size
     record = {
-        "model": model_name, "source": str(src), "recipe": recipe.model_dump(), "seconds": seconds,
-        "dense_params": dense_params, **result,
+        "model": model_name, "source": str(job.source), "family": job.family.name, "recipe": recipe.model_dump(),
+        "seconds": seconds, "dense_params": dense_params, **result,
         "disk": {"dense_bytes": dense_bytes, "sparse_bytes": sparse["file_bytes"], "values": values,
                  "ratio": sparse["file_bytes"] / dense_bytes, "layouts": sparse["layouts"],
                  "crossover_bitmask": crossover_sparsity("bitmask", 2 if values == "float16" else 4, 4),

@@ -1,9 +1,11 @@
-"""Recovery by distillation from the dense teacher: KL on logits plus cross-entropy on the teacher's labels.
+"""Recovery by distillation from the dense teacher: KL on logits, the family's task loss on the teacher's labels,
+and optionally the encoder's last and inner layer outputs.
 
-Batches are teacher-forcing dicts ``{input_features, decoder_input_ids, labels, teacher_logits}`` made by the
-dense teacher itself (``TorchWhisper.labelled_batches(..., teacher_logits=True)``): its greedy transcripts as labels,
-its logits at the label positions computed once (fp16) and reused every epoch, so a recovery step costs one student
-forward and backward.
+Batches come from the dense teacher itself (the family's labeller, ``ModelFamily.labeller(...).labelled_batches(...,
+teacher_logits=True)``: Whisper's teacher-forcing dicts, CTC's frames with character targets): its greedy
+transcripts as labels and its logits (fp16) computed once and reused every epoch, so a recovery step costs one
+student forward and backward. The family says what is compared (``ModelFamily.distill_outputs``: Whisper's label
+positions, CTC's real frames); the losses are this module's.
 Device-agnostic: the student's device is used for everything. A long recovery checkpoints itself (student weights,
 optimizer moments, step, losses: one safetensors file, written atomically) and a rerun of the same recovery resumes
 where it stopped, visiting the same batches in the same order.
@@ -23,20 +25,25 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..models.family import family_for
 from .config import Recovery
 
 log = logging.getLogger(__name__)
+
+
+def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher_T || student_T)`` averaged over positions (``[n, vocab]`` each). A pure function."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.float() / t, dim=-1),
+                    log_target=True, reduction="batchmean") * t * t
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       temperature: float, kl_weight: float, ce_weight: float) -> torch.Tensor:
     """``kl_weight * T^2 * KL(teacher_T || student_T) + ce_weight * CE(student, labels)`` over label positions
     (``student_logits``, ``teacher_logits``: ``[n, vocab]``; ``labels``: ``[n]``). A pure function."""
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.float() / t, dim=-1),
-                  log_target=True, reduction="batchmean") * t * t
-    ce = F.cross_entropy(student_logits, labels)
-    return kl_weight * kl + ce_weight * ce
+    return (kl_weight * kl_loss(student_logits, teacher_logits, temperature)
+            + ce_weight * F.cross_entropy(student_logits, labels))
 
 
 def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
@@ -58,8 +65,8 @@ def layerwise_loss(student_states, teacher_states: torch.Tensor) -> torch.Tensor
 
 
 def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, progress: bool = True) -> list[dict]:
-    """The teacher-labelled batches a recovery by ``cfg`` reads: the teacher's (a ``TorchWhisper``) transcripts as
-    labels, its logits, and the encoder states the hidden-state term needs; over ``cfg.data`` (at most
+    """The teacher-labelled batches a recovery by ``cfg`` reads: the teacher's (the family's labeller,
+    ``models.family.Labeller``) transcripts as labels, its logits, and the encoder states the hidden-state term needs; over ``cfg.data`` (at most
     ``cfg.max_utterances``, interleaved if ``cfg.interleave``) unless ``utterances`` are given; augmented by
     ``cfg.augment`` and packed into windows of ``cfg.pack_seconds`` if set (their audio lives only while it is
     labelled)."""
@@ -119,10 +126,10 @@ def batch_order(n: int, seed: int, start: int = 0) -> Iterator[int]:
 
 
 def recovery_fingerprint(student: torch.nn.Module, batches: list[dict], cfg: Recovery) -> str:
-    """What a recovery checkpoint must match to be resumed: the settings, the number of batches and their label
+    """What a recovery checkpoint must match to be resumed: the settings, the number of batches and their tensors'
     shapes, and the student's parameter names and shapes."""
     h = hashlib.sha256(cfg.model_dump_json().encode())
-    h.update(json.dumps([list(b["labels"].shape) for b in batches]).encode())
+    h.update(json.dumps([[(k, list(v.shape)) for k, v in sorted(b.items())] for b in batches]).encode())
     h.update(json.dumps([(k, list(v.shape)) for k, v in student.state_dict().items()]).encode())
     return h.hexdigest()[:32]
 
@@ -187,7 +194,7 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     matching checkpoint found there at the start is resumed. Returns loss statistics."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
-    device = next(student.parameters()).device
+    family = family_for(student)
     frozen = {id(p) for p in student.parameters() if not p.requires_grad}
     params = trainable_parameters(student, cfg.train, cfg.train_embeddings)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -215,18 +222,13 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     bar = tqdm(range(start, cfg.steps), desc="recover", unit="step", disable=not progress, dynamic_ncols=True,
                initial=start, total=cfg.steps)
     for step, i in zip(bar, batch_order(len(batches), cfg.seed, start)):
-        b = batches[i]
-        labels = b["labels"].to(device)
-        mask = labels != -100
-        out = student(input_features=b["input_features"].to(device), decoder_input_ids=b["decoder_input_ids"].to(device),
-                      output_hidden_states=bool(cfg.hidden_weight))
-        loss = distillation_loss(out.logits[mask], b["teacher_logits"].to(device), labels[mask], cfg.temperature,
-                                 cfg.kl_weight, cfg.ce_weight)
+        out = family.distill_outputs(student, batches[i], layers=bool(cfg.hidden_weight))
+        loss = (cfg.kl_weight * kl_loss(out.student_logits, out.teacher_logits, cfg.temperature)
+                + cfg.ce_weight * out.task_loss)
         if cfg.encoder_weight:
-            loss = loss + cfg.encoder_weight * hidden_state_loss(out.encoder_last_hidden_state,
-                                                                 b["teacher_encoder"].to(device))
+            loss = loss + cfg.encoder_weight * hidden_state_loss(out.student_final, out.teacher_final)
         if cfg.hidden_weight:
-            loss = loss + cfg.hidden_weight * layerwise_loss(out.encoder_hidden_states[1:-1], b["teacher_hidden"])
+            loss = loss + cfg.hidden_weight * layerwise_loss(out.student_layers, out.teacher_layers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

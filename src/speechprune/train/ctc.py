@@ -16,35 +16,25 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.audio import SAMPLE_RATE, load_audio
+from ..data.audio import SAMPLE_RATE
 from ..data.datasets import training_utterances
-from ..data.features import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
-from ..data.manifest import Utterance
-from ..data.normalize import normalize_text
-from ..errors import AudioError, ConfigError
+from ..data.features import HOP_SAMPLES
+from ..errors import ConfigError
 from ..evaluate.metrics import char_errors, word_errors
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from ..models.ctc import (CharVocab, CTCConfig, CTCModel, from_whisper, greedy_ctc, is_ctc_folder, layerdrop_rates,
                           load_ctc, save_ctc)
 from ..models.ctc.adapter import CTCAdapter
+from ..models.ctc.batches import Example, collate, prepare_examples
 from ..models.ctc.network import ctc_loss
 from ..recovery.distill import batch_order, load_recovery_state, save_recovery_state
 from .recipe import TrainRecipe
-
-@dataclass
-class Example:
-    id: str
-    features: np.ndarray  # [n_mels, frames] float32
-    target: list[int]
-    text: str
-
 
 def build_model(recipe: TrainRecipe, source: str | Path | None = None) -> CTCModel:
     """The untrained model of ``recipe.model`` (a Whisper encoder with a new head, or fresh weights; seeded)."""
@@ -72,50 +62,6 @@ def build_model(recipe: TrainRecipe, source: str | Path | None = None) -> CTCMod
         raise ConfigError(f"bad recipe: intermediate.layers: layer {max(recipe.intermediate.layers)} is not below the "
                           f"model's {model.depth} layers", source)
     return model
-
-
-def prepare_examples(utts: list[Utterance], vocab: CharVocab, n_mels: int, min_frames: int,
-                     progress: bool = False) -> tuple[list[Example], dict[str, list[str]]]:
-    """Log-mel features of each clip's real frames (the shared Whisper front end) and its character ids. Clips that
-    cannot be used are skipped and listed by reason: unreadable audio, no text, characters outside the vocabulary,
-    longer than 30 s, shorter than the stem's receptive field."""
-    frontend = FeatureFrontend(n_mels)
-    examples: list[Example] = []
-    skipped: dict[str, list[str]] = {}
-    for u in tqdm(utts, desc="features", disable=not progress, leave=False):
-        text = normalize_text(u.text)
-        reason = None
-        if not text:
-            reason = "no text"
-        elif vocab.unknown(text):
-            reason = "characters outside the vocabulary"
-        if reason is None:
-            try:
-                audio = load_audio(u.audio)
-            except AudioError:
-                reason = "unreadable audio"
-        if reason is None:
-            frames = len(audio) // HOP_SAMPLES + 1
-            if frames > WINDOW_FRAMES:
-                reason = "longer than 30 s"
-            elif frames < min_frames:
-                reason = "shorter than the stem's receptive field"
-        if reason is not None:
-            skipped.setdefault(reason, []).append(u.id)
-            continue
-        feats = frontend([audio])[0, :, :frames]
-        examples.append(Example(u.id, np.ascontiguousarray(feats), vocab.encode(text), text))
-    return examples, skipped
-
-
-def collate(examples: list[Example], device) -> dict[str, torch.Tensor]:
-    lengths = [e.features.shape[1] for e in examples]
-    feats = np.zeros((len(examples), examples[0].features.shape[0], max(lengths)), dtype=np.float32)
-    for i, e in enumerate(examples):
-        feats[i, :, : lengths[i]] = e.features
-    return {"features": torch.from_numpy(feats).to(device), "lengths": torch.tensor(lengths, device=device),
-            "targets": torch.tensor([t for e in examples for t in e.target], dtype=torch.long, device=device),
-            "target_lengths": torch.tensor([len(e.target) for e in examples], device=device)}
 
 
 def training_loss(model: CTCModel, batch: dict, recipe: TrainRecipe) -> tuple[torch.Tensor, dict[str, float]]:

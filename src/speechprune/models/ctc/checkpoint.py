@@ -40,10 +40,14 @@ def save_ctc(model: CTCModel, out_dir: str | Path, *, init_state: dict[str, torc
     """Write the model (and the weights it was trained from, when given) atomically to ``out_dir``."""
     from safetensors.torch import save_file
 
+    from ..lowrank import lowrank_ranks
+
     out = Path(out_dir)
     check_output_dir(out, overwrite)
+    # the factorized sites are read off the modules, so a stale config value never survives a save
+    config = model.config.model_copy(update={"lowrank": lowrank_ranks(model) or None})
     with staged_dir(out) as tmp:
-        (tmp / CONFIG_FILE).write_text(model.config.model_dump_json(indent=1) + "\n", encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=1) + "\n", encoding="utf-8")
         save_file(_state(model), str(tmp / WEIGHTS_FILE))
         if init_state is not None:
             save_file({k: v.contiguous().cpu() for k, v in init_state.items()}, str(tmp / INIT_FILE))
@@ -53,25 +57,43 @@ def save_ctc(model: CTCModel, out_dir: str | Path, *, init_state: dict[str, torc
 def _load_state(model: CTCModel, path: Path) -> None:
     from safetensors.torch import load_file
 
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as e:
-        raise ModelError(f"cannot read weights: {type(e).__name__}", path) from e
+    from ..sparse import SPARSE_FILE, read_sparse_state
+
+    if path.name == SPARSE_FILE:  # the compressed format of models.sparse: dense tensors rebuilt exactly
+        state = read_sparse_state(path)
+    else:
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as e:
+            raise ModelError(f"cannot read weights: {type(e).__name__}", path) from e
     own = model.state_dict()
     bad = sorted(set(own) ^ set(state)) or [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if bad:
         raise ModelError(f"weights do not fit the config: {bad[:3]} (the config names another model or "
                          f"vocabulary of {len(model.config.vocab) + 1} classes)", path)
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)  # assign: factorized sites are built on the meta device
 
 
 def load_ctc(folder: str | Path, device: str = "cpu", initial: bool = False) -> CTCModel:
-    """The model in ``folder`` in eval mode (``initial``: with the weights its training started from)."""
+    """The model in ``folder`` (plain or compressed sparse weights) in eval mode (``initial``: with the weights its
+    training started from)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError("model folder does not exist", folder)
-    model = CTCModel(read_config(folder))
+    cfg = read_config(folder)
+    model = CTCModel(cfg)
+    if cfg.lowrank and not initial:
+        from ..lowrank import apply_lowrank
+
+        try:
+            apply_lowrank(model, cfg.lowrank)
+        except ModelError as e:
+            raise ModelError(str(e), folder / CONFIG_FILE) from None
+    from ..sparse import SPARSE_FILE
+
     path = folder / (INIT_FILE if initial else WEIGHTS_FILE)
+    if not initial and not path.is_file() and (folder / SPARSE_FILE).is_file():
+        path = folder / SPARSE_FILE
     if not path.is_file():
         raise ModelError(f"{path.name} is missing", folder)
     _load_state(model, path)

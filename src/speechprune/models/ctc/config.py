@@ -43,6 +43,8 @@ class CTCConfig(BaseModel):
     # a pruned model's per-layer widths: {"heads": [...], "ffn": [...], "ffn_macaron": [...], "conv": [...]};
     # None when every layer has the config's widths
     structure: dict | None = None
+    # factorized linears (models.lowrank): {weight site key: rank}; None when there are none
+    lowrank: dict[str, int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "CTCConfig":

@@ -320,7 +320,7 @@ class CTCModel(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None,
                 target_lengths: torch.Tensor | None = None, exit_layer: int | None = None) -> CTCOutput:
         """Log-probabilities at ``exit_layer`` (the last layer by default) and, given ``targets``, the CTC loss:
-        a training batch (``train.ctc.collate``) is its keyword arguments, as calibration reads it."""
+        a batch (``batches.collate``) is its keyword arguments, as calibration reads it."""
         enc = self.encode(features, lengths, exit_layer)
         lp = self.log_probs(enc.hidden)
         loss = None if targets is None else ctc_loss(lp, enc.lengths, targets, target_lengths)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.structure import AttentionShape, EncoderDecoderShape, LayerShape
+from speechprune.models.structure import AttentionShape, EncoderDecoderShape, LayerShape
 
 
 def _mm(m: int, k: int, n: int) -> int:

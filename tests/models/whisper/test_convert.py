@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from speechprune.errors import ModelError
-from speechprune.models.whisper import convert_ct2_to_hf, load_whisper, whisper_token_ids
+from speechprune.models.whisper.convert import convert_ct2_to_hf, whisper_token_ids
+from speechprune.models.whisper.load import load_whisper
 from speechprune.numerics import rounding_rtol
 
 from closeness import assert_whisper_close

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from speechprune.errors import ConfigError
-from speechprune.evaluate.backends import TorchWhisper
-from speechprune.evaluate.decoding import DecodeOptions, WhisperVocab
+from speechprune.models.decoding import DecodeOptions
+from speechprune.models.whisper.backend import TorchWhisper
+from speechprune.models.whisper.decoding import WhisperVocab
 
 from speechprune.numerics import reorder_rtol
 
@@ -71,7 +72,7 @@ def test_beam_of_one_is_greedy(tiny_model):
     want = reference_greedy(tiny_model, feats, be.vocab, 10)  # uncached, one clip at a time
     assert decode(be, feats, beam_size=1, max_new_tokens=10).tokens == want and all(len(t) > 2 for t in want)
     # beam_search with k=1 goes through a different loop (cache reordering), and must agree with greedy
-    from speechprune.evaluate.decoding import beam_search, greedy_search, reorder_cache
+    from speechprune.models.whisper.decoding import beam_search, greedy_search, reorder_cache
 
     enc = be.encode(feats)
     prompts = [[SOT, NO_TS]] * 2

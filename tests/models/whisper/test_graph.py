@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from speechprune.errors import ConfigError
-from speechprune.models.whisper_graph import attend, whisper_graphs
+from speechprune.models.whisper.graph import attend, whisper_graphs
 
 from closeness import FRAMES, WHISPER_ENCODER_DEPTH, assert_reorder_close, assert_whisper_close
 from tiny_models import EOT, NO_TS, SOT, build_tiny, pruned_tiny_whisper

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from speechprune.bench import flops as F
-from speechprune.models.whisper import whisper_shape, whisper_shape_from_config
+from speechprune.models.whisper import flops as F
+from speechprune.models.whisper.shape import whisper_shape, whisper_shape_from_config
 
 from tiny_models import tiny_whisper
 

@@ -1,6 +1,6 @@
 """Export-friendly Whisper graphs: plain-torch modules over a live (dense or pruned) Hugging Face Whisper.
 
-Whisper-specific, and with :mod:`.whisper` the only module that knows Hugging Face Whisper's module names. The
+Whisper-specific: with the rest of this package, the only code that knows Hugging Face Whisper's module names. The
 graphs REFERENCE the model's parameters (no copies), so they always compute what the model computes, and each is
 an ``nn.Module`` that traces to its own ONNX graph:
 

@@ -1,4 +1,5 @@
-"""Whisper decoding with a key/value cache: batched greedy and beam search over one shared prompt scheme.
+"""Whisper decoding with a key/value cache: batched greedy and beam search over one shared prompt scheme
+(``decoding_prompts``: every Whisper backend, PyTorch, ONNX Runtime or CTranslate2, decodes the same prompts).
 
 The loops here drive any Whisper-shaped PyTorch model through two callables (``step`` below), so the same
 search code serves dense and pruned models. Token rules follow the reference implementation and
@@ -17,28 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ModelError
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode. Validated at construction."""
-
-    beam_size: int = 1  # 1 = greedy
-    max_new_tokens: int = 224  # the reference implementation's sample_len (half the 448-token context)
-    # Beam ranking: None = sum of log-probs / length (the reference implementation's default);
-    # a float alpha uses the GNMT penalty ((5 + length) / 6) ** alpha.
-    length_penalty: float | None = None
-    language: str | None = None  # for utterances with none: None = detect (multilingual) / "en" (English-only)
-    task: str = "transcribe"  # for utterances with none
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise ConfigError(f"beam size must be >= 1, got {self.beam_size}")
-        if not 1 <= self.max_new_tokens <= 440:
-            raise ConfigError(f"max_new_tokens must be in [1, 440], got {self.max_new_tokens}")
-        if self.task not in ("transcribe", "translate"):
-            raise ConfigError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
+from speechprune.errors import ConfigError, ModelError
+from speechprune.models.decoding import DecodeOptions, DecodeStats
 
 
 @dataclass(frozen=True)
@@ -99,22 +80,8 @@ StepFn = Callable[[torch.Tensor, object], torch.Tensor]
 
 
 @dataclass
-class DecodeStats:
-    """Wall time of the decoder: the first step (prompt + cross-attention K/V) apart from the later ones."""
-
-    first_step_s: float = 0.0
-    later_steps_s: float = 0.0
-    later_steps: int = 0  # decoder calls after the first
-
-    def add(self, other: "DecodeStats") -> None:
-        self.first_step_s += other.first_step_s
-        self.later_steps_s += other.later_steps_s
-        self.later_steps += other.later_steps
-
-
-@dataclass
 class GraphCache:
-    """Decoder state between steps of the split decoder graphs (``models.whisper_graph``; ONNX Runtime's numpy
+    """Decoder state between steps of the split decoder graphs (``graph``; ONNX Runtime's numpy
     arrays or torch tensors): self-attention K/V per present block (``[N, H, S, hd]``), cross-attention K/V
     (``[N / group, H, T, hd]``: ``group`` consecutive rows share one), and the next position."""
 
@@ -299,3 +266,20 @@ def beam_search(
             ]
         out.append(max(finished[b], key=lambda x: x[0])[1] if finished[b] else [])
     return out, stats
+
+
+def _languages_for(vocab: WhisperVocab, languages: list[str | None], options: DecodeOptions) -> list[str | None]:
+    """Fill in each item's language: its own, else the option's; English-only models are always 'en'."""
+    if not vocab.multilingual:
+        return ["en" if (lang or options.language) in (None, "en") else (lang or options.language) for lang in languages]
+    return [lang or options.language for lang in languages]
+
+
+def decoding_prompts(backend, encoded, languages, tasks, options: DecodeOptions) -> tuple[list, list[list[int]]]:
+    """Each item's language (its own, the option's, or detected by ``backend.detect_language`` on a multilingual
+    model) and its decoder prompt; shared by every Whisper backend so they decode the same prompts."""
+    langs = _languages_for(backend.vocab, list(languages), options)
+    if backend.vocab.multilingual and any(lang is None for lang in langs):
+        detected = backend.detect_language(encoded)
+        langs = [lang or d for lang, d in zip(langs, detected)]
+    return langs, [backend.vocab.prompt(lang, task or options.task) for lang, task in zip(langs, tasks)]

@@ -1,0 +1,77 @@
+"""The CTC family behind the one seam every stage calls (``models.family.ModelFamily``): its folders, its size
+and FLOP record, its teacher-labelled batches and what distillation compares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..family import DistillOutputs
+from ..lowrank import LowRankLinear
+from .batches import CTCLabeller
+from .checkpoint import initial_state, is_ctc_folder, load_ctc, save_ctc
+from .flops import encoder_flops, positions
+from .network import CTCModel, ctc_loss
+
+REFERENCE_FRAMES = 3000  # FLOPs are recorded for a 30 s clip, the window Whisper always pays
+
+
+def _lowrank_correction(model: CTCModel, frames: int) -> int:
+    """FLOPs saved by factorized linears at ``frames`` (the analytic count assumes dense projections)."""
+    t = positions(model.config, frames)
+    return sum(2 * t * (m.rank * (m.in_features + m.out_features) - m.in_features * m.out_features)
+               for m in model.modules() if isinstance(m, LowRankLinear))
+
+
+class CTCFamily:
+    name = "ctc"
+
+    def owns(self, folder: str | Path) -> bool:
+        return is_ctc_folder(folder)
+
+    def load(self, folder: str | Path, device: str = "cpu") -> CTCModel:
+        return load_ctc(folder, device=device)
+
+    def save(self, model: CTCModel, source: str | Path | None, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``model`` to ``out``, keeping the weights ``source``'s training started from (ablations and
+        weight-change signatures read them)."""
+        init = initial_state(source) if source is not None and is_ctc_folder(source) else None
+        if init is not None and set(init) != set(model.state_dict()):
+            init = None  # a pruned model: the dense initialization no longer fits its tensors
+        elif init is not None and any(v.shape != model.state_dict()[k].shape for k, v in init.items()):
+            init = None
+        return save_ctc(model, out, init_state=init, overwrite=overwrite)
+
+    def shape_record(self, model: CTCModel) -> dict:
+        flops = encoder_flops(model.config, REFERENCE_FRAMES)
+        return {"params": sum(p.numel() for p in model.parameters()),
+                "flops_encoder": flops["total"] + _lowrank_correction(model, REFERENCE_FRAMES),
+                "flops_reference_frames": REFERENCE_FRAMES}
+
+    def labeller(self, model: CTCModel, source: str | Path | None = None) -> CTCLabeller:
+        return CTCLabeller(model)
+
+    def distill_outputs(self, student: CTCModel, batch: dict, layers: bool) -> DistillOutputs:
+        """The student's logits and layer outputs against the teacher's at every real frame, and the CTC loss on
+        the teacher's greedy labels (the family's task loss)."""
+        device = next(student.parameters()).device
+        feats, lengths = batch["features"].to(device), batch["lengths"].to(device)
+        inner = tuple(range(1, student.depth)) if layers else ()
+        enc = student.encode(feats, lengths, taps=inner)
+        logits = student.head(student.layer_norm(enc.hidden))
+        real = torch.arange(logits.shape[1], device=device)[None, :] < enc.lengths[:, None]
+        task = ctc_loss(torch.log_softmax(logits.float(), dim=-1), enc.lengths, batch["targets"].to(device),
+                        batch["target_lengths"].to(device))
+        out = DistillOutputs(student_logits=logits[real], teacher_logits=batch["teacher_logits"].to(device)[real],
+                             task_loss=task)
+        if "teacher_encoder" in batch:
+            out.student_final = enc.hidden[real]
+            out.teacher_final = batch["teacher_encoder"].to(device)[real]
+        if layers:
+            out.student_layers = [enc.taps[k][real] for k in inner]
+            out.teacher_layers = batch["teacher_hidden"].to(device)[:, real]
+        return out
+
+
+FAMILY = CTCFamily()

@@ -1,0 +1,103 @@
+"""The one seam between a model family and every stage: what ``prune``, ``sparsify``, ``lowrank``, recovery and the
+analyses call instead of a family's own names.
+
+A family is one package under ``models/`` (``models.whisper``, ``models.ctc``) exposing a ``FAMILY`` object that
+satisfies ``ModelFamily``; ``models.adapters.FAMILIES`` names it beside the unit adapter. ``family_for_folder`` and
+``family_for`` find it for a saved folder (or a bundled model name, resolved first) and for a live model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..errors import ModelError
+
+
+@dataclass
+class DistillOutputs:
+    """What distillation compares for one batch: the student's logits and the teacher's at the positions that
+    count (``[n, vocab]``: Whisper's label positions, CTC's real frames), the family's task loss on the teacher's
+    labels (cross-entropy, CTC), and optionally the last encoder layer's and the inner layers' outputs."""
+
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor
+    task_loss: torch.Tensor
+    student_final: torch.Tensor | None = None
+    teacher_final: torch.Tensor | None = None
+    student_layers: list[torch.Tensor] | None = None
+    teacher_layers: torch.Tensor | None = None  # [layers - 1, ...]
+
+
+class Labeller(Protocol):
+    def labelled_batches(self, utterances: list, batch_size: int, teacher_logits: bool = False,
+                         teacher_hidden: bool = False, progress: bool = False) -> list[dict]:
+        """Batches of the model's forward arguments whose targets are the labeller's own transcripts (``model(
+        **batch).loss`` is defined); for distillation also ``teacher_logits``, ``teacher_encoder`` and, with
+        ``teacher_hidden``, ``teacher_hidden``."""
+        ...
+
+
+class ModelFamily(Protocol):
+    name: str
+
+    def owns(self, folder: str | Path) -> bool:
+        """Whether ``folder`` holds a model of this family."""
+        ...
+
+    def load(self, folder: str | Path, device: str = "cpu") -> torch.nn.Module:
+        """The (dense, pruned, sparse or factorized) model in ``folder``, in eval mode."""
+        ...
+
+    def save(self, model: torch.nn.Module, source: str | Path | None, out: str | Path, *,
+             overwrite: bool = False) -> Path:
+        """Write ``model`` to ``out`` atomically, with what it needs from the folder it came from (``source``)."""
+        ...
+
+    def shape_record(self, model: torch.nn.Module) -> dict:
+        """``params`` and the family's FLOP figures (``flops_encoder``, and per decoded token where there is a
+        decoder)."""
+        ...
+
+    def labeller(self, model: torch.nn.Module, source: str | Path | None = None) -> Labeller:
+        """``model`` (with ``source``'s tokenizer where the family has one) as the labeller of its students."""
+        ...
+
+    def distill_outputs(self, student: torch.nn.Module, batch: dict, layers: bool) -> DistillOutputs:
+        """One student forward on a teacher-labelled batch; ``layers``: the inner layers' outputs too."""
+        ...
+
+
+def _seam(entry) -> ModelFamily:
+    import importlib
+
+    module, name = entry.seam.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def family_for(model) -> ModelFamily:
+    """The family of a live model (``ModelError`` for one without a seam)."""
+    from .adapters import family_for_model
+
+    entry = family_for_model(model)
+    if entry.seam is None:
+        raise ModelError(f"the {entry.model_type} family has pruning surgery but no loading, labelling or recovery "
+                         "seam yet")
+    return _seam(entry)
+
+
+def family_for_folder(folder: str | Path) -> ModelFamily:
+    """The family whose ``owns`` accepts ``folder`` (``ModelError`` naming the folder when none does)."""
+    from .adapters import FAMILIES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError("model folder does not exist", folder)
+    for entry in FAMILIES:
+        if entry.seam is not None and _seam(entry).owns(folder):
+            return _seam(entry)
+    raise ModelError("not a model folder of a supported family (Whisper config.json, or speechprune_ctc.json)",
+                     folder)
