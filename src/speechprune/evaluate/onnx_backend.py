@@ -21,6 +21,7 @@ from ..io import read_json, tree_size_bytes
 from ..models.decoding import Decoded, DecodeOptions
 from ..models.whisper.decoding import (GraphCache, WhisperVocab, beam_search, decoding_prompts, greedy_search,
                                       reorder_cache)
+from ..models.whisper.lengths import check_buckets, cut_features
 from .backends import files_digest
 
 
@@ -152,8 +153,11 @@ class OnnxWhisper:
             config = SimpleNamespace(**cfg, **{STRUCTURE_KEY: self.manifest["structure"],
                                                LOWRANK_KEY: self.manifest.get("lowrank")})
             shape = whisper_shape_from_config(config)
-        except (KeyError, TypeError, ValueError) as e:
+            buckets = self.manifest.get("length_buckets")  # a length-adaptive export (dynamic frames axis)
+            self.length_buckets = None if buckets is None else check_buckets(buckets, int(cfg["max_source_positions"]))
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise ModelError(f"malformed speechprune_onnx.json ({type(e).__name__}: {e})", folder) from None
+        self.last_positions: int | None = None  # encoder positions per item of the last ``encode``
         self._output_vocab = None if output_vocab is None else np.asarray(output_vocab, dtype=np.int64)
         # FLOPs follow what runs: the restricted projection has len(output_vocab) rows
         self.shape = shape if output_vocab is None else replace(shape, vocab_size=len(output_vocab))
@@ -175,9 +179,14 @@ class OnnxWhisper:
         pass
 
     def encode(self, features: np.ndarray, frames: list[int] | None = None) -> np.ndarray:
+        """Encoder states of ``features [B, n_mels, 3000]``; a length-adaptive export reads only the frames of the
+        bucket that holds the longest of ``frames`` (as ``TorchWhisper`` does; ``None``: the full window)."""
         if features.ndim != 3 or features.shape[1] != self.n_mels:
             raise ConfigError(f"features must be [batch, {self.n_mels}, frames], got {list(features.shape)}")
+        if self.length_buckets is not None:
+            features = cut_features(features, frames, self.length_buckets)
         (hidden,) = self._encoder.run(None, {"input_features": np.ascontiguousarray(features, dtype=np.float32)})
+        self.last_positions = int(hidden.shape[1])
         return hidden
 
     def _logits(self, logits: np.ndarray) -> torch.Tensor:

@@ -66,8 +66,10 @@ def trace_to_onnx(module, args: tuple, path: Path, inputs: list[str], outputs: l
                           custom_opsets={"com.microsoft": 1} if ort_ops else None)
 
 
-def _export_graphs(graphs, shape: dict, out: Path, opset: int) -> dict[str, dict[str, list[str]]]:
-    """Trace the three graphs into ``out``; returns their input and output names."""
+def _export_graphs(graphs, shape: dict, out: Path, opset: int,
+                   length_adaptive: bool = False) -> dict[str, dict[str, list[str]]]:
+    """Trace the three graphs into ``out``; returns their input and output names. ``length_adaptive``: the encoder
+    gets a dynamic frames axis (it reads a length bucket's frames, not always the 30 s window)."""
     import torch
 
     d, t, n_mels = shape["d_model"], shape["max_source_positions"], shape["num_mel_bins"]
@@ -77,8 +79,11 @@ def _export_graphs(graphs, shape: dict, out: Path, opset: int) -> dict[str, dict
 
     feats = torch.randn(2, n_mels, 2 * t, generator=g)
     names["encoder"] = {"inputs": ["input_features"], "outputs": ["encoder_hidden"]}
-    trace_to_onnx(graphs.encoder, (feats,), out / "encoder.onnx", ["input_features"], ["encoder_hidden"],
-                   {"input_features": {0: "batch"}, "encoder_hidden": {0: "batch"}}, opset, ort_ops=True)
+    axes = {"input_features": {0: "batch"}, "encoder_hidden": {0: "batch"}}
+    if length_adaptive:
+        axes = {"input_features": {0: "batch", 2: "frames"}, "encoder_hidden": {0: "batch", 1: "positions"}}
+    trace_to_onnx(graphs.encoder, (feats,), out / "encoder.onnx", ["input_features"], ["encoder_hidden"], axes, opset,
+                   ort_ops=True)
 
     # no size of 1 gets baked in: prefill traced on 2 utterances and a 3-token prompt, the step on N = 4 rows over
     # B = 2 cross-attention rows (G = 2 beams share one)
@@ -188,6 +193,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
                 overwrite: bool = False) -> dict:
     """Export a (dense or pruned) Whisper folder to ONNX Runtime graphs in ``out_dir``; returns the manifest
     (``speechprune_onnx.json``) with the parity check against PyTorch (max abs differences) under ``"check"``.
+    A length-adaptive folder (``models.whisper.lengths``) gets an encoder with a dynamic frames axis, its buckets
+    under ``"length_buckets"`` and a parity check at its smallest bucket too (``"check_buckets"``).
 
     ``output_vocab`` restricts the output projection to those token ids (it must contain end-of-text);
     ``quantize`` applies dynamic int8 quantization to every graph (``per_channel``: one scale per output column).
@@ -202,6 +209,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     from speechprune.models.lowrank import lowrank_ranks
     from speechprune.models.whisper.decoding import WhisperVocab
     from speechprune.models.whisper.graph import whisper_graphs
+    from speechprune.models.whisper.lengths import FRAMES_PER_POSITION, length_buckets
     from speechprune.models.whisper.load import load_whisper
 
     source, out = Path(model_dir), Path(out_dir)
@@ -221,8 +229,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
              "max_source_positions": int(cfg.max_source_positions),
              "max_target_positions": int(cfg.max_target_positions), "vocab_size": int(cfg.vocab_size)}
 
+    buckets = length_buckets(cfg)
     with staged_dir(out) as tmp:
-        names = _export_graphs(graphs, shape, tmp, opset)
+        names = _export_graphs(graphs, shape, tmp, opset, length_adaptive=buckets is not None)
         quantization = quantize_graphs(tmp, per_channel) if quantize else None
         for name in (*PROCESSOR_FILES, GENERATION_CONFIG):
             if (source / name).is_file():
@@ -232,11 +241,14 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
             prompt = vocab.prompt("en" if vocab.multilingual else None, "transcribe")
             check = check_against_torch(graphs, sessions, prompt, shape["num_mel_bins"],
                                         2 * shape["max_source_positions"])
-        worst = max(check["encoder_max_abs_diff"], check["prefill_logits_max_abs_diff"],
-                    check["step_logits_max_abs_diff"])
-        if worst > CHECK_TOLERANCE[quantize] * check["logits_scale"]:
-            raise ModelError(f"exported {'int8' if quantize else 'float32'} ONNX graphs disagree with PyTorch "
-                             f"(max abs difference {worst:.3g})", source)
+            # traced at the full window, so checked at the smallest bucket too (a baked-in length would fail there)
+            bucket_checks = {} if buckets is None or len(buckets) < 2 else {str(buckets[0]): check_against_torch(
+                graphs, sessions, prompt, shape["num_mel_bins"], FRAMES_PER_POSITION * buckets[0])}
+        for c in (check, *bucket_checks.values()):
+            worst = max(c["encoder_max_abs_diff"], c["prefill_logits_max_abs_diff"], c["step_logits_max_abs_diff"])
+            if worst > CHECK_TOLERANCE[quantize] * c["logits_scale"]:
+                raise ModelError(f"exported {'int8' if quantize else 'float32'} ONNX graphs disagree with PyTorch "
+                                 f"(max abs difference {worst:.3g})", source)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "family": "whisper",
@@ -257,6 +269,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
                        "record": _read_json_or_none(source / SOURCE_RECORD)},
             "check": check,
         }
+        if buckets is not None:  # stock exports keep today's manifest
+            manifest["length_buckets"] = list(buckets)
+            manifest["check_buckets"] = bucket_checks
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         del sessions
     return manifest

@@ -13,6 +13,9 @@ layers removed at most, no head pruning, no removed blocks), the stock config fi
 Other folders need ``load_pruned`` (or ``load_whisper``, which detects the key): a plain ``from_pretrained``
 refuses mismatched widths, but would silently re-initialise a removed block.
 
+A length-adaptive Whisper (``models.whisper.lengths``) keeps its buckets under ``speechprune_length_buckets``: saved
+with the config (checked first), read back by ``load_pruned`` as a config attribute, absent from stock folders.
+
 Low-rank factorized linears (``models.lowrank.LowRankLinear``) are recorded family-neutrally as ``{site key: rank}``
 under ``speechprune_lowrank``; ``load_pruned`` rebuilds them after ``apply_structure``. Such a folder is never stock
 compatible.
@@ -75,6 +78,10 @@ def save_pruned(model, processor_or_tokenizer_folder: Any, out_dir: str | Path, 
         setattr(model.config, LOWRANK_KEY, ranks)
     elif hasattr(model.config, LOWRANK_KEY):
         delattr(model.config, LOWRANK_KEY)
+    from speechprune.models.whisper.lengths import LENGTH_KEY, length_buckets, set_length_buckets
+
+    if getattr(model.config, LENGTH_KEY, None) is not None:  # a length-adaptive Whisper: checked, then saved
+        set_length_buckets(model, length_buckets(model.config))
     with staged_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if isinstance(source, (str, Path)):

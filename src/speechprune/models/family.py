@@ -34,10 +34,11 @@ class DistillOutputs:
 
 class Labeller(Protocol):
     def labelled_batches(self, utterances: list, batch_size: int, teacher_logits: bool = False,
-                         teacher_hidden: bool = False, progress: bool = False) -> list[dict]:
+                         teacher_hidden: bool = False, progress: bool = False, frames: bool = False) -> list[dict]:
         """Batches of the model's forward arguments whose targets are the labeller's own transcripts (``model(
         **batch).loss`` is defined); for distillation also ``teacher_logits``, ``teacher_encoder`` and, with
-        ``teacher_hidden``, ``teacher_hidden``."""
+        ``teacher_hidden``, ``teacher_hidden``; with ``frames`` each clip's real frames where the family's batches
+        do not carry them anyway (a length-adaptive student reads its batch at their bucket)."""
         ...
 
 
@@ -68,6 +69,11 @@ class ModelFamily(Protocol):
 
     def distill_outputs(self, student: torch.nn.Module, batch: dict, layers: bool) -> DistillOutputs:
         """One student forward on a teacher-labelled batch; ``layers``: the inner layers' outputs too."""
+        ...
+
+    def set_length_buckets(self, model: torch.nn.Module, buckets) -> None:
+        """Make ``model`` read each batch at the bucket of its clips' lengths (saved with it); a one-line
+        ``ConfigError`` for a family that cannot."""
         ...
 
 

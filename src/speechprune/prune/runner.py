@@ -96,12 +96,13 @@ class Steps:
     def finish(self, step: int, model: torch.nn.Module, entry: dict, after_step=None) -> dict:
         """Recover ``model`` after ``step`` (``after_step`` runs after every optimizer step), save it if asked, and
         append ``entry`` with the model's size and FLOPs to the record."""
-        entry = {"step": step, **entry, **self.job.family.shape_record(model)}
+        entry = {"step": step, **entry}
         checkpoint = self.out / f"step-{step}.recovery.safetensors"  # a rerun resumes an interrupted recovery
         if self.batches is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             entry["recovery"] = distill(model, self.batches, self.recovery, progress=self.progress,
                                         after_step=after_step, checkpoint=checkpoint)
+        entry.update(self.job.family.shape_record(model))  # after recovery: a length-adaptive one adds its buckets
         if self.save_every_step or step == self.total:
             self.job.family.save(model, self.job.source, self.out / f"step-{step}", overwrite=True)
             entry["folder"] = str(self.out / f"step-{step}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from ..data.augment import AugmentSettings
 from ..errors import ConfigError
@@ -13,6 +13,24 @@ from ..errors import ConfigError
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LengthAdaptive(_Strict):
+    """Adapt the student to read each batch at its length bucket instead of the 30 s window (Whisper,
+    ``models.whisper.lengths``): the teacher labels at the full window; the student's encoder reads the first ``2 P``
+    frames of the batch's bucket ``P`` (its longest clip's) and its states are compared with the teacher's first
+    ``P``. Clips are grouped by length before batching, so a batch's bucket fits its clips; with ``pack_seconds``
+    the packed windows come beside the single clips (the long buckets) instead of replacing them (the short ones).
+    The model is saved with the buckets (``config.json``: ``speechprune_length_buckets``)."""
+
+    # encoder positions (20 ms each), ascending; the last is the full window (1500 for every Whisper)
+    buckets: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ascending(self) -> "LengthAdaptive":
+        if any(b < 1 for b in self.buckets) or any(a >= b for a, b in zip(self.buckets, self.buckets[1:])):
+            raise ValueError(f"buckets must be positive encoder positions, ascending without repeats: {self.buckets}")
+        return self
 
 
 class Recovery(_Strict):
@@ -43,13 +61,27 @@ class Recovery(_Strict):
     # the largest tensor of a small Whisper (20 of tiny.en's 38 M weights) is left out of the update
     train_embeddings: bool = True
     seed: int = 0
+    # read each batch at its length bucket, not the 30 s window (see LengthAdaptive); None: the full window
+    length_adaptive: LengthAdaptive | None = None
 
     @model_validator(mode="after")
     def _data_specs(self) -> "Recovery":
         check_training_specs(self.data)
         if self.train is not None and len(set(self.train)) != len(self.train):
             raise ValueError(f"train lists a stack twice: {self.train}")
+        if self.length_adaptive is not None and self.steps == 0:
+            raise ValueError("length_adaptive needs recovery steps: a model read at shorter windows without "
+                             "adaptation loses most of its accuracy")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_length_adaptive(self, handler):
+        """Dumps without ``length_adaptive`` when it is unset, so the records and checkpoint fingerprints of every
+        other recovery stay those written before the option existed (resumed runs still match)."""
+        out = handler(self)
+        if self.length_adaptive is None and isinstance(out, dict):
+            out.pop("length_adaptive", None)
+        return out
 
 
 def check_training_specs(specs: list[str]) -> None:

@@ -64,12 +64,31 @@ def layerwise_loss(student_states, teacher_states: torch.Tensor) -> torch.Tensor
     return sum(hidden_state_loss(s, t[i]) for i, s in enumerate(student_states)) / len(student_states)
 
 
+def by_length(utterances: list) -> list:
+    """``utterances`` ordered by duration (the manifest's, else the audio header's; unreadable ones first, the
+    labeller skips them), ties in their given order: batches of neighbours then share a length bucket."""
+    from ..data.audio import audio_duration
+    from ..errors import AudioError
+
+    def seconds(u) -> float:
+        if u.duration is not None:
+            return float(u.duration)
+        try:
+            return audio_duration(u.audio)
+        except AudioError:
+            return 0.0
+
+    return sorted(utterances, key=seconds)
+
+
 def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, progress: bool = True) -> list[dict]:
     """The teacher-labelled batches a recovery by ``cfg`` reads: the teacher's (the family's labeller,
     ``models.family.Labeller``) transcripts as labels, its logits, and the encoder states the hidden-state term needs; over ``cfg.data`` (at most
     ``cfg.max_utterances``, interleaved if ``cfg.interleave``) unless ``utterances`` are given; augmented by
     ``cfg.augment`` and packed into windows of ``cfg.pack_seconds`` if set (their audio lives only while it is
-    labelled)."""
+    labelled). Under ``cfg.length_adaptive`` the clips are batched in order of length and each batch records its
+    clips' frames (the student reads it at their bucket); packed windows come as batches of their own after the
+    single clips instead of replacing them."""
     import tempfile
 
     from ..data.augment import augment_utterances
@@ -80,13 +99,23 @@ def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, pro
         utts = training_utterances(cfg.data, cfg.max_utterances, interleave=cfg.interleave)
     else:
         utts = utterances
+    adaptive = cfg.length_adaptive is not None
+
+    def label(clips: list) -> list[dict]:
+        return teacher.labelled_batches(clips, cfg.batch_size, teacher_logits=True,
+                                        teacher_hidden=bool(cfg.hidden_weight), progress=progress, frames=adaptive)
+
     with tempfile.TemporaryDirectory(prefix="speechprune-pack-") as tmp:
         if cfg.augment is not None:
             utts = augment_utterances(utts, cfg.augment, Path(tmp) / "augmented", seed=cfg.seed)
+        if not adaptive:
+            if cfg.pack_seconds:
+                utts = pack_utterances(utts, cfg.pack_seconds, Path(tmp) / "packed")
+            return label(utts)
+        batches = label(by_length(utts))
         if cfg.pack_seconds:
-            utts = pack_utterances(utts, cfg.pack_seconds, Path(tmp) / "packed")
-        return teacher.labelled_batches(utts, cfg.batch_size, teacher_logits=True,
-                                        teacher_hidden=bool(cfg.hidden_weight), progress=progress)
+            batches += label(pack_utterances(utts, cfg.pack_seconds, Path(tmp) / "packed"))
+        return batches
 
 
 def trainable_parameters(model: torch.nn.Module, stacks: list[str] | None,
@@ -188,13 +217,17 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
     frame where the logits give one per label; and ``teacher_hidden`` when ``cfg.hidden_weight``: the same for every
     inner encoder layer's output). ``cfg.train`` limits the update to those stacks, ``cfg.train_embeddings`` false
-    leaves the embeddings out (see ``trainable_parameters``).
+    leaves the embeddings out (see ``trainable_parameters``). ``cfg.length_adaptive`` marks the student
+    length-adaptive first (the family's ``set_length_buckets``): its forward then reads each batch at its bucket
+    (``batches`` from ``recovery_batches`` under the same setting carry the clips' frames).
     ``after_step`` runs after every optimizer step (unstructured pruning re-applies its fixed masks there). With
     ``checkpoint`` (a file path) the state is saved there every ``checkpoint_seconds`` and once at the end, and a
     matching checkpoint found there at the start is resumed. Returns loss statistics."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
     family = family_for(student)
+    if cfg.length_adaptive is not None:  # the student reads each batch at its bucket from now on, and is saved so
+        family.set_length_buckets(student, cfg.length_adaptive.buckets)
     frozen = {id(p) for p in student.parameters() if not p.requires_grad}
     params = trainable_parameters(student, cfg.train, cfg.train_embeddings)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

@@ -129,3 +129,10 @@ def test_an_unstructured_sparse_ctc_model_round_trips_through_the_compressed_for
     again = family_for_folder(tmp_path / "s").load(tmp_path / "s")
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_length_buckets_are_refused_for_a_family_that_reads_each_clip_already():
+    from speechprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already reads each clip's own frames"):
+        FAMILY.set_length_buckets(tiny_ctc(), (150, 1500))

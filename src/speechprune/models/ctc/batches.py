@@ -87,9 +87,10 @@ class CTCLabeller:
         self.vocab = CharVocab(model.config.vocab)
 
     def labelled_batches(self, utterances: list[Utterance], batch_size: int, teacher_logits: bool = False,
-                         teacher_hidden: bool = False, progress: bool = False) -> list[dict]:
+                         teacher_hidden: bool = False, progress: bool = False, frames: bool = False) -> list[dict]:
         """Batches of ``batch_size`` clips in the given order (unusable clips skipped), targets from this model's
-        greedy output; see the module for the teacher's extras."""
+        greedy output; see the module for the teacher's extras. ``frames`` changes nothing: every batch carries its
+        clips' ``lengths``."""
         model = self.model
         examples, _ = prepare_examples(utterances, self.vocab, model.config.n_mels, model.stem.receptive_field,
                                        progress=progress, labelled=False)

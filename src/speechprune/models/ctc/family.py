@@ -73,5 +73,11 @@ class CTCFamily:
             out.teacher_layers = batch["teacher_hidden"].to(device)[:, real]
         return out
 
+    def set_length_buckets(self, model: CTCModel, buckets) -> None:
+        from ...errors import ConfigError
+
+        raise ConfigError("recovery.length_adaptive: a CTC model already reads each clip's own frames; length "
+                          "buckets are for Whisper's 30 s window")
+
 
 FAMILY = CTCFamily()

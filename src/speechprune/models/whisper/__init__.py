@@ -7,7 +7,8 @@
 - :mod:`.adapter`   ``WhisperAdapter`` (units, surgery, structure) and the pruned layer classes;
 - :mod:`.graph`     export-friendly encoder / decoder-prefill / decoder-step graphs over a live model;
 - :mod:`.decoding`  ``WhisperVocab``, prompts, greedy and beam search over those graphs;
-- :mod:`.backend`   ``TorchWhisper``: the PyTorch decoding backend and teacher labeller.
+- :mod:`.backend`   ``TorchWhisper``: the PyTorch decoding backend and teacher labeller;
+- :mod:`.lengths`   length buckets: a length-adaptive encoder reads a clip's frames rounded up to a bucket.
 
 Import from the submodules; the names below are re-exported for convenience. ``TorchWhisper`` is imported on first
 use: it pulls in torch, which ``convert``, ``load``, ``shape`` and ``adapter`` import only inside functions.

@@ -19,7 +19,8 @@ from speechprune.models.decoding import Decoded, DecodeOptions, state_digest
 
 from .decoding import (GraphCache, WhisperVocab, _languages_for, beam_search, decoding_prompts, greedy_search,
                        reorder_cache)
-from .graph import whisper_graphs
+from .graph import WhisperEncoderGraph, whisper_graphs
+from .lengths import cut_features, length_buckets
 from .load import load_whisper
 from .shape import whisper_shape
 
@@ -41,6 +42,7 @@ class TorchWhisper:
         # unique parameters (the tied output projection counts once)
         self.params = sum(p.numel() for p in model.parameters())
         self.disk_bytes: int | None = None  # set by from_folder: the weight files' size
+        self.last_positions: int | None = None  # encoder positions per item of the last ``encode``
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str = "cpu", name: str = "torch") -> "TorchWhisper":
@@ -49,18 +51,35 @@ class TorchWhisper:
         be.disk_bytes = tree_size_bytes(Path(folder).glob("*.safetensors"))
         return be
 
+    @property
+    def length_buckets(self) -> tuple[int, ...] | None:
+        """The buckets a length-adaptive model (config.json's ``speechprune_length_buckets``) reads its batches at,
+        through the encoder graph; ``None``: the 30 s window through Hugging Face's encoder, as for every stock
+        model."""
+        return length_buckets(self.model.config)
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def fingerprint(self) -> str:
-        """What an evaluation run is pinned to: :func:`state_digest` of the model."""
-        return state_digest(self.model)
+        """What an evaluation run is pinned to: :func:`state_digest` of the model (and its length buckets)."""
+        buckets = self.length_buckets
+        return state_digest(self.model, "" if buckets is None else f"length buckets {list(buckets)}")
 
     @torch.inference_mode()
     def encode(self, features: np.ndarray, frames: list[int] | None = None) -> torch.Tensor:
-        x = torch.from_numpy(features).to(self.device, self._dtype)
-        return self._encoder(input_features=x).last_hidden_state
+        """Encoder states of ``features [B, n_mels, 3000]``; a length-adaptive model reads only the frames of the
+        bucket that holds the longest of ``frames`` (each window's real frames; ``None``: the full window)."""
+        buckets = self.length_buckets
+        if buckets is not None:
+            x = torch.from_numpy(np.ascontiguousarray(cut_features(features, frames, buckets)))
+            out = WhisperEncoderGraph(self.model)(x.to(self.device, self._dtype))
+        else:
+            x = torch.from_numpy(features).to(self.device, self._dtype)
+            out = self._encoder(input_features=x).last_hidden_state
+        self.last_positions = int(out.shape[1])
+        return out
 
     def _stepper(self, enc: torch.Tensor):
         """One search step through the split decoder graphs (``graph``: plain torch over this model's
@@ -125,7 +144,7 @@ class TorchWhisper:
 
     def labelled_batches(self, utterances, batch_size: int, options: DecodeOptions = DecodeOptions(),
                          pseudo_labels: bool = True, teacher_logits: bool = False, teacher_hidden: bool = False,
-                         progress: bool = False) -> list[dict]:
+                         progress: bool = False, frames: bool = False) -> list[dict]:
         """Teacher-forcing batches ``{input_features, decoder_input_ids, labels}`` for calibration and training.
 
         With ``pseudo_labels`` the targets are this model's own greedy transcripts (the dense model labels its
@@ -133,11 +152,14 @@ class TorchWhisper:
         gets this model's logits at the label positions (``[n_labels, vocab]``, fp16, for distillation), computed
         from the encoder output the labels were decoded from, and that encoder output (``teacher_encoder``, fp16).
         With ``teacher_hidden`` also the output of every encoder layer but the last (``teacher_hidden``,
-        ``[layers - 1, batch, frames, d_model]``, fp16; the last is ``teacher_encoder``). Unreadable audio is skipped. Labels are -100 on the prompt and on padding."""
+        ``[layers - 1, batch, frames, d_model]``, fp16; the last is ``teacher_encoder``). With ``frames`` also each clip's
+        real log-mel frames (``frames``, ``[batch]``: a length-adaptive student reads its batch at their bucket). The
+        teacher always reads the full 30 s window. Unreadable audio is skipped. Labels are -100 on the prompt and on
+        padding."""
         from tqdm import tqdm
 
         from speechprune.data.audio import load_audio
-        from speechprune.data.features import WINDOW_SECONDS, FeatureFrontend
+        from speechprune.data.features import WINDOW_SECONDS, FeatureFrontend, real_frames
 
         frontend = FeatureFrontend(self.n_mels)
         batches = []
@@ -183,5 +205,7 @@ class TorchWhisper:
                 batch["teacher_encoder"] = enc.half().cpu()
             if hidden is not None:
                 batch["teacher_hidden"] = hidden
+            if frames:
+                batch["frames"] = torch.tensor([real_frames(len(a)) for a in audios], dtype=torch.long)
             batches.append(batch)
         return batches

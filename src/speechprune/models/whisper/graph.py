@@ -4,7 +4,8 @@ Whisper-specific: with the rest of this package, the only code that knows Huggin
 graphs REFERENCE the model's parameters (no copies), so they always compute what the model computes, and each is
 an ``nn.Module`` that traces to its own ONNX graph:
 
-- ``WhisperEncoderGraph``: ``input_features [B, n_mels, 3000] -> encoder_hidden [B, 1500, d]``;
+- ``WhisperEncoderGraph``: ``input_features [B, n_mels, 3000] -> encoder_hidden [B, 1500, d]`` (or ``2 P`` frames
+  -> ``P`` positions: a length-adaptive model's bucket, see :mod:`.lengths`);
 - ``WhisperPrefillGraph``: ``input_ids [N, P], encoder_hidden [B, T, d] -> logits [N, V_out]`` (last position),
   then the self-attention key and value ``[N, H_i, P, hd]`` of every present self-attention block and the
   cross-attention key and value ``[B, H_j, T, hd]`` of every present cross-attention block;
@@ -56,21 +57,38 @@ def causal_mask(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.where(pos[None, :] > pos[:, None], float("-inf"), 0.0).to(like.dtype)
 
 
+def _self_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Multi-head attention of pre-scaled queries over ``q, k, v [B, T, H*hd]`` (not yet split into heads), through
+    PyTorch's fused kernel (``scaled_dot_product_attention``, scale 1: the queries are scaled), as Hugging Face's sdpa
+    encoder runs it: ``attend``'s explicit products were 2x slower at 1500 positions. Differentiable."""
+    b, width = k.shape[0], k.shape[2]
+    q, k, v = (x.reshape(b, -1, n_heads, width // n_heads).transpose(1, 2) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    return out.transpose(1, 2).reshape(b, -1, width)
+
+
 class _FusedSelfAttention(torch.autograd.Function):
-    """``attend`` over ``q, k, v [B, T, H*hd]`` in PyTorch; ONNX Runtime's fused ``com.microsoft::MultiHeadAttention``
-    once exported (the encoder's 1500-position attention: no cache, no mask, no reshapes in the graph)."""
+    """``_self_attend`` over ``q, k, v [B, T, H*hd]`` in PyTorch; ONNX Runtime's fused
+    ``com.microsoft::MultiHeadAttention`` once exported (the encoder's attention: no cache, no mask, no reshapes in the
+    graph). It has no backward: training calls ``_self_attend`` itself (``encoder_self_attention`` chooses)."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int) -> torch.Tensor:
-        b, t = k.shape[0], k.shape[1]
-        k, v = (x.reshape(b, t, n_heads, -1).transpose(1, 2) for x in (k, v))
-        return attend(q, k, v)
+        return _self_attend(q, k, v, n_heads)
 
     @staticmethod
     def symbolic(g, q, k, v, n_heads: int):
         out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=n_heads, scale_f=1.0)
         out.setType(q.type())
         return out
+
+
+def encoder_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The encoder's self-attention: the exportable operator when exporting or not training, else the same kernel
+    called directly, so autograd sees it (a student trains through ``WhisperEncoderGraph``)."""
+    if torch.is_grad_enabled() and q.requires_grad and not torch.onnx.is_in_onnx_export():
+        return _self_attend(q, k, v, n_heads)
+    return _FusedSelfAttention.apply(q, k, v, n_heads)
 
 
 class _Attention(nn.Module):
@@ -121,7 +139,10 @@ def _optional(modules: list[nn.Module | None]) -> nn.ModuleList:
 
 
 class WhisperEncoderGraph(nn.Module):
-    """``input_features [B, n_mels, 2 * n_audio_ctx] -> encoder_hidden [B, n_audio_ctx, d]``."""
+    """``input_features [B, n_mels, 2 * P] -> encoder_hidden [B, P, d]`` for any ``P`` up to the position table's
+    ``n_audio_ctx`` rows: positions ``0..P-1`` are added (``P = n_audio_ctx``, the 30 s window, is Hugging Face's
+    encoder; a shorter ``P`` is what a length-adaptive model reads, ``.lengths``). No dropout or LayerDrop: trained
+    through (``encoder_states``), it is the eval-mode encoder, as every Whisper recipe here runs with dropout 0."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -130,17 +151,26 @@ class WhisperEncoderGraph(nn.Module):
         self.attn = _optional([_self_attn(l) for l in enc.layers])
         self.ffn = _optional([_ffn(l) for l in enc.layers])
 
-    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+    def encoder_states(self, input_features: torch.Tensor, inner: bool = False
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(encoder_hidden, inner)``: the output, and with ``inner`` every layer's output but the last (what
+        Hugging Face's ``hidden_states[1:-1]`` hold), else ``[]``."""
         x = F.gelu(self.conv1(input_features))
         x = F.gelu(self.conv2(x)).permute(0, 2, 1)
-        h = x + self.positions.weight
+        h = x + self.positions.weight[: x.shape[1]]
+        states = []
         for attn, ffn in zip(self.attn, self.ffn):
             if isinstance(attn, _Attention):
                 a = attn.norm(h)
-                h = h + attn.out(_FusedSelfAttention.apply(attn.query(a), attn.k(a), attn.v(a), attn.n_heads))
+                h = h + attn.out(encoder_self_attention(attn.query(a), attn.k(a), attn.v(a), attn.n_heads))
             if isinstance(ffn, _FFN):
                 h = ffn(h)
-        return self.norm(h)
+            if inner:
+                states.append(h)
+        return self.norm(h), states[:-1]
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        return self.encoder_states(input_features)[0]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
 """Loading a Hugging Face Whisper folder, dense or pruned (``speechprune_structure`` or ``speechprune_lowrank`` in its
-config.json sends it through ``models.checkpoint.load_pruned``)."""
+config.json sends it through ``models.checkpoint.load_pruned``), length-adaptive or not (``speechprune_length_buckets``,
+:mod:`.lengths`: kept on the config, checked here)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from speechprune.errors import ModelError
+from speechprune.errors import ConfigError, ModelError
 from speechprune.io import read_json
 from speechprune.models.units import LOWRANK_KEY, STRUCTURE_KEY
 
@@ -25,6 +26,18 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _check_length_buckets(raw_config: dict, config_file: Path) -> None:
+    """A one-line ``ModelError`` naming ``config.json`` when its length buckets are malformed."""
+    from .lengths import LENGTH_KEY, check_buckets
+
+    if raw_config.get(LENGTH_KEY) is None:
+        return
+    try:
+        check_buckets(raw_config[LENGTH_KEY], int(raw_config.get("max_source_positions", 1500)))
+    except ConfigError as e:
+        raise ModelError(str(e), config_file) from None
+
+
 def load_whisper(folder: Path | str, device: str = "cpu", dtype=None):
     """Load ``(WhisperForConditionalGeneration, WhisperProcessor)`` from a local folder, in eval mode, sdpa attention.
 
@@ -41,6 +54,7 @@ def load_whisper(folder: Path | str, device: str = "cpu", dtype=None):
         raise ModelError("not a Whisper model folder (no config.json with model_type 'whisper')", folder)
     dtype = torch.float32 if dtype is None else dtype
     raw_config = read_json(folder / "config.json")
+    _check_length_buckets(raw_config, folder / "config.json")
     if STRUCTURE_KEY in raw_config or LOWRANK_KEY in raw_config:  # pruned: per-layer widths, removed blocks, low rank
         from speechprune.models.checkpoint import load_pruned
 

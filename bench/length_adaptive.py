@@ -1,0 +1,205 @@
+"""Length-adaptive tiny.en (issue 18): the encoder reads each clip at a length bucket instead of the 30 s window.
+
+Variants, each scored on the asterisk test split and the pooled out-of-domain suite (``english-ood``), with WER per
+bucket the clips fall in (``by_bucket``):
+
+    dense            the stock model, 30 s window (the reference)
+    dense@P          the same weights, no adaptation, clips that fit P positions read at P (the rest at 30 s),
+                     for every bucket P but the full window
+    dense-buckets    the same weights, no adaptation, every clip at its bucket
+    adapted          the recipe whisper-tiny.en-length (adaptation by distillation from the full-window dense
+                     teacher, ``recovery.length_adaptive``), read at its buckets
+    adapted-full     the adapted weights read at the 30 s window (what a backend without buckets would see)
+
+then the encoder (and whole-utterance) latency per clip, dense at the full window against the adapted model at its
+buckets, side by side in one run (``speechprune.bench.latency.benchmark``: interleaved clip by clip and repeat by
+repeat, medians, batch 1, the threads stated), with the encoder FLOPs per clip at each clip's bucket.
+
+Results are appended to ``OUT/results.jsonl`` as each variant finishes; a rerun skips finished variants, resumes
+unfinished evaluations (``OUT/eval/<variant>/<data>``) and an interrupted adaptation (``OUT/prune/adapted``).
+
+    python bench/length_adaptive.py --out runs/length [--steps 300] [--threads 2] [--variants dense,adapted,...]
+    python bench/length_adaptive.py --out /tmp/length-smoke --limit 4 --steps 2   # a smoke test, not a result
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+MODEL = "whisper-tiny.en"
+RECIPE = "whisper-tiny.en-length"
+EVALS = (("asterisk", "test"), ("english-ood", None))
+
+
+def variant_names(buckets: list[int]) -> list[str]:
+    return ["dense", *[f"dense@{p}" for p in buckets[:-1]], "dense-buckets", "adapted", "adapted-full", "latency"]
+
+
+def adaptation_recipe(steps: int | None, limit: int | None):
+    """The shipped adaptation recipe, with ``steps`` and (for a smoke test) at most ``4 * limit`` clips."""
+    from speechprune.prune.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE)
+    change: dict = {}
+    if steps is not None:
+        change["steps"] = steps
+    if limit is not None:
+        change["max_utterances"] = 4 * limit
+    return recipe.model_copy(update={"recovery": recipe.recovery.model_copy(update=change)})
+
+
+def backend(variant: str, buckets: list[int], adapted: Path | None):
+    """The ``TorchWhisper`` a variant evaluates (the buckets it reads at set on its config, in memory)."""
+    from speechprune.models.registry import resolve_model
+    from speechprune.models.whisper.backend import TorchWhisper
+    from speechprune.models.whisper.lengths import set_length_buckets
+
+    if variant.startswith("adapted"):
+        be = TorchWhisper.from_folder(adapted, name="torch")
+        if variant == "adapted-full":
+            set_length_buckets(be.model, None)
+        return be
+    be = TorchWhisper.from_folder(resolve_model(MODEL), name="torch")
+    if variant.startswith("dense@"):
+        set_length_buckets(be.model, [int(variant.split("@")[1]), buckets[-1]])
+    elif variant == "dense-buckets":
+        set_length_buckets(be.model, buckets)
+    return be
+
+
+def clip_buckets(utts, buckets: list[int]) -> dict[str, int]:
+    """Each clip's own bucket (its first window's: clips over 30 s read their windows at the full one)."""
+    from speechprune.data.audio import audio_duration
+    from speechprune.data.features import real_frames
+    from speechprune.errors import AudioError
+    from speechprune.models.whisper.lengths import bucket_for
+
+    out = {}
+    for u in utts:
+        try:
+            out[u.id] = bucket_for(real_frames(int(audio_duration(u.audio) * 16000)), buckets)
+        except AudioError:
+            continue
+    return out
+
+
+def by_bucket(folder: Path, owners: dict[str, int]) -> dict[str, dict]:
+    """WER of the clips of each bucket, from an evaluation's hypotheses."""
+    from speechprune.data.normalize import normalize_text
+    from speechprune.evaluate.metrics import word_errors
+    from speechprune.io import read_jsonl_tolerant
+
+    groups: dict[int, list[dict]] = {}
+    for r in read_jsonl_tolerant(folder / "hypotheses.jsonl"):
+        if "error" not in r and r["task"] == "transcribe" and r["id"] in owners:
+            groups.setdefault(owners[r["id"]], []).append(r)
+    out = {}
+    for p, rs in sorted(groups.items()):
+        w = word_errors([normalize_text(r["reference"], r["language"]) for r in rs],
+                        [normalize_text(r["hypothesis"], r["language"]) for r in rs])
+        out[str(p)] = {"wer": w.rate, "n_utterances": len(rs), "n_words": w.reference_length}
+    return out
+
+
+def evaluate_variant(be, label: str, out: Path, buckets: list[int], limit: int | None) -> dict:
+    from speechprune.data.datasets import load_dataset
+    from speechprune.evaluate.runner import eval_settings, evaluate
+    from speechprune.models.decoding import DecodeOptions
+
+    row = {}
+    for data, split in EVALS:
+        utts = load_dataset(data, split)[:limit]
+        folder = out / "eval" / label / data
+        m = evaluate(be, utts, folder, DecodeOptions(),
+                     settings=eval_settings(label, data, split, be.name, DecodeOptions(), limit), progress=False)
+        row[data] = {"wer": m["wer"], "macro_wer": m.get("macro_wer"), "runaway": m["runaway"]["utterances"],
+                     "n_utterances": m["n_utterances"], "by_bucket": by_bucket(folder, clip_buckets(utts, buckets))}
+    return row
+
+
+def latency(dense, adapted, buckets: list[int], n: int, threads: int) -> dict:
+    """Dense at the full window against the adapted model at its buckets, side by side on the first ``n`` test
+    clips; encoder FLOPs per clip at its bucket."""
+    import statistics
+
+    from speechprune.bench.latency import BenchOptions, benchmark
+    from speechprune.data.datasets import load_dataset
+    from speechprune.models.whisper import flops
+
+    dense.name, adapted.name = "dense-full", "adapted-buckets"
+    utts = load_dataset("asterisk", "test")[:n]
+    rec = benchmark([dense, adapted], utts, bench=BenchOptions(max_utterances=n), threads=threads, progress=False)
+    own = clip_buckets(utts, buckets)
+    shape = adapted.shape
+    per_clip = [flops.encoder_flops(replace(shape, n_audio_ctx=own[u["id"]], n_frames=2 * own[u["id"]])).total
+                for u in rec["backends"]["adapted-buckets"]["utterances"]]
+    side = {name: {k: b[k] for k in ("encoder_ms_median", "encoder_ms_p90", "latency_ms_median", "latency_ms_p90",
+                                     "decoder_ms_median", "n_utterances")}
+            for name, b in rec["backends"].items()}
+    return {"threads": threads, "n_clips": rec["backends"]["dense-full"]["n_utterances"], **side,
+            "encoder_speedup": side["dense-full"]["encoder_ms_median"] / side["adapted-buckets"]["encoder_ms_median"],
+            "latency_speedup": side["dense-full"]["latency_ms_median"] / side["adapted-buckets"]["latency_ms_median"],
+            "flops_encoder_full": flops.encoder_flops(dense.shape).total,
+            "flops_encoder_per_clip_median": statistics.median(per_clip),
+            "flops_encoder_per_clip_mean": statistics.fmean(per_clip),
+            "other_cpu_load": rec["other_cpu_load"], "environment": rec["environment"]}
+
+
+def main() -> None:
+    import torch
+
+    from speechprune.io import append_jsonl, read_jsonl_tolerant
+    from speechprune.prune.run import run_prune
+    from speechprune.prune.runner import final_model_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/length"))
+    ap.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the recipe's)")
+    ap.add_argument("--variants", default=None, help="comma-separated (default: all, in order)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None,
+                    help="a smoke test: the first N clips of each evaluation set, 4 N recovery clips, N timed clips")
+    ap.add_argument("--bench-utterances", type=int, default=20, help="test clips timed side by side")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    recipe = adaptation_recipe(args.steps, args.limit)
+    buckets = list(recipe.recovery.length_adaptive.buckets)
+    names = args.variants.split(",") if args.variants else variant_names(buckets)
+    unknown = sorted(set(names) - set(variant_names(buckets)))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {variant_names(buckets)}")
+    results = args.out / "results.jsonl"
+    done = {r["variant"] for r in read_jsonl_tolerant(results)} if results.exists() else set()
+    prune_dir = args.out / "prune" / "adapted"
+    for name in names:
+        if name in done:
+            continue
+        t0 = time.time()
+        row: dict = {"variant": name}
+        if name.startswith("adapted") or name == "latency":
+            if not (prune_dir / "model.txt").exists():
+                run_prune(MODEL, recipe, prune_dir, progress=False)
+            record = json.loads((prune_dir / "prune.json").read_text())
+            row["adaptation"] = record["steps"][-1].get("recovery")  # steps, losses, seconds
+            row["recipe_recovery"] = record["recipe"]["recovery"]
+        if name == "latency":
+            n = args.limit or args.bench_utterances
+            row.update(latency(backend("dense", buckets, None), backend("adapted", buckets, final_model_dir(prune_dir)),
+                               buckets, n, args.threads))
+        else:
+            be = backend(name, buckets, final_model_dir(prune_dir) if name.startswith("adapted") else None)
+            row.update(buckets=None if be.length_buckets is None else list(be.length_buckets),
+                       **evaluate_variant(be, name, args.out, buckets, args.limit))
+        row.update(minutes=(time.time() - t0) / 60, threads=args.threads, limit=args.limit)
+        append_jsonl(results, row)
+        brief = {k: (v["wer"] if isinstance(v, dict) and "wer" in v else v) for k, v in row.items()
+                 if k not in ("recipe_recovery", "environment", "adaptation")}
+        print(json.dumps(brief), flush=True)
+
+
+if __name__ == "__main__":
+    main()
