@@ -1,7 +1,9 @@
 """What each ingredient of the recovery data buys, in domain and out of domain, at one recovery budget.
 
 The structure and the recovery settings are the main job's default recipe (``whisper-tiny.en-onnx``); only
-``recovery.data`` (and ``interleave``, ``augment``) change, with ``max_utterances`` and ``steps`` fixed:
+``recovery.data`` (and ``interleave``, ``augment``) change, with ``max_utterances`` and ``steps`` fixed. Every variant
+but ``+synth-refit`` keeps the least-squares refit of the cut blocks that the recipe had when they were measured;
+``+synth-refit`` (the recipe since 2026-12-07) has none:
 
     asterisk         asterisk dev only (one telephone voice)
     +synth           + synthetic voices, wideband and telephone band (every engine and voice)
@@ -35,21 +37,22 @@ SYNTH = ["synth:300", "synth-telephone:300"]
 REAL = ["unlabelled:600"]
 DIVERSE_CALIBRATION = {"data": BASE_DATA + SYNTH + REAL}
 # per variant: changes to the recipe's recovery, and to its calibration
-# (every key a variant changes is set explicitly: the recipe's own recovery block is the +augment variant)
+# (every key a variant changes is set explicitly: the recipe's own recovery block is the +synth-refit variant)
+REFIT = {"reconstruct": True}  # the recipe's least-squares refit before 2026-12-07, with which those rows were measured
 VARIANTS = {
-    "asterisk": {"data": BASE_DATA, "interleave": False, "augment": None},
-    "+synth": {"data": BASE_DATA + SYNTH, "interleave": True, "augment": None},
-    "+real": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": None},
-    "+augment": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {}},
+    "asterisk": {"data": BASE_DATA, "interleave": False, "augment": None, "recipe": REFIT},
+    "+synth": {"data": BASE_DATA + SYNTH, "interleave": True, "augment": None, "recipe": REFIT},
+    "+real": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": None, "recipe": REFIT},
+    "+augment": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {}, "recipe": REFIT},
     "+augment+cal": {"data": BASE_DATA + SYNTH + REAL, "interleave": True, "augment": {},
-                     "calibration": DIVERSE_CALIBRATION},
+                     "calibration": DIVERSE_CALIBRATION, "recipe": REFIT},
     "+synth+cal": {"data": BASE_DATA + SYNTH, "interleave": True, "augment": None,
-                   "calibration": DIVERSE_CALIBRATION},
+                   "calibration": DIVERSE_CALIBRATION, "recipe": REFIT},
     "+synth-refit": {"data": BASE_DATA + SYNTH, "interleave": True, "augment": None,
                      "recipe": {"reconstruct": False}},
-    "one-shot": {"steps": 0},
-    "one-shot+cal": {"steps": 0, "calibration": DIVERSE_CALIBRATION},
-    "one-shot+speech": {"steps": 0, "recipe": {"reconstruct_weighting": "speech"}},
+    "one-shot": {"steps": 0, "recipe": REFIT},
+    "one-shot+cal": {"steps": 0, "calibration": DIVERSE_CALIBRATION, "recipe": REFIT},
+    "one-shot+speech": {"steps": 0, "recipe": {**REFIT, "reconstruct_weighting": "speech"}},
 }
 EVALS = (("asterisk", "test"), ("english-ood", None))
 
