@@ -37,10 +37,9 @@ class CTCFamily:
         """Write ``model`` to ``out``, keeping the weights ``source``'s training started from (ablations and
         weight-change signatures read them)."""
         init = initial_state(source) if source is not None and is_ctc_folder(source) else None
-        if init is not None and set(init) != set(model.state_dict()):
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        if init is not None and {k: v.shape for k, v in init.items()} != shapes:
             init = None  # a pruned model: the dense initialization no longer fits its tensors
-        elif init is not None and any(v.shape != model.state_dict()[k].shape for k, v in init.items()):
-            init = None
         return save_ctc(model, out, init_state=init, overwrite=overwrite)
 
     def shape_record(self, model: CTCModel) -> dict:

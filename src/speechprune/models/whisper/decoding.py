@@ -123,6 +123,19 @@ def _check_prompts(prompts: list[list[int]]) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def _record_step(stats: DecodeStats, i: int, t0: float, sync: Callable[[], None]) -> float:
+    """Wait for the device, then add the time since ``t0`` to step ``i``'s total (the first step's, which holds the
+    prompt and cross-attention, or the later steps'); returns the time now."""
+    sync()
+    now = time.perf_counter()
+    if i == 0:
+        stats.first_step_s += now - t0
+    else:
+        stats.later_steps_s += now - t0
+        stats.later_steps += 1
+    return now
+
+
 def greedy_search(
     step: StepFn,
     new_cache: Callable[[], object],
@@ -154,14 +167,7 @@ def greedy_search(
             if tok != vocab.eot:
                 out[b].append(tok)
         done = bool(finished.all())
-        sync()
-        now = time.perf_counter()
-        if i == 0:
-            stats.first_step_s += now - t0
-        else:
-            stats.later_steps_s += now - t0
-            stats.later_steps += 1
-        t0 = now
+        t0 = _record_step(stats, i, t0, sync)
         if done:
             break
         ids = nxt[:, None]
@@ -240,13 +246,7 @@ def beam_search(
                 kept += 1
             if len(finished[b]) >= k:
                 item_done[b] = True
-        sync()
-        now = time.perf_counter()
-        if i == 0:
-            stats.first_step_s += now - t0
-        else:
-            stats.later_steps_s += now - t0
-            stats.later_steps += 1
+        _record_step(stats, i, t0, sync)
         if all(item_done):
             break
         index = torch.tensor(src_rows, device=device)
