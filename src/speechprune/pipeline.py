@@ -23,7 +23,6 @@ from .evaluate.backends import load_backend
 from .evaluate.runner import OOD_DIR, eval_settings, evaluate, evaluate_ood, wants_ood
 from .io import atomic_write_json
 from .models.decoding import DecodeOptions
-from .models.whisper.backend import TorchWhisper
 from .report.summary import write_report
 
 
@@ -46,13 +45,13 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
     timing run on the CPU."""
     import torch
 
-    from .models.registry import BUNDLED_MODELS, resolve_model
+    from .models.registry import BUNDLED_MODELS
 
     torch.set_num_threads(threads)
     out = Path(out)
     utts = load_dataset(data, split)
     options = DecodeOptions()
-    dense = TorchWhisper.from_folder(resolve_model(model), name="torch")
+    dense = load_backend(model, "torch", name="torch")
     backends, metrics = [dense], {}
     metrics["torch"] = _eval(dense, utts, out / "eval" / "dense", model, data, split, options, ood_per_source)
     if recipe is not None:
@@ -67,18 +66,17 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
                 raise ConfigError("holds a model pruned with another recipe or model; use another --out", out)
         else:
             run_prune(model, r, out / "prune", device=prune_device)
-        pruned = TorchWhisper.from_folder(final_model_dir(out / "prune"), name="torch-pruned")
+        pruned = load_backend(str(final_model_dir(out / "prune")), "torch", name="torch-pruned")
         backends.append(pruned)
         metrics["torch-pruned"] = _eval(pruned, utts, out / "eval" / "pruned", str(final_model_dir(out / "prune")),
                                         data, split, options, ood_per_source)
         if export:
-            from .evaluate.onnx_backend import OnnxWhisper
             from .export.onnx import MANIFEST, export_onnx
 
             onnx_dir = out / "onnx-int8"
             if not (onnx_dir / MANIFEST).exists():
                 export_onnx(final_model_dir(out / "prune"), onnx_dir, quantize=True, overwrite=True)
-            exported = OnnxWhisper.from_folder(onnx_dir, threads=threads, name="onnx-int8-pruned")
+            exported = load_backend(str(onnx_dir), "onnx", threads=threads, name="onnx-int8-pruned")
             backends.append(exported)
             metrics[exported.name] = _eval(exported, utts, out / "eval" / "onnx-int8-pruned", str(onnx_dir), data,
                                            split, options, ood_per_source)

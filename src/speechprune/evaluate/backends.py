@@ -1,9 +1,10 @@
 """Inference backends behind one small interface: features in, encoder output, then tokens.
 
-``TorchWhisper`` (:mod:`speechprune.models.whisper.backend`) runs a (dense or pruned) Hugging Face Whisper model
-with the search loops of :mod:`speechprune.models.whisper.decoding`. ``FasterWhisper`` runs CTranslate2 files through
+The PyTorch backend of a model comes from its family (``ModelFamily.backend``: ``TorchWhisper`` runs a dense or
+pruned Hugging Face Whisper model with the search loops of :mod:`speechprune.models.whisper.decoding`,
+``CTCBackend`` a CTC model). ``FasterWhisper`` runs CTranslate2 files through
 faster-whisper's engine, the peer every speed claim is measured against. ``load_backend`` picks one for a model name
-or folder (the CTC and ONNX backends are :mod:`.ctc_backend` and :mod:`.onnx_backend`). All take the same log-mel
+or folder (the ONNX backends are :mod:`.onnx_backend` and :mod:`.ctc_backend`). All take the same log-mel
 features (:class:`speechprune.data.features.FeatureFrontend`).
 """
 
@@ -20,7 +21,6 @@ from ..errors import ConfigError
 from ..io import tree_size_bytes
 from ..models.decoding import Decoded, DecodeOptions, DecodeStats
 from ..models.structure import EncoderDecoderShape
-from ..models.whisper.backend import TorchWhisper
 from ..models.whisper.decoding import WhisperVocab, decoding_prompts
 
 BACKENDS = ("torch", "faster-whisper", "onnx")
@@ -124,28 +124,28 @@ class FasterWhisper:
 
 
 def load_backend(model: str, backend: str = "torch", compute_type: str = "int8", threads: int = 0,
-                 device: str = "cpu", exit_layer: int | None = None) -> Backend:
+                 device: str = "cpu", exit_layer: int | None = None, name: str | None = None) -> Backend:
     """A backend for a bundled model name or a local folder: a Hugging Face Whisper folder (dense or pruned) or a
     CTC model folder (``speechprune train``; ``exit_layer`` reads it at that depth) for ``torch``, a folder written
     by ``speechprune export --format onnx`` for ``onnx``; ``faster-whisper`` runs the original CTranslate2 files of
-    a bundled model, or a folder written by ``--format ct2``."""
-    from ..models.ctc import is_ctc_folder
+    a bundled model, or a folder written by ``--format ct2``. ``name``: what tables and benches call it (default:
+    the backend's own name)."""
+    be = _load_backend(model, backend, compute_type, threads, device, exit_layer)
+    if name is not None:
+        be.name = name
+    return be
+
+
+def _load_backend(model: str, backend: str, compute_type: str, threads: int, device: str,
+                  exit_layer: int | None) -> Backend:
+    from ..models.family import family_for_folder
     from ..models.registry import BUNDLED_MODELS, ct2_source_dir, resolve_model
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    ctc = is_ctc_folder(model) and backend != "onnx"  # an ONNX export of a CTC model carries its config too
-    if exit_layer is not None and not ctc:
-        raise ConfigError("--exit-layer reads a CTC model (speechprune train) at a smaller depth; this is not one", model)
-    if ctc:
-        if backend != "torch":
-            raise ConfigError(f"a CTC model runs on the torch or onnx (an export) backend, not {backend}", model)
-        from .ctc_backend import CTCBackend
-
-        try:
-            return CTCBackend.from_folder(model, device=device, exit_layer=exit_layer)
-        except ValueError as e:
-            raise ConfigError(str(e), model) from None
+    if exit_layer is not None and backend != "torch":
+        raise ConfigError(f"--exit-layer reads a model at a smaller depth in PyTorch, not on the {backend} backend",
+                          model)
     if backend == "onnx":
         from .onnx_backend import OnnxWhisper, export_family
 
@@ -156,21 +156,22 @@ def load_backend(model: str, backend: str = "torch", compute_type: str = "int8",
         return OnnxWhisper.from_folder(model, threads=threads or None, device=device)
     if backend == "faster-whisper" and model not in BUNDLED_MODELS and (Path(model) / "model.bin").is_file():
         return _exported_ct2(Path(model), compute_type, threads, device)
-    hf_dir = resolve_model(model)
+    folder = resolve_model(model)
+    family = family_for_folder(folder)
     if backend == "torch":
-        return TorchWhisper.from_folder(hf_dir, device=device)
+        return family.backend(folder, device=device, exit_layer=exit_layer)
+    if family.name != "whisper":
+        raise ConfigError(f"a {family.name} model runs on the torch or onnx (an export) backend, not {backend}", model)
     if model not in BUNDLED_MODELS:
         raise ConfigError(f"--backend faster-whisper needs a bundled model name ({', '.join(BUNDLED_MODELS)})")
-    from transformers import WhisperTokenizerFast
-
-    from transformers import WhisperConfig
+    from transformers import WhisperConfig, WhisperTokenizerFast
 
     from ..models.whisper.shape import whisper_shape_from_config
 
-    tokenizer = WhisperTokenizerFast.from_pretrained(hf_dir)
-    shape = whisper_shape_from_config(WhisperConfig.from_pretrained(hf_dir))
-    params = _safetensors_params(hf_dir)
-    return FasterWhisper(ct2_source_dir(model), WhisperVocab.from_folder(hf_dir), tokenizer, shape, params,
+    tokenizer = WhisperTokenizerFast.from_pretrained(folder)
+    shape = whisper_shape_from_config(WhisperConfig.from_pretrained(folder))
+    params = _safetensors_params(folder)
+    return FasterWhisper(ct2_source_dir(model), WhisperVocab.from_folder(folder), tokenizer, shape, params,
                          compute_type=compute_type, threads=threads, device=device)
 
 

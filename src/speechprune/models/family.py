@@ -58,6 +58,12 @@ class ModelFamily(Protocol):
         """Write ``model`` to ``out`` atomically, with what it needs from the folder it came from (``source``)."""
         ...
 
+    def backend(self, folder: str | Path, device: str = "cpu", name: str | None = None,
+                exit_layer: int | None = None):
+        """The family's PyTorch decoding backend (``encode``/``decode``/``decode_text``, ``with_model``) for the
+        model in ``folder``; ``exit_layer`` reads it at that depth where the family can (else a ``ConfigError``)."""
+        ...
+
     def shape_record(self, model: torch.nn.Module) -> dict:
         """``params`` and the family's FLOP figures (``flops_encoder``, and per decoded token where there is a
         decoder)."""

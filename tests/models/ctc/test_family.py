@@ -136,3 +136,25 @@ def test_length_buckets_are_refused_for_a_family_that_reads_each_clip_already():
 
     with pytest.raises(ConfigError, match="already reads each clip's own frames"):
         FAMILY.set_length_buckets(tiny_ctc(), (150, 1500))
+
+
+def test_the_familys_backend_decodes_a_saved_model_and_a_pruned_copy_alike(tmp_path, clips):
+    from speechprune.data.features import FeatureFrontend
+    from speechprune.errors import ConfigError
+    from speechprune.evaluate.backends import load_backend
+    from speechprune.evaluate.runner import decode_prepared, prepare_batch
+    from speechprune.models.decoding import DecodeOptions
+
+    model = tiny_ctc("whisper")
+    FAMILY.save(model, None, tmp_path / "m")
+    be = load_backend(str(tmp_path / "m"), "torch", name="dense")  # through the family seam
+    assert be.name == "dense" and type(be).__name__ == "CTCBackend"
+    batch = prepare_batch(FeatureFrontend(be.n_mels), read_manifest(clips)[:3])
+    pruned = be.with_model(_pruned(FAMILY.load(tmp_path / "m")), name="pruned")
+    assert pruned.name == "pruned" and pruned.params < be.params
+    FAMILY.save(pruned.model, tmp_path / "m", tmp_path / "p")
+    again = FAMILY.backend(tmp_path / "p")
+    hyps = [[r["hypothesis"] for r in decode_prepared(b, batch, DecodeOptions())] for b in (pruned, again)]
+    assert hyps[0] == hyps[1]  # a pruned copy decodes as its saved and reloaded folder does
+    with pytest.raises(ConfigError, match="exit layer 9 is outside"):
+        FAMILY.backend(tmp_path / "m", exit_layer=9)

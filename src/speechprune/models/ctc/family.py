@@ -42,6 +42,17 @@ class CTCFamily:
             init = None  # a pruned model: the dense initialization no longer fits its tensors
         return save_ctc(model, out, init_state=init, overwrite=overwrite)
 
+    def backend(self, folder: str | Path, device: str = "cpu", name: str | None = None,
+                exit_layer: int | None = None):
+        """A ``CTCBackend`` (greedy or prefix beam search), at full depth or exiting at ``exit_layer``."""
+        from ...errors import ConfigError
+        from .backend import CTCBackend
+
+        try:
+            return CTCBackend.from_folder(folder, device=device, name=name or "ctc", exit_layer=exit_layer)
+        except ValueError as e:
+            raise ConfigError(str(e), folder) from None
+
     def shape_record(self, model: CTCModel) -> dict:
         flops = encoder_flops(model.config, REFERENCE_FRAMES)
         return {"params": sum(p.numel() for p in model.parameters()),

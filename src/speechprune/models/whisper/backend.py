@@ -51,6 +51,10 @@ class TorchWhisper:
         be.disk_bytes = tree_size_bytes(Path(folder).glob("*.safetensors"))
         return be
 
+    def with_model(self, model, name: str | None = None) -> "TorchWhisper":
+        """A backend for ``model`` (a pruned or damaged copy of this one's) with this one's tokenizer and vocabulary."""
+        return TorchWhisper(model, self.tokenizer, self.vocab, device=self.device, name=name or self.name)
+
     @property
     def length_buckets(self) -> tuple[int, ...] | None:
         """The buckets a length-adaptive model (config.json's ``speechprune_length_buckets``) reads its batches at,

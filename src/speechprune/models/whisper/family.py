@@ -33,6 +33,16 @@ class WhisperFamily:
 
         return save_pruned(model, source, out, overwrite=overwrite)
 
+    def backend(self, folder: str | Path, device: str = "cpu", name: str | None = None,
+                exit_layer: int | None = None):
+        """A ``TorchWhisper`` (greedy and beam search with a key/value cache) for the folder's model."""
+        from .backend import TorchWhisper
+
+        if exit_layer is not None:
+            raise ConfigError("--exit-layer reads a CTC model (speechprune train) at a smaller depth; this is a "
+                              "Whisper model", folder)
+        return TorchWhisper.from_folder(folder, device=device, name=name or "torch")
+
     def shape_record(self, model) -> dict:
         """Params and FLOPs (the encoder's over the 30 s window); a length-adaptive model adds its buckets and the
         encoder's FLOPs at each (``flops_encoder_by_bucket``)."""
