@@ -20,7 +20,6 @@ from ..data.manifest import Utterance
 from ..errors import AudioError, ConfigError
 from ..evaluate.backends import Backend, FasterWhisper
 from ..models.decoding import DecodeOptions
-from ..models.whisper import flops as F
 from .environment import ResourceMonitor, environment
 
 
@@ -71,26 +70,6 @@ def _p90(xs: list[float]) -> float | None:
     return float(np.percentile(xs, 90)) if xs else None
 
 
-def _flops(backend: Backend, rows: list[dict]) -> dict:
-    """Analytic FLOPs: an encoder-decoder's per 30 s window and per decoded token (``backend.shape``), or, for a
-    backend whose model reads only the clip (``backend.clip_flops(frames)``: the CTC family), the median clip's."""
-    clip_flops = getattr(backend, "clip_flops", None)
-    if clip_flops is not None:
-        per = [clip_flops(r["frames"]) for r in rows]
-        return {"flops_encoder": _median(per), "flops_encoder_breakdown": None, "flops_decoder_first_step": 0,
-                "flops_decoder_per_token": 0, "flops_per_utterance_median": _median(per)}
-    shape = backend.shape
-    enc = F.encoder_flops(shape)
-    return {
-        "flops_encoder": enc.total,
-        "flops_encoder_breakdown": {"conv": enc.conv, "attn_proj": enc.attn_proj, "attn_scores": enc.attn_scores,
-                                    "ffn": enc.ffn},
-        "flops_decoder_first_step": F.decoder_first_step_flops(shape, rows[0]["prompt_len"]),
-        "flops_decoder_per_token": F.decoder_token_flops(shape, rows[0]["prompt_len"] + 1),
-        "flops_per_utterance_median": _median([F.utterance_flops(shape, r["prompt_len"], r["n_tokens"]) for r in rows]),
-    }
-
-
 def _summary(backend: Backend, rows: list[dict]) -> dict:
     ms_per_tok = [r["decoder_ms_per_token"] for r in rows]
     col = lambda k: [r[k] for r in rows]  # noqa: E731
@@ -109,7 +88,7 @@ def _summary(backend: Backend, rows: list[dict]) -> dict:
         "decoder_ms_per_token_p90": _p90(ms_per_tok),
         "tokens_median": _median(col("n_tokens")),
         "rtf_median": _median(col("rtf")),
-        **_flops(backend, rows),
+        **backend.flops_record(rows),  # the backend's own cost model (its family's FLOP count)
         "params": backend.params,
         "disk_bytes": backend.disk_bytes,
         "utterances": rows,
@@ -159,7 +138,7 @@ def benchmark(backends: list[Backend], utterances: list[Utterance], options: Dec
                 row = {k: _median([r[k] for r in rs]) for k in rs[0] if k.endswith("ms") or k.endswith("token")}
                 prompt = getattr(b.vocab, "prompt", None)  # a CTC model has no decoder prompt
                 row.update(id=u.id, duration_s=len(a) / 16000, n_tokens=rs[0]["n_tokens"],
-                           frames=real_frames(len(a)),
+                           frames=real_frames(len(a)), positions=getattr(b, "last_positions", None),
                            prompt_len=len(prompt(rs[0]["language"], rs[0]["task"])) if prompt else 0)
                 row["rtf"] = row["latency_ms"] / 1e3 / row["duration_s"]
                 rows[b.name].append(row)

@@ -43,6 +43,10 @@ class Backend(Protocol):
 
     def decode_text(self, tokens: list[int]) -> str: ...
 
+    def flops_record(self, rows: list[dict]) -> dict:
+        """Analytic FLOPs of latency-bench rows (``frames``, ``prompt_len``, ``n_tokens``, ``positions``)."""
+        ...
+
 
 def files_digest(paths) -> str:
     """A digest of files' names and bytes (read in 1 MiB chunks)."""
@@ -89,6 +93,12 @@ class FasterWhisper:
 
     def synchronize(self) -> None:  # CTranslate2 calls return when done
         pass
+
+    def flops_record(self, rows: list[dict]) -> dict:
+        """Analytic FLOPs of bench rows (``models.whisper.flops.bench_flops``)."""
+        from ..models.whisper.flops import bench_flops
+
+        return bench_flops(self.shape, rows)
 
     def encode(self, features: np.ndarray, frames: list[int] | None = None):
         import ctranslate2

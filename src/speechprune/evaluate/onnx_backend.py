@@ -178,6 +178,12 @@ class OnnxWhisper:
     def synchronize(self) -> None:  # InferenceSession.run returns when done
         pass
 
+    def flops_record(self, rows: list[dict]) -> dict:
+        """Analytic FLOPs of bench rows (``models.whisper.flops.bench_flops``)."""
+        from ..models.whisper.flops import bench_flops
+
+        return bench_flops(self.shape, rows)
+
     def encode(self, features: np.ndarray, frames: list[int] | None = None) -> np.ndarray:
         """Encoder states of ``features [B, n_mels, 3000]``; a length-adaptive export reads only the frames of the
         bucket that holds the longest of ``frames`` (as ``TorchWhisper`` does; ``None``: the full window)."""

@@ -94,3 +94,20 @@ def test_formulas_count_lowrank_projections_as_two_matmuls_like_the_torch_counte
 
     assert counted(lambda: step([60, 62])) == F.decoder_first_step_flops(shape, 2)
     assert counted(lambda: step([5])) == F.decoder_token_flops(shape, 3)
+
+
+def test_bench_flops_count_the_encoder_at_the_positions_each_clip_was_read_at():
+    """A length-adaptive backend reads short clips at a bucket: the bench counts the encoder (and the decoder's
+    cross-attention) at those positions, the median clip's where they differ."""
+    s = F.uniform_shape(384, 6, 1536, 4, 4, 51864)
+    full = [{"prompt_len": 3, "n_tokens": 5, "positions": None}] * 3
+    short = [{"prompt_len": 3, "n_tokens": 5, "positions": 150}] * 3
+    a, b = F.bench_flops(s, full), F.bench_flops(s, short)
+    assert a["flops_encoder"] == F.encoder_flops(s).total
+    cut = F.at_positions(s, 150)
+    assert (cut.n_audio_ctx, cut.n_frames) == (150, 300)
+    assert b["flops_encoder"] == F.encoder_flops(cut).total < a["flops_encoder"] / 9
+    assert b["flops_decoder_per_token"] < a["flops_decoder_per_token"]  # cross-attention over 150 positions
+    assert b["flops_per_utterance_median"] == F.utterance_flops(cut, 3, 5)
+    mixed = F.bench_flops(s, [short[0], full[0], {**short[0], "positions": 250}])
+    assert mixed["flops_encoder"] == F.encoder_flops(F.at_positions(s, 250)).total  # the median clip's

@@ -43,6 +43,16 @@ class CTCDecoding:
 
         return encoder_flops(self.config, frames, self.exit_layer)["total"]
 
+    def flops_record(self, rows: list[dict]) -> dict:
+        """Analytic FLOPs of bench rows: the median clip's encoder (the model reads only each clip's ``frames``);
+        no decoder."""
+        import statistics
+
+        per = [self.clip_flops(r["frames"]) for r in rows]
+        return {"flops_encoder": statistics.median(per), "flops_encoder_breakdown": None,
+                "flops_decoder_first_step": 0, "flops_decoder_per_token": 0,
+                "flops_per_utterance_median": statistics.median(per)}
+
     def decode(self, encoded, languages, tasks, options: DecodeOptions) -> Decoded:
         """Characters per item: greedy (``beam_size`` 1) or prefix beam search; the whole search counts as the
         decoder's first step (there is no per-token decoder)."""

@@ -62,6 +62,12 @@ class TorchWhisper:
         model."""
         return length_buckets(self.model.config)
 
+    def flops_record(self, rows: list[dict]) -> dict:
+        """Analytic FLOPs of bench rows (``flops.bench_flops``: the encoder at the positions each clip was read at)."""
+        from .flops import bench_flops
+
+        return bench_flops(self.shape, rows)
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

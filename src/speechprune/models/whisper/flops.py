@@ -15,7 +15,7 @@ convs 5 %); decoder first step ~3.6 GFLOP (cross-attention K/V over 1500 frames)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from speechprune.models.structure import AttentionShape, EncoderDecoderShape, LayerShape
 
@@ -132,3 +132,31 @@ def uniform_shape(d_model: int, n_heads: int, ffn: int, enc_layers: int, dec_lay
         encoder=tuple(LayerShape(att, ffn) for _ in range(enc_layers)),
         decoder=tuple(LayerShape(att, ffn, att) for _ in range(dec_layers)),
     )
+
+
+def at_positions(s: EncoderDecoderShape, positions: int | None) -> EncoderDecoderShape:
+    """``s`` with the encoder reading ``positions`` (a length bucket) instead of its window (``None``: as is)."""
+    if positions is None or positions == s.n_audio_ctx:
+        return s
+    return replace(s, n_audio_ctx=int(positions), n_frames=2 * int(positions))
+
+
+def bench_flops(s: EncoderDecoderShape, rows: list[dict]) -> dict:
+    """The analytic FLOP figures of a latency bench (``bench.latency``): per row ``prompt_len``, ``n_tokens`` and,
+    for a length-adaptive backend, the encoder ``positions`` it read (else the window). The encoder's and the
+    decoder's figures are the median clip's (one value for a fixed window)."""
+    import statistics
+
+    shapes = [at_positions(s, r.get("positions")) for r in rows]
+    encs = [encoder_flops(x) for x in shapes]
+    mid = sorted(range(len(rows)), key=lambda i: encs[i].total)[len(rows) // 2]  # the median clip's encoder
+    enc, prompt = encs[mid], rows[0]["prompt_len"]
+    return {
+        "flops_encoder": enc.total,
+        "flops_encoder_breakdown": {"conv": enc.conv, "attn_proj": enc.attn_proj, "attn_scores": enc.attn_scores,
+                                    "ffn": enc.ffn},
+        "flops_decoder_first_step": decoder_first_step_flops(shapes[mid], prompt),
+        "flops_decoder_per_token": decoder_token_flops(shapes[mid], prompt + 1),
+        "flops_per_utterance_median": statistics.median(
+            utterance_flops(x, r["prompt_len"], r["n_tokens"]) for x, r in zip(shapes, rows)),
+    }
