@@ -15,6 +15,8 @@ but ``+synth-refit`` keeps the least-squares refit of the cut blocks that the re
     one-shot         no recovery: the structure as pruned and refit on asterisk calibration
     one-shot+cal     no recovery, calibration on diverse clips (asterisk, synthetic voices, real unlabelled English)
     one-shot+speech  no recovery, asterisk calibration, the refit weighing speech and padding positions alike
+    one-shot-refit   no recovery, no refit: the cut structure as the criterion left it
+    one-shot-ffn-refit, one-shot-heads-refit   the same, with only the FFN cut or only the head cut
 
 Each variant is pruned and recovered (``run_prune``), then scored on the asterisk test split and on the pooled
 out-of-domain suite (``english-ood``: speakers and recordings that no recovery, calibration or sweep reads).
@@ -38,6 +40,8 @@ REAL = ["unlabelled:600"]
 DIVERSE_CALIBRATION = {"data": BASE_DATA + SYNTH + REAL}
 # per variant: changes to the recipe's recovery, and to its calibration
 # (every key a variant changes is set explicitly: the recipe's own recovery block is the +synth-refit variant)
+FFN_ONLY = {"stack": "encoder", "kind": "ffn", "sparsity": 0.3}  # the recipe's two cuts, apart
+HEADS_ONLY = {"stack": "encoder", "kind": "self_attn", "sparsity": 0.17}
 REFIT = {"reconstruct": True}  # the recipe's least-squares refit before 2026-12-07, with which those rows were measured
 VARIANTS = {
     "asterisk": {"data": BASE_DATA, "interleave": False, "augment": None, "recipe": REFIT},
@@ -53,6 +57,9 @@ VARIANTS = {
     "one-shot": {"steps": 0, "recipe": REFIT},
     "one-shot+cal": {"steps": 0, "calibration": DIVERSE_CALIBRATION, "recipe": REFIT},
     "one-shot+speech": {"steps": 0, "recipe": {**REFIT, "reconstruct_weighting": "speech"}},
+    "one-shot-refit": {"steps": 0, "recipe": {"reconstruct": False}},
+    "one-shot-ffn-refit": {"steps": 0, "recipe": {"reconstruct": False, "targets": [FFN_ONLY]}},
+    "one-shot-heads-refit": {"steps": 0, "recipe": {"reconstruct": False, "targets": [HEADS_ONLY]}},
 }
 EVALS = (("asterisk", "test"), ("english-ood", None))
 
@@ -67,18 +74,19 @@ def variant_recipe(name: str):
     top = change.pop("recipe", {})  # recipe-level keys
     if change.get("augment") is not None:
         change["augment"] = AugmentSettings(**change["augment"])
-    return base.model_copy(update={"name": f"{RECIPE}{name}", **top,
-                                   "calibration": base.calibration.model_copy(update=calibration),
-                                   "recovery": base.recovery.model_copy(update=change)})
+    recipe = base.model_copy(update={"name": f"{RECIPE}{name}",
+                                     "calibration": base.calibration.model_copy(update=calibration),
+                                     "recovery": base.recovery.model_copy(update=change)})
+    return type(base).model_validate({**recipe.model_dump(), **top})  # recipe-level keys validated
 
 
 def evaluate_model(folder: Path, out: Path, label: str) -> dict:
     from speechprune.data.datasets import load_dataset
-    from speechprune.models.whisper.backend import TorchWhisper
-    from speechprune.models.decoding import DecodeOptions
+    from speechprune.evaluate.backends import load_backend
     from speechprune.evaluate.runner import eval_settings, evaluate
+    from speechprune.models.decoding import DecodeOptions
 
-    be = TorchWhisper.from_folder(folder, name="torch")
+    be = load_backend(str(folder), "torch")
     row = {}
     for data, split in EVALS:
         m = evaluate(be, load_dataset(data, split), out / "eval" / label / data, DecodeOptions(),

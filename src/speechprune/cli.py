@@ -38,8 +38,13 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _backends(model: str, names: list[str], threads: int | None, device: str, exit_layer: int | None = None):
-    """``torch``, ``onnx`` (MODEL: an ONNX export folder), ``faster-whisper`` (= int8) or
+NUMERICS_HELP = ("the torch backend's dtypes: auto (each part in what this CPU runs fastest, checked against float32; "
+                 "bench records the choice and why) | float32 | bfloat16 (refused where this CPU runs it slowly)")
+
+
+def _backends(model: str, names: list[str], threads: int | None, device: str, exit_layer: int | None = None,
+              numerics: str = "float32"):
+    """``torch`` (in ``numerics``), ``onnx`` (MODEL: an ONNX export folder), ``faster-whisper`` (= int8) or
     ``faster-whisper-<compute type>`` (MODEL: a bundled name or a CTranslate2 export folder)."""
     from .evaluate.backends import load_backend
 
@@ -49,7 +54,8 @@ def _backends(model: str, names: list[str], threads: int | None, device: str, ex
             ct = name[len("faster-whisper-"):] if name != "faster-whisper" else "int8"
             out.append(load_backend(model, "faster-whisper", compute_type=ct, threads=threads or 0, device=device))
         else:
-            out.append(load_backend(model, name, threads=threads or 0, device=device, exit_layer=exit_layer))
+            out.append(load_backend(model, name, threads=threads or 0, device=device, exit_layer=exit_layer,
+                                    numerics=numerics if name == "torch" else "float32"))
     return out
 
 
@@ -112,6 +118,7 @@ def eval_cmd(
                                                  "out-of-domain source (a quick look, not a result)"),
     exit_layer: Optional[int] = typer.Option(None, min=1, help="CTC models: read the encoder only up to this layer "
                                              "(through the shared head; layer pruning on demand)"),
+    numerics: str = typer.Option("float32", help=NUMERICS_HELP),
 ) -> None:
     """Decode a data set and score it: WER, CER (and BLEU for translations), and beside it the out-of-domain suite.
     Resumes an interrupted run."""
@@ -124,12 +131,14 @@ def eval_cmd(
     utts = load_dataset(data, split)
     if limit:
         utts = utts[:limit]
-    (be,) = _backends(model, [backend], threads, device, exit_layer)
+    (be,) = _backends(model, [backend], threads, device, exit_layer, numerics)
     out = out or Path("runs/eval") / _slug(f"{Path(model).name}_{Path(data).stem}_{split or 'test'}_{be.name}_beam{beam}"
                                            + (f"_n{limit}" if limit else "") + (f"_exit{exit_layer}" if exit_layer else ""))
     settings = eval_settings(model, data, split, be.name, options, limit)
     if exit_layer:
         settings["exit_layer"] = exit_layer
+    if numerics != "float32":
+        settings["numerics"] = getattr(be, "numerics", None)
     metrics = evaluate(be, utts, out, options, batch_size=batch_size, settings=settings)
     _print_metrics(f"{model} on {data} ({split or 'test'})", metrics)
     console.print(f"wrote {out}/metrics.json and {out}/hypotheses.jsonl")
@@ -193,8 +202,10 @@ def bench_cmd(
     beam: int = typer.Option(1, min=1),
     device: str = typer.Option("cpu"),
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/bench/<model>)"),
+    numerics: str = typer.Option("auto", help=NUMERICS_HELP),
 ) -> None:
-    """Time feature extraction, encoder and decoder per utterance; FLOPs, parameters, size, memory."""
+    """Time feature extraction, encoder and decoder per utterance; FLOPs, parameters, size, memory; the dtypes each
+    backend ran in."""
     from .bench.latency import BenchOptions, benchmark
     from .data.datasets import load_dataset
     from .io import atomic_write_json
@@ -202,7 +213,7 @@ def bench_cmd(
 
     _set_threads(threads)
     utts = load_dataset(data, split)
-    bes = _backends(model, backend, threads, device)
+    bes = _backends(model, backend, threads, device, numerics=numerics)
     record = benchmark(bes, utts, DecodeOptions(beam_size=beam), BenchOptions(warmup, repeats, utterances), threads=threads)
     record.update(model=model, data=data, split=split or "test")
     out = out or Path("runs/bench") / _slug(Path(model).name)
@@ -435,6 +446,7 @@ def run_cmd(
                                            "the CPU, beside faster-whisper)"),
     ood_per_source: Optional[int] = typer.Option(None, min=1, help="score only the first N utterances of each "
                                                  "out-of-domain source (a quick look, not a result)"),
+    numerics: str = typer.Option("auto", help=NUMERICS_HELP),
 ) -> None:
     """The main job: prune bundled tiny.en with a recipe (default: whisper-tiny.en-onnx), recover, export to ONNX
     Runtime int8, then evaluate and benchmark it next to the dense model and faster-whisper on the asterisk test
@@ -443,7 +455,7 @@ def run_cmd(
 
     report = main_job(model=model, data=data, split=split, threads=threads, bench_utterances=bench_utterances, out=out,
                       recipe=None if dense_only else recipe, export=export, prune_device=device,
-                      ood_per_source=ood_per_source)
+                      ood_per_source=ood_per_source, numerics=numerics)
     console.print(report.read_text(encoding="utf-8"))
     console.print(f"wrote {report} and {report.with_suffix('.json')}")
 
@@ -468,15 +480,16 @@ def _csv(text: str | None, what: str, cast=str) -> list | None:
 
 @analyze_app.command("sensitivity")
 def analyze_sensitivity_cmd(
-    model: str = typer.Argument(..., help="bundled model name or a Whisper folder"),
+    model: str = typer.Argument(..., help="bundled model name or a model folder (Whisper or CTC)"),
     data: str = typer.Argument(DEFAULT_DATA, help="bundled data set or a JSONL manifest"),
     out: Path = typer.Option(..., help="sweep folder (points.jsonl, summary.json, plots/); a rerun resumes"),
     split: str = typer.Option("dev", help="dev | all (never test: the sweep selects what to prune)"),
     components: Optional[str] = typer.Option(None, help="comma-separated stack.component (encoder.ffn, "
-                                             "decoder.cross_attn, encoder.conv, decoder.embed...); default: all but norms"),
+                                             "decoder.cross_attn, encoder.conv, decoder.embed, "
+                                             "encoder.ffn_macaron...); default: all but norms"),
     levels: str = typer.Option("0.1,0.3,0.5,0.7,0.9", help="comma-separated sparsity levels"),
     methods: str = typer.Option("unstructured,structured", help="unstructured (L1 magnitude per tensor) and/or "
-                                "structured (heads / FFN neurons per layer)"),
+                                "structured (heads / FFN neurons / conv channels per layer)"),
     criterion: str = typer.Option("magnitude", help="structured unit scores: magnitude | activation | taylor | random"),
     limit: Optional[int] = typer.Option(24, min=1, help="score the first N utterances"),
     max_new_tokens: int = typer.Option(64, min=1, help="token cap per hypothesis (a looping model stops there)"),
@@ -535,7 +548,9 @@ def analyze_plan_cmd(
         measured = [f"{100 * a['check']['wer_increase']:.1f}"] if check else []
         t.add_row(name, ", ".join(f"{c} {v['sparsity']:.2f}" for c, v in a["per_component"].items() if v["sparsity"] > 0),
                   f"{100 * a['predicted_wer_increase']:.1f}", f"{a['realized']['params'] / 1e6:.2f}",
-                  f"{a['realized']['flops_encoder'] / 1e9:.2f}", f"{a['realized']['flops_decoder_per_token'] / 1e6:.2f}",
+                  f"{a['realized']['flops_encoder'] / 1e9:.2f}",
+                  f"{a['realized']['flops_decoder_per_token'] / 1e6:.2f}" if "flops_decoder_per_token" in a["realized"]
+                  else "-",
                   *measured, a["recipe"])
     console.print(t)
     console.print(f"wrote {out}, {record['uniform']['recipe']} and {out.with_suffix('.json')}")
@@ -556,7 +571,7 @@ def report_cmd(
 
 @analyze_app.command("ablation")
 def analyze_ablation_cmd(
-    model: str = typer.Argument(..., help="bundled model name or a (dense or pruned) Whisper folder"),
+    model: str = typer.Argument(..., help="bundled model name or a (dense or pruned) model folder (Whisper or CTC)"),
     data: str = typer.Argument(DEFAULT_DATA, help="bundled data set or a JSONL manifest (with reference texts)"),
     out: Path = typer.Option(..., help="output folder: records.jsonl, summary.json, heatmaps (a rerun resumes)"),
     split: str = typer.Option("dev", help="dev | all | test (test only with --allow-test)"),

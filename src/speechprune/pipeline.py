@@ -37,12 +37,13 @@ def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: 
 
 def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,
              recipe: str | Path | None = None, export: bool = True, prune_device: str = "cpu",
-             ood_per_source: int | None = None) -> Path:
+             ood_per_source: int | None = None, numerics: str = "auto") -> Path:
     """Evaluate ``model`` (and, with ``recipe``, its pruned version, in PyTorch and, with ``export``, exported to
     ONNX Runtime int8) on ``data``/``split``; benchmark them side by side with faster-whisper int8 on the original
     files; returns the Markdown report's path. Every model is also scored on the out-of-domain suite (all of it, or
     the first ``ood_per_source`` of each source). ``prune_device`` is where pruning and recovery run; evaluation and
-    timing run on the CPU."""
+    timing run on the CPU, the PyTorch models in ``numerics`` (``auto``: what this CPU runs fastest per part, the same
+    for evaluation and timing)."""
     import torch
 
     from .models.registry import BUNDLED_MODELS
@@ -51,7 +52,7 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
     out = Path(out)
     utts = load_dataset(data, split)
     options = DecodeOptions()
-    dense = load_backend(model, "torch", name="torch")
+    dense = load_backend(model, "torch", name="torch", numerics=numerics)
     backends, metrics = [dense], {}
     metrics["torch"] = _eval(dense, utts, out / "eval" / "dense", model, data, split, options, ood_per_source)
     if recipe is not None:
@@ -66,7 +67,7 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
                 raise ConfigError("holds a model pruned with another recipe or model; use another --out", out)
         else:
             run_prune(model, r, out / "prune", device=prune_device)
-        pruned = load_backend(str(final_model_dir(out / "prune")), "torch", name="torch-pruned")
+        pruned = load_backend(str(final_model_dir(out / "prune")), "torch", name="torch-pruned", numerics=numerics)
         backends.append(pruned)
         metrics["torch-pruned"] = _eval(pruned, utts, out / "eval" / "pruned", str(final_model_dir(out / "prune")),
                                         data, split, options, ood_per_source)
@@ -84,7 +85,8 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
     bench_path = out / "bench" / "bench.json"
     settings = {"model": model, "data": data, "split": split, "recipe": str(recipe) if recipe else None,
                 "threads": threads, "bench_utterances": bench_utterances,
-                "backend_names": [b.name for b in backends]}
+                "backend_names": [b.name for b in backends],
+                "numerics": {b.name: {part: c["dtype"] for part, c in b.numerics.items()} for b in backends}}
     record = json.loads(bench_path.read_text(encoding="utf-8")) if bench_path.exists() else {}
     if model in BUNDLED_MODELS:  # the peer: the original CTranslate2 files through faster-whisper, scored too
         peer = load_backend(model, "faster-whisper", compute_type="int8", threads=threads)

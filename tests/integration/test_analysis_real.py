@@ -13,14 +13,14 @@ pytestmark = [pytest.mark.integration,
 
 def test_proxy_and_wer_on_real_tiny_en():
     from speechprune.analysis.ablation import Target, ablated
-    from speechprune.analysis.scoring import ALL, WhisperScorer
+    from speechprune.analysis.scoring import ALL, Scorer
     from speechprune.data.datasets import load_dataset
     from speechprune.models.adapters import adapter_for
     from speechprune.models.registry import resolve_model
     from speechprune.models.whisper.backend import TorchWhisper
 
     be = TorchWhisper.from_folder(resolve_model("whisper-tiny.en"))
-    scorer = WhisperScorer(be, load_dataset("asterisk", "dev")[:4], batch_size=4)
+    scorer = Scorer(be, load_dataset("asterisk", "dev")[:4], batch_size=4)
     dense = scorer.proxy(be.model, {})
     assert dense == scorer.proxy(be.model, ALL)  # cached encoder output == recomputed (the same computation)
     assert dense == scorer.proxy(be.model, {"encoder": 2})  # from the cached layer-2 input
@@ -37,6 +37,6 @@ def test_proxy_and_wer_on_real_tiny_en():
     assert scorer.proxy(be.model, {}) == dense  # restored bit for bit
     assert adapter.n_layers(be.model, "encoder") == 4
     # the cached path is the one taken: a corrupted cached layer input shows in the score
-    assert sorted(scorer.layer_inputs[0]) == [0, 1, 2, 3]
-    scorer.layer_inputs[0][2] = scorer.layer_inputs[0][2] * 0
+    assert sorted(scorer.reference.layer_inputs[0]) == [0, 1, 2, 3]
+    scorer.reference.layer_inputs[0][2] = scorer.reference.layer_inputs[0][2] * 0
     assert scorer.proxy(be.model, {"encoder": 2}) > 1.2 * dense

@@ -72,7 +72,9 @@ def target_sites(model, adapter, target: Target) -> list:
 
 def init_like(model, seed: int):
     """A freshly initialized model of ``model``'s family, class and (pruned) structure, built on ``model``'s device
-    with the family's initialization under ``torch.manual_seed(seed)``: the family's W(0)."""
+    with the family's initialization under ``torch.manual_seed(seed)``: the family's W(0). A Hugging Face model is
+    built by ``_from_config`` and then given its recorded structure; a family's own module class (CTC) by its
+    constructor, from a config that already holds the per-layer widths."""
     import torch
 
     from ..models.adapters import adapter_for
@@ -85,7 +87,10 @@ def init_like(model, seed: int):
     dtype = next(model.parameters()).dtype
     torch.manual_seed(seed)
     with torch.device(device):
-        fresh = type(model)._from_config(config, attn_implementation="sdpa", dtype=dtype)
+        if hasattr(type(model), "_from_config"):
+            fresh = type(model)._from_config(config, attn_implementation="sdpa", dtype=dtype)
+        else:
+            fresh = type(model)(config).to(dtype)
     if structure is not None:
         adapter.apply_structure(fresh, structure)
     return fresh.eval()
@@ -211,6 +216,20 @@ def plan(targets: list[Target], config: AblationConfig, stored_source: bool = Fa
             if seed == 0 or not _deterministic(m, stored_source)]
 
 
+def config_targets(model, adapter, config: AblationConfig) -> list[Target]:
+    """The targets ``config`` ablates in ``model``: every layer (``modules``: every block) of its stacks. A block
+    must be one the adapter can remove (``skip``), so that every method damages the same weights."""
+    targets = [t for t in ablation_targets(model, adapter, config.modules)
+               if config.stacks is None or t.stack in config.stacks]
+    if not targets:
+        raise ConfigError(f"no ablation targets in stacks {config.stacks}")
+    blocks = [t.key for t in targets if config.modules and t.component not in adapter.module_kinds(model, t.stack)]
+    if blocks:
+        raise ConfigError(f"--modules: this model's weight sites name blocks its adapter cannot remove "
+                          f"({', '.join(blocks[:3])}{', ...' if len(blocks) > 3 else ''}); ablate whole layers")
+    return targets
+
+
 def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: AblationConfig = AblationConfig(),
                  settings: dict | None = None, source=None, progress: bool = True) -> dict:
     """Ablate every target of ``model`` with every method and seed, score each with ``metrics`` and write
@@ -228,6 +247,8 @@ def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: Abla
     names = [m.name for m in metrics]
     if len(set(names)) != len(names):
         raise ConfigError(f"metric names repeat: {', '.join(names)}")
+    adapter = adapter_for(model)
+    targets = config_targets(model, adapter, config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     claim_run_dir(out_dir, {**(settings or {}), "methods": list(config.methods), "seeds": config.seeds,
@@ -236,11 +257,6 @@ def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: Abla
     path = out_dir / RECORDS
     repair_jsonl(path)
     done = {(r["target"], r["method"], r["seed"], r["metric"]) for r in read_jsonl_tolerant(path)}
-    adapter = adapter_for(model)
-    targets = [t for t in ablation_targets(model, adapter, config.modules)
-               if config.stacks is None or t.stack in config.stacks]
-    if not targets:
-        raise ConfigError(f"no ablation targets in stacks {config.stacks}")
 
     def wanted(metric: Metric, seed: int) -> bool:
         return metric.seeds is None or seed < metric.seeds

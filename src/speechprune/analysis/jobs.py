@@ -6,25 +6,30 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
-from .ablation import SUMMARY, AblationConfig, Metric, heatmap_matrix, run_ablation
+from .ablation import SUMMARY, AblationConfig, Metric, config_targets, heatmap_matrix, run_ablation
 
 INIT_PREFIX = "init:"  # "init:SEED" as BEFORE: the family's initialization of AFTER's architecture
+
+
+def model_folder(spec: str) -> Path:
+    """The folder of a bundled model name or a model folder (one-line ``ModelError`` for anything else)."""
+    from ..models.registry import BUNDLED_MODELS, resolve_model
+
+    path = Path(spec).expanduser()
+    if spec in BUNDLED_MODELS and not path.is_dir():
+        return resolve_model(spec)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError("expected a model folder or a bundled model name, got a file", path)
+    raise ModelError(f"no such model folder, and not a bundled model name ({', '.join(BUNDLED_MODELS)})", path)
 
 
 def load_model(spec: str, device: str = "cpu"):
     """``(model, folder)`` for a bundled model name or a model folder of any supported family (dense or pruned)."""
     from ..models.checkpoint import load_pruned
-    from ..models.registry import BUNDLED_MODELS, resolve_model
 
-    path = Path(spec).expanduser()
-    if spec in BUNDLED_MODELS and not path.is_dir():
-        folder = resolve_model(spec)
-    elif path.is_dir():
-        folder = path
-    elif path.exists():
-        raise ModelError("expected a model folder or a bundled model name, got a file", path)
-    else:
-        raise ModelError(f"no such model folder, and not a bundled model name ({', '.join(BUNDLED_MODELS)})", path)
+    folder = model_folder(spec)
     model, _ = load_pruned(folder, device=device)
     return model, folder
 
@@ -35,15 +40,16 @@ def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", met
                  proxy_threshold: float = 0.10, wer_threshold: float = 0.01, init_from: str | None = None,
                  batch_size: int = 8, max_new_tokens: int | None = None, allow_test: bool = False, device: str = "cpu",
                  progress: bool = True) -> dict:
-    """Ablate a Whisper model's layers (or blocks) on ``data``/``split`` and write ``OUT/records.jsonl``,
-    ``OUT/summary.json`` and a heatmap per metric (``OUT/ablation_<metric>.png``). ``metric``: proxy | wer | both;
-    WER runs on the first ``wer_limit`` (default: all) of the ``limit`` utterances and the first ``wer_seeds``
-    seeds. ``init_from``: a checkpoint whose weights ``reinit`` restores (default: the family's initialization).
-    The test split is refused unless ``allow_test``: choosing what to prune from test results would leak."""
+    """Ablate a model's layers (or blocks) on ``data``/``split`` and write ``OUT/records.jsonl``,
+    ``OUT/summary.json`` and a heatmap per metric (``OUT/ablation_<metric>.png``); any family with a seam (Whisper,
+    CTC), scored by its reference scorer (``analysis.scoring``). ``metric``: proxy | wer | both; WER runs on the
+    first ``wer_limit`` (default: all) of the ``limit`` utterances and the first ``wer_seeds`` seeds. ``init_from``:
+    a checkpoint whose weights ``reinit`` restores (default: the family's initialization). The test split is refused
+    unless ``allow_test``: choosing what to prune from test results would leak."""
     from ..data.datasets import load_dataset
-    from ..models.whisper.backend import TorchWhisper
-    from ..models.whisper.decoding import WhisperVocab
-    from .scoring import WhisperScorer
+    from ..models.adapters import adapter_for
+    from ..models.family import family_for_folder
+    from .scoring import Scorer
 
     if metric not in ("proxy", "wer", "both"):
         raise ConfigError(f"unknown metric {metric!r}; choose from proxy, wer, both")
@@ -52,25 +58,17 @@ def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", met
                           "(or pass --allow-test for a final, reported analysis)")
     config = AblationConfig(methods=tuple(methods), seeds=seeds, modules=modules, stacks=stacks)
     utts = load_dataset(data, split)[:limit] if limit else load_dataset(data, split)
-    m, folder = load_model(model, device)
-    from ..models.adapters import family_for_model
-
-    if family_for_model(m).model_type != "whisper":
-        raise ConfigError(f"analyze ablation scores Whisper models; {model} is {family_for_model(m).model_type}")
-    from transformers import WhisperTokenizerFast
-
-    try:
-        tok = WhisperTokenizerFast.from_pretrained(folder, local_files_only=True)
-    except Exception as e:
-        raise ModelError(f"cannot load the tokenizer ({type(e).__name__})", folder) from None
-    backend = TorchWhisper(m, tok, WhisperVocab.from_folder(folder), device=device)
+    folder = model_folder(model)
+    backend = family_for_folder(folder).backend(folder, device=device)
+    m = backend.model
+    config_targets(m, adapter_for(m), config)  # a bad request fails before the scorers prepare
     metrics = []
     if metric in ("proxy", "both"):
-        proxy = WhisperScorer(backend, utts, batch_size, max_new_tokens, progress=progress)
+        proxy = Scorer(backend, utts, batch_size, max_new_tokens, progress=progress)
         metrics.append(Metric("proxy", proxy.proxy, relative=True, threshold=proxy_threshold))
     if metric in ("wer", "both"):
         wer_utts = utts[:wer_limit] if wer_limit else utts
-        scorer = proxy if metric == "both" and len(wer_utts) == len(utts) else WhisperScorer(
+        scorer = proxy if metric == "both" and len(wer_utts) == len(utts) else Scorer(
             backend, wer_utts, batch_size, max_new_tokens, progress=progress)
         metrics.append(Metric("wer", scorer.wer, relative=False, threshold=wer_threshold,
                               seeds=wer_seeds if metric == "both" else None))

@@ -288,17 +288,19 @@ def write_plan(sweep_dir: str | Path, target: str, out: str | Path, uniform_out:
     metric, amount = parse_target(target)
     dense_backend = None
     if check:
-        from ..models.registry import resolve_model
-        from ..models.whisper.backend import TorchWhisper
+        from .sensitivity import dense_backend as open_backend
 
-        dense_backend = TorchWhisper.from_folder(resolve_model(settings["model"]))
+        dense_backend = open_backend(settings["model"])
         model = dense_backend.model
     elif model is None:
+        from ..models.family import family_for_folder
         from ..models.registry import resolve_model
-        from ..models.whisper.load import load_whisper
 
-        model, _ = load_whisper(resolve_model(settings["model"]))
+        folder = resolve_model(settings["model"])
+        model = family_for_folder(folder).load(folder)
     dense = points.get("dense") or {}
+    if dense and METRICS[metric] not in dense:
+        raise ConfigError(f"the sweep's model has no {METRICS[metric]} (a {metric} target needs a decoder)", sweep_dir)
     curves = sweep_curves(points, metric, unit_counts(model))
     total = float(dense[METRICS[metric]])
     goal = amount * total if amount < 1 else amount

@@ -1,20 +1,25 @@
 """Sensitivity sweep: how much WER each component type costs at each sparsity, by each pruning method.
 
 A *point* is ``(component, method, sparsity)``: a deep copy of the dense model has that one component pruned to that
-sparsity, then decodes the same dev subset. Components are ``stack.component`` pairs from the adapter's
-``weight_sites`` (``encoder.self_attn``, ``decoder.cross_attn``, ``encoder.ffn``, ``encoder.conv``,
-``decoder.embed``...). Methods:
+sparsity, then decodes the same dev subset. Family-neutral: the model is opened through its family
+(``models.family``) and its components come from the unit adapter. Components are the ``stack.component`` pairs of
+the adapter's ``weight_sites`` (``encoder.self_attn``, ``decoder.cross_attn``, ``encoder.ffn``, ``encoder.conv``,
+``decoder.embed``...), then the unit-group kinds no weight site names (a Conformer's ``encoder.ffn_macaron``).
+Methods:
 
 * ``unstructured``: L1 magnitude per tensor (``prune.unstructured.magnitude_prune``) on every weight of the
-  component; valid for every component but norms. Zeros only: parameters and FLOPs of the dense shape stay, the
-  point records the non-zero count. Embeddings: tied weights are skipped (Whisper's token embedding is the output
-  projection), so ``decoder.embed`` is the positional table there.
-* ``structured``: heads (attention) or FFN neurons of that component in every layer of its stack, by a one-target
-  ``Recipe`` through ``prune.structured.prune`` (criterion magnitude by default); physically smaller, FLOPs fall.
-  Valid for ``self_attn``, ``cross_attn`` and ``ffn``.
+  component; valid for every weight-site component but norms. Zeros only: parameters and FLOPs of the dense shape
+  stay, the point records the non-zero count. Embeddings: tied weights are skipped (Whisper's token embedding is the
+  output projection), so ``decoder.embed`` is the positional table there. A CTC Conformer's ``encoder.ffn`` holds
+  both FFNs of each block and its ``encoder.conv`` the stem's convolutions with the convolution modules.
+* ``structured``: the units of that kind in every layer of its stack (heads, FFN neurons, convolution-module
+  channels: the adapter's ``unit_groups``), by a one-target ``Recipe`` through ``prune.structured.prune`` (criterion
+  magnitude by default); physically smaller, FLOPs fall. Valid for the model's unit-group kinds (Whisper:
+  ``self_attn``, ``cross_attn``, ``ffn``; a Conformer adds ``ffn_macaron``, whose FFN is then the second one, and
+  ``conv``).
 
-Every point decodes the same log-mel features, computed once per sweep; points that prune only the decoder reuse
-the dense encoder's outputs (their encoder is the dense one), so they cost a decode only.
+Every point decodes the same log-mel features, computed once per sweep; where the family has a decoder, points that
+prune only the decoder reuse the dense encoder's outputs (their encoder is the dense one), so they cost a decode only.
 
 Norms are not swept: a zeroed scale is not a smaller model and no structured unit owns one.
 
@@ -47,7 +52,8 @@ POINTS = "points.jsonl"
 SWEEP = "sweep.json"
 SUMMARY = "summary.json"
 METHODS = ("unstructured", "structured")
-STRUCTURED_KINDS = ("self_attn", "cross_attn", "ffn")
+STRUCTURED_KINDS = ("self_attn", "cross_attn", "ffn")  # Whisper's unit kinds: the rule without a model
+COST_KEYS = ("params", "nonzero_params", "flops_encoder", "flops_decoder_per_token", "flops_decoder_first_step")
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DENSE_KEY = "dense"
 
@@ -71,33 +77,53 @@ class Point:
         return self.component.split(".")[1]
 
 
-def model_components(model) -> list[str]:
-    """``stack.component`` of every weight site of ``model`` (norms included), in model order."""
+def sweepable(model) -> dict[str, tuple[str, ...]]:
+    """Every ``stack.component`` of ``model`` with the methods that sweep it, in model order: the weight sites'
+    components (``unstructured`` but for norms; ``structured`` too where units of that kind exist), then the
+    unit-group kinds no weight site names (``structured`` only)."""
     from ..models.adapters import adapter_for
 
-    return list(dict.fromkeys(f"{s.stack}.{s.component}" for s in adapter_for(model).weight_sites(model)))
+    adapter = adapter_for(model)
+    sites = dict.fromkeys(f"{s.stack}.{s.component}" for s in adapter.weight_sites(model))
+    units = dict.fromkeys(f"{g.stack}.{g.kind}" for g in adapter.unit_groups(model))
+    out = {}
+    for c in list(sites) + [u for u in units if u not in sites]:
+        norm = c.split(".")[1] == "norm"
+        out[c] = tuple(m for m, ok in (("unstructured", c in sites), ("structured", c in units)) if ok and not norm)
+    return out
 
 
-def valid(component: str, method: str) -> bool:
+def model_components(model) -> list[str]:
+    """The sweepable components of ``model`` (``sweepable``'s keys, norms included), in model order."""
+    return list(sweepable(model))
+
+
+def valid(component: str, method: str, methods_of: dict[str, tuple[str, ...]] | None = None) -> bool:
+    """Whether ``method`` can sweep ``component``: by ``methods_of`` (``sweepable(model)``), else by the rule
+    without a model (every method but for norms; ``structured`` for Whisper's kinds)."""
+    if methods_of is not None:
+        return method in methods_of.get(component, ())
     kind = component.split(".")[1]
     if kind == "norm":
         return False
     return method == "unstructured" or kind in STRUCTURED_KINDS
 
 
-def sweep_points(components: Iterable[str], levels: Iterable[float], methods: Iterable[str]) -> list[Point]:
+def sweep_points(components: Iterable[str], levels: Iterable[float], methods: Iterable[str],
+                 methods_of: dict[str, tuple[str, ...]] | None = None) -> list[Point]:
     """The deterministic point list: the dense baseline, then method x component x level (invalid pairs left out)."""
     points = [Point(DENSE_KEY, "dense", 0.0)]
     for m in methods:
         for c in components:
-            if valid(c, m):
+            if valid(c, m, methods_of):
                 points += [Point(c, m, float(s)) for s in levels]
     return points
 
 
 def check_request(available: list[str], components: list[str] | None, levels: list[float],
-                  methods: list[str]) -> list[str]:
-    """Validate the sweep's request against the model; returns the components to sweep."""
+                  methods: list[str], methods_of: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """Validate the sweep's request against the model (``available``: its components; ``methods_of``: what sweeps
+    each, ``sweepable``); returns the components to sweep."""
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
@@ -106,14 +132,16 @@ def check_request(available: list[str], components: list[str] | None, levels: li
             raise ConfigError(f"sparsity level {s} is outside (0, 1)")
     if len(set(levels)) != len(levels):
         raise ConfigError("sparsity levels repeat")
-    wanted = components or [c for c in available if any(valid(c, m) for m in methods)]
+    wanted = components or [c for c in available if any(valid(c, m, methods_of) for m in methods)]
     for c in wanted:
         if c not in available:
             raise ConfigError(f"unknown component {c!r}; this model has {', '.join(available)}")
         if c.endswith(".norm"):
             raise ConfigError(f"{c}: norms are not swept (a zeroed scale is not a smaller model; no unit owns one)")
-        if not any(valid(c, m) for m in methods):
-            raise ConfigError(f"{c}: no requested method applies (structured prunes self_attn, cross_attn, ffn)")
+        if not any(valid(c, m, methods_of) for m in methods):
+            kinds = (sorted({k.split(".")[1] for k, ms in methods_of.items() if "structured" in ms})
+                     if methods_of is not None else STRUCTURED_KINDS)
+            raise ConfigError(f"{c}: no requested method applies (structured prunes {', '.join(kinds)})")
     return wanted
 
 
@@ -176,25 +204,17 @@ def prune_point(model, point: Point, criterion: str = "magnitude", batches: list
 
 
 def cost_record(model) -> dict:
-    """Size and FLOPs of a (possibly zeroed) Whisper model: ``params`` counts tensors' elements, ``nonzero`` the
-    elements that are not zero; FLOPs come from the shape (zeros do not lower them)."""
+    """Size and FLOPs of a (possibly zeroed) model from its family's ``shape_record``: ``params`` counts tensors'
+    elements, ``nonzero_params`` the elements that are not zero; FLOPs come from the shape (zeros do not lower
+    them): ``flops_encoder``, and where there is a decoder ``flops_decoder_per_token`` and
+    ``flops_decoder_first_step``."""
     import torch
 
-    from ..models.whisper import flops as F
-    from ..models.whisper.shape import whisper_shape
+    from ..models.family import family_for
 
-    shape = whisper_shape(model)
-    params = nonzero = 0
-    for p in model.parameters():
-        params += p.numel()
-        nonzero += int(torch.count_nonzero(p.detach()))
-    return {
-        "params": params,
-        "nonzero_params": nonzero,
-        "flops_encoder": F.encoder_flops(shape).total,
-        "flops_decoder_per_token": F.decoder_token_flops(shape, 3),
-        "flops_decoder_first_step": F.decoder_first_step_flops(shape, 2),
-    }
+    record = {**family_for(model).shape_record(model),
+              "nonzero_params": sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())}
+    return {k: record[k] for k in COST_KEYS if k in record}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -213,9 +233,6 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     """
     from tqdm import tqdm
 
-    from ..models.registry import resolve_model
-    from ..models.whisper.backend import TorchWhisper
-
     if split == "test":
         raise ConfigError("a sensitivity sweep selects what to prune: it reads dev (or all of a manifest), never test")
     levels, methods = [float(s) for s in levels], list(methods)
@@ -227,10 +244,11 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     if criterion in ("activation", "taylor"):
         settings["calibration"] = calibration
     out.mkdir(parents=True, exist_ok=True)
-    dense = TorchWhisper.from_folder(resolve_model(model_name), device=device)
-    wanted = check_request(model_components(dense.model), components, levels, methods)
+    dense = dense_backend(model_name, device)
+    methods_of = sweepable(dense.model)
+    wanted = check_request(list(methods_of), components, levels, methods, methods_of)
     claim_sweep_dir(out, settings)
-    points = shard(sweep_points(wanted, levels, methods), worker, workers)
+    points = shard(sweep_points(wanted, levels, methods, methods_of), worker, workers)
     done = read_points(out)
     todo = [p for p in points if p.key not in done]
     if todo:
@@ -244,13 +262,23 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
             prune_point(model, p, criterion, inputs.batches)
             reuse = p.stack == "decoder" and p.method != "dense"  # the encoder is the dense one: reuse its outputs
             if reuse and dense_enc is None:
-                dense_enc = [None if b.features is None else dense.encode(b.features) for b in inputs.features]
+                dense_enc = [None if b.features is None else dense.encode(b.features, b.frames)
+                             for b in inputs.features]
             m = score_model(model, dense, inputs, dense_enc if reuse else None)
             rec = {"key": p.key, "component": p.component, "method": p.method, "sparsity": p.sparsity,
                    "criterion": criterion if p.method == "structured" else None, **m, **cost_record(model)}
             append_locked(out / POINTS, rec)
             del model
     return summarize(out)
+
+
+def dense_backend(model_name: str, device: str = "cpu"):
+    """The family's PyTorch backend (``ModelFamily.backend``) for a bundled model name or a model folder."""
+    from ..models.family import family_for_folder
+    from ..models.registry import resolve_model
+
+    folder = resolve_model(model_name)
+    return family_for_folder(folder).backend(folder, device=device)
 
 
 @dataclass
@@ -270,6 +298,8 @@ def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: b
     from ..data.features import FeatureFrontend
     from ..evaluate.runner import prepare_batch
     from ..models.decoding import DecodeOptions
+    from ..models.family import family_for
+    from ..models.registry import resolve_model
 
     data, limit = settings["data"], settings.get("limit")
     utts = load_dataset(data, settings["split"])
@@ -280,7 +310,8 @@ def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: b
     if need_calibration and settings.get("criterion") in ("activation", "taylor"):
         cal = training_utterances([f"{data}:dev" if data in ("asterisk", "asterisk-multiword") else data],
                                   settings["calibration"])
-        batches = dense.labelled_batches(cal, batch_size, progress=progress)
+        labeller = family_for(dense.model).labeller(dense.model, resolve_model(settings["model"]))
+        batches = labeller.labelled_batches(cal, batch_size, progress=progress)
     return SweepInputs(feats, batches, DecodeOptions(max_new_tokens=settings["max_new_tokens"]))
 
 
@@ -288,9 +319,8 @@ def score_model(model, dense, inputs: SweepInputs, encoded: list | None = None) 
     """WER and friends of ``model`` (a pruned copy of ``dense``'s model) on the sweep's inputs; ``encoded``: encoder
     outputs per batch to reuse (a model whose encoder is the dense one)."""
     from ..evaluate.runner import decode_prepared, score
-    from ..models.whisper.backend import TorchWhisper
 
-    be = TorchWhisper(model, dense.tokenizer, dense.vocab, device=dense.device)
+    be = dense.with_model(model)
     t0 = time.perf_counter()
     encoded = encoded or [None] * len(inputs.features)
     records = [r for b, e in zip(inputs.features, encoded) for r in decode_prepared(be, b, inputs.options, encoded=e)]

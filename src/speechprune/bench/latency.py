@@ -91,6 +91,7 @@ def _summary(backend: Backend, rows: list[dict]) -> dict:
         **backend.flops_record(rows),  # the backend's own cost model (its family's FLOP count)
         "params": backend.params,
         "disk_bytes": backend.disk_bytes,
+        "numerics": getattr(backend, "numerics", None),  # the dtype of each part, and why (models.precision)
         "utterances": rows,
     }
 

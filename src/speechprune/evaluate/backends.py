@@ -77,6 +77,7 @@ class FasterWhisper:
         if compute_type not in CT2_COMPUTE_TYPES:
             raise ConfigError(f"unknown compute type {compute_type!r}; choose from {', '.join(CT2_COMPUTE_TYPES)}")
         self.compute_type = compute_type
+        self.numerics = {"all": {"dtype": compute_type, "why": "faster-whisper's compute type, as asked"}}
         self.fw = WhisperModel(str(ct2_dir), device=device, compute_type=compute_type, cpu_threads=threads)
         self.engine = self.fw.model  # ctranslate2.models.Whisper
         self.n_mels = int(self.engine.n_mels)
@@ -134,20 +135,25 @@ class FasterWhisper:
 
 
 def load_backend(model: str, backend: str = "torch", compute_type: str = "int8", threads: int = 0,
-                 device: str = "cpu", exit_layer: int | None = None, name: str | None = None) -> Backend:
+                 device: str = "cpu", exit_layer: int | None = None, name: str | None = None,
+                 numerics: str = "float32") -> Backend:
     """A backend for a bundled model name or a local folder: a Hugging Face Whisper folder (dense or pruned) or a
     CTC model folder (``speechprune train``; ``exit_layer`` reads it at that depth) for ``torch``, a folder written
     by ``speechprune export --format onnx`` for ``onnx``; ``faster-whisper`` runs the original CTranslate2 files of
     a bundled model, or a folder written by ``--format ct2``. ``name``: what tables and benches call it (default:
-    the backend's own name)."""
-    be = _load_backend(model, backend, compute_type, threads, device, exit_layer)
+    the backend's own name). ``numerics`` (torch): ``float32``, ``auto`` (each part in the dtype this CPU runs
+    fastest, accuracy checked: ``models.precision``) or a forced dtype; the backend's ``numerics`` says what ran."""
+    if numerics != "float32" and backend != "torch":
+        raise ConfigError(f"--numerics picks the dtype of the torch backend; {backend} has its own (an ONNX export's "
+                          "int8 weights, faster-whisper's compute type)", model)
+    be = _load_backend(model, backend, compute_type, threads, device, exit_layer, numerics)
     if name is not None:
         be.name = name
     return be
 
 
 def _load_backend(model: str, backend: str, compute_type: str, threads: int, device: str,
-                  exit_layer: int | None) -> Backend:
+                  exit_layer: int | None, numerics: str) -> Backend:
     from ..models.family import family_for_folder
     from ..models.registry import BUNDLED_MODELS, ct2_source_dir, resolve_model
 
@@ -169,7 +175,7 @@ def _load_backend(model: str, backend: str, compute_type: str, threads: int, dev
     folder = resolve_model(model)
     family = family_for_folder(folder)
     if backend == "torch":
-        return family.backend(folder, device=device, exit_layer=exit_layer)
+        return family.backend(folder, device=device, exit_layer=exit_layer, numerics=numerics)
     if family.name != "whisper":
         raise ConfigError(f"a {family.name} model runs on the torch or onnx (an export) backend, not {backend}", model)
     if model not in BUNDLED_MODELS:

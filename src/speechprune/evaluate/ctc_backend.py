@@ -17,11 +17,12 @@ class OnnxCTC(CTCDecoding):
 
     def __init__(self, folder: str | Path, threads: int | None = None, device: str = "cpu", name: str = "onnx"):
         from ..models.ctc import read_config
-        from .onnx_backend import open_sessions, read_manifest
+        from .onnx_backend import export_numerics, open_sessions, read_manifest
 
         folder = Path(folder)
         self.manifest = read_manifest(folder, family="ctc")
         super().__init__(read_config(folder), name)
+        self.numerics = export_numerics(self.manifest)
         (self.session,) = open_sessions(folder, threads, device, graphs=("ctc",)).values()
         self.folder = folder
         self.params = int(self.manifest["params"])

@@ -122,6 +122,16 @@ def scatter_logits(logits: np.ndarray, output_vocab: np.ndarray, vocab_size: int
     return full
 
 
+def export_numerics(manifest: dict) -> dict:
+    """A bench record's ``numerics`` for an ONNX export: float32, or the int8 quantization its export chose for the
+    CPU it ran on (the weights' bits and why, from the manifest)."""
+    quant = manifest.get("quantization")
+    if not quant:
+        return {"all": {"dtype": "float32", "why": "not quantized"}}
+    return {"all": {"dtype": f"int{quant.get('weight_bits', 8)} weights, dynamic int8 activations",
+                    "why": (quant.get("chosen_for") or {}).get("why", "chosen at export")}}
+
+
 class OnnxWhisper:
     """A dense or pruned Whisper exported by ``export_onnx``, run by ONNX Runtime."""
 
@@ -158,6 +168,7 @@ class OnnxWhisper:
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise ModelError(f"malformed speechprune_onnx.json ({type(e).__name__}: {e})", folder) from None
         self.last_positions: int | None = None  # encoder positions per item of the last ``encode``
+        self.numerics = export_numerics(self.manifest)
         self._output_vocab = None if output_vocab is None else np.asarray(output_vocab, dtype=np.int64)
         # FLOPs follow what runs: the restricted projection has len(output_vocab) rows
         self.shape = shape if output_vocab is None else replace(shape, vocab_size=len(output_vocab))

@@ -42,6 +42,23 @@ class Labeller(Protocol):
         ...
 
 
+class ReferenceScorer(Protocol):
+    """A model scored on fixed utterances against their reference texts, for ablation and sensitivity analysis.
+    ``changed`` maps each stack whose layers changed to its first changed layer (a skipped layer: the index it had;
+    ``{}``: the dense model), so a scorer may reuse the dense model's computation up to there."""
+
+    utterances: list
+
+    def proxy(self, model: torch.nn.Module, changed: dict) -> float:
+        """The family's teacher-forced loss on the references per target symbol (lower = better)."""
+        ...
+
+    def records(self, model: torch.nn.Module, changed: dict) -> list[dict]:
+        """Greedy hypotheses as evaluation records (``id, audio, language, task, reference, hypothesis``), one per
+        utterance in order, for the evaluation runner's ``score``."""
+        ...
+
+
 class ModelFamily(Protocol):
     name: str
 
@@ -59,9 +76,10 @@ class ModelFamily(Protocol):
         ...
 
     def backend(self, folder: str | Path, device: str = "cpu", name: str | None = None,
-                exit_layer: int | None = None):
-        """The family's PyTorch decoding backend (``encode``/``decode``/``decode_text``, ``with_model``) for the
-        model in ``folder``; ``exit_layer`` reads it at that depth where the family can (else a ``ConfigError``)."""
+                exit_layer: int | None = None, numerics: str = "float32"):
+        """The family's PyTorch decoding backend (``encode``/``decode``/``decode_text``, ``with_model``,
+        ``flops_record``, ``numerics``) for the model in ``folder``; ``exit_layer`` reads it at that depth where the
+        family can, ``numerics`` picks its dtypes (``models.precision``) where it can (else a ``ConfigError``)."""
         ...
 
     def shape_record(self, model: torch.nn.Module) -> dict:
@@ -75,6 +93,14 @@ class ModelFamily(Protocol):
 
     def distill_outputs(self, student: torch.nn.Module, batch: dict, layers: bool) -> DistillOutputs:
         """One student forward on a teacher-labelled batch; ``layers``: the inner layers' outputs too."""
+        ...
+
+    def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
+                         cache_layers: bool = True, progress: bool = False) -> ReferenceScorer:
+        """A scorer of ``backend``'s model and its damaged copies on ``utterances`` (readable, with reference texts);
+        ``max_new_tokens`` caps a hypothesis where the family decodes token by token (default: from the longest
+        reference); ``cache_layers``: keep the dense model's inner states where the family reuses them. A reference
+        the family cannot score is a one-line ``ConfigError``."""
         ...
 
     def set_length_buckets(self, model: torch.nn.Module, buckets) -> None:

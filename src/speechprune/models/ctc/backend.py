@@ -29,6 +29,7 @@ class CTCDecoding:
         self.n_mels = config.n_mels
         self.exit_layer = exit_layer
         self.disk_bytes: int | None = None
+        self.numerics = {"all": {"dtype": "float32", "why": "the CTC backends run float32"}}
 
     @staticmethod
     def _real(features: np.ndarray, frames: list[int] | None) -> tuple[np.ndarray, list[int]]:

@@ -43,11 +43,14 @@ class CTCFamily:
         return save_ctc(model, out, init_state=init, overwrite=overwrite)
 
     def backend(self, folder: str | Path, device: str = "cpu", name: str | None = None,
-                exit_layer: int | None = None):
-        """A ``CTCBackend`` (greedy or prefix beam search), at full depth or exiting at ``exit_layer``."""
+                exit_layer: int | None = None, numerics: str = "float32"):
+        """A ``CTCBackend`` (greedy or prefix beam search), at full depth or exiting at ``exit_layer``, in float32
+        (``auto`` is float32 here: its numerics are not probed yet)."""
         from ...errors import ConfigError
         from .backend import CTCBackend
 
+        if numerics not in ("float32", "auto"):
+            raise ConfigError(f"a CTC model runs in float32 (numerics auto or float32), not {numerics}", folder)
         try:
             return CTCBackend.from_folder(folder, device=device, name=name or "ctc", exit_layer=exit_layer)
         except ValueError as e:
@@ -61,6 +64,14 @@ class CTCFamily:
 
     def labeller(self, model: CTCModel, source: str | Path | None = None) -> CTCLabeller:
         return CTCLabeller(model)
+
+    def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
+                         cache_layers: bool = True, progress: bool = False):
+        """A ``scoring.CTCScorer``: CTC loss per reference character, greedy hypotheses. One forward per score, so
+        nothing is cached (``cache_layers``) and a search over every frame has no token cap (``max_new_tokens``)."""
+        from .scoring import CTCScorer
+
+        return CTCScorer(backend, utterances, batch_size, progress=progress)
 
     def distill_outputs(self, student: CTCModel, batch: dict, layers: bool) -> DistillOutputs:
         """The student's logits and layer outputs against the teacher's at every real frame, and the CTC loss on

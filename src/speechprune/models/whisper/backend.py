@@ -28,7 +28,8 @@ from .shape import whisper_shape
 class TorchWhisper:
     """A Hugging Face ``WhisperForConditionalGeneration`` (dense or pruned), on any torch device."""
 
-    def __init__(self, model, tokenizer, vocab: WhisperVocab, device: str | torch.device = "cpu", name: str = "torch"):
+    def __init__(self, model, tokenizer, vocab: WhisperVocab, device: str | torch.device = "cpu", name: str = "torch",
+                 numerics: str = "float32"):
         self.name = name  # several models can be benchmarked side by side under different names
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -43,17 +44,64 @@ class TorchWhisper:
         self.params = sum(p.numel() for p in model.parameters())
         self.disk_bytes: int | None = None  # set by from_folder: the weight files' size
         self.last_positions: int | None = None  # encoder positions per item of the last ``encode``
+        self._low = None  # a bfloat16 copy of the model for the parts that run in it (``numerics``)
+        self.numerics = self._choose_numerics(numerics)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu", name: str = "torch") -> "TorchWhisper":
+    def from_folder(cls, folder: str | Path, device: str = "cpu", name: str = "torch",
+                    numerics: str = "float32") -> "TorchWhisper":
         model, processor = load_whisper(folder, device=device)
-        be = cls(model, processor.tokenizer, WhisperVocab.from_folder(folder), device=device, name=name)
+        be = cls(model, processor.tokenizer, WhisperVocab.from_folder(folder), device=device, name=name,
+                 numerics=numerics)
         be.disk_bytes = tree_size_bytes(Path(folder).glob("*.safetensors"))
         return be
 
     def with_model(self, model, name: str | None = None) -> "TorchWhisper":
-        """A backend for ``model`` (a pruned or damaged copy of this one's) with this one's tokenizer and vocabulary."""
+        """A backend for ``model`` (a pruned or damaged copy of this one's) with this one's tokenizer and vocabulary
+        (in float32: a copy is scored against its dense original in the reference numerics)."""
         return TorchWhisper(model, self.tokenizer, self.vocab, device=self.device, name=name or self.name)
+
+    def _choose_numerics(self, requested: str) -> dict[str, dict]:
+        """The dtype of each part (``models.precision``): the encoder probed with its FFN GEMM over its positions,
+        the decoder with one token's vocabulary projection (most of a tiny decoder's time), each checked against
+        float32 on one input; ``float32`` (the default) probes nothing. Returns the bench record's ``numerics``."""
+        from ..precision import PartChoice, check_error, choose_part, relative_error
+
+        if requested == "float32" or self.device.type != "cpu":
+            why = "requested" if requested == "float32" else f"{requested} is chosen on CPUs; this is {self.device}"
+            return {part: {"dtype": "float32", "gflops": {}, "why": why} for part in ("encoder", "decoder")}
+        s = self.shape
+        ffn = max((layer.ffn_dim for layer in s.encoder), default=0) or 4 * s.d_model
+        choice = {"encoder": choose_part(s.n_audio_ctx, s.d_model, ffn, requested),
+                  "decoder": choose_part(1, s.d_dec, s.vocab_size, requested)}
+        if all(c.dtype == "float32" for c in choice.values()):
+            return {part: c.record() for part, c in choice.items()}
+        import copy
+
+        self._low = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+        g = torch.Generator().manual_seed(0)
+        feats = (torch.randn(1, self.n_mels, 2 * s.n_audio_ctx, generator=g) * 0.4).clamp(-1.0, 1.5).numpy()
+        self.numerics = {part: {"dtype": "float32"} for part in choice}
+        ref = self.encode(feats)
+        ids = torch.tensor([self.vocab.prompt("en", "transcribe")], device=self.device)
+        want = self._stepper(ref)(ids, self._new_cache())
+        checked: dict[str, PartChoice] = {}
+        for part in ("encoder", "decoder"):
+            if choice[part].dtype == "float32":
+                checked[part] = choice[part]
+                continue
+            self.numerics = {p: {"dtype": choice[p].dtype if p == part else "float32"} for p in choice}
+            got = self.encode(feats) if part == "encoder" else self._stepper(ref)(ids, self._new_cache())
+            checked[part] = check_error(choice[part], relative_error(got, ref if part == "encoder" else want))
+        if all(c.dtype == "float32" for c in checked.values()):
+            self._low = None
+        return {part: c.record() for part, c in checked.items()}
+
+    def _part(self, part: str):
+        """The model ``part`` runs in and its dtype (the bfloat16 copy where the numerics chose it)."""
+        if self._low is not None and self.numerics[part]["dtype"] == "bfloat16":
+            return self._low, torch.bfloat16
+        return self.model, self._dtype
 
     @property
     def length_buckets(self) -> tuple[int, ...] | None:
@@ -75,21 +123,24 @@ class TorchWhisper:
     def fingerprint(self) -> str:
         """What an evaluation run is pinned to: :func:`state_digest` of the model (and its length buckets)."""
         buckets = self.length_buckets
-        return state_digest(self.model, "" if buckets is None else f"length buckets {list(buckets)}")
+        extra = "" if buckets is None else f"length buckets {list(buckets)}"
+        low = {p: c["dtype"] for p, c in self.numerics.items() if c["dtype"] != "float32"}
+        return state_digest(self.model, extra + (f" numerics {low}" if low else ""))
 
     @torch.inference_mode()
     def encode(self, features: np.ndarray, frames: list[int] | None = None) -> torch.Tensor:
         """Encoder states of ``features [B, n_mels, 3000]``; a length-adaptive model reads only the frames of the
         bucket that holds the longest of ``frames`` (each window's real frames; ``None``: the full window)."""
         buckets = self.length_buckets
+        model, dtype = self._part("encoder")
         if buckets is not None:
             x = torch.from_numpy(np.ascontiguousarray(cut_features(features, frames, buckets)))
-            out = WhisperEncoderGraph(self.model)(x.to(self.device, self._dtype))
+            out = WhisperEncoderGraph(model)(x.to(self.device, dtype))
         else:
-            x = torch.from_numpy(features).to(self.device, self._dtype)
-            out = self._encoder(input_features=x).last_hidden_state
+            x = torch.from_numpy(features).to(self.device, dtype)
+            out = model.get_encoder()(input_features=x).last_hidden_state
         self.last_positions = int(out.shape[1])
-        return out
+        return out.to(self._dtype)
 
     def _stepper(self, enc: torch.Tensor):
         """One search step through the split decoder graphs (``graph``: plain torch over this model's
@@ -98,8 +149,10 @@ class TorchWhisper:
         cache's ``group`` rows (beams) share it, so beam search keeps one cross-attention cache per utterance.
         tiny.en, 2 threads: 8.7 ms per token (transformers' decoder forward with its cache: 9.2 ms), of which the
         fp32 51864-way output projection alone takes 5.0 ms (80 MB of weights read per token)."""
-        graphs = whisper_graphs(self.model)
+        model, dtype = self._part("decoder")
+        graphs = whisper_graphs(model)
         prefill, step_graph, n_self = graphs.prefill, graphs.step, len(graphs.io.self_cache)
+        enc = enc.to(dtype)
 
         @torch.inference_mode()
         def step(ids: torch.Tensor, cache: GraphCache) -> torch.Tensor:

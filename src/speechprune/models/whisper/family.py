@@ -34,14 +34,15 @@ class WhisperFamily:
         return save_pruned(model, source, out, overwrite=overwrite)
 
     def backend(self, folder: str | Path, device: str = "cpu", name: str | None = None,
-                exit_layer: int | None = None):
-        """A ``TorchWhisper`` (greedy and beam search with a key/value cache) for the folder's model."""
+                exit_layer: int | None = None, numerics: str = "float32"):
+        """A ``TorchWhisper`` (greedy and beam search with a key/value cache) for the folder's model, its encoder
+        and decoder in the ``numerics`` asked for (``auto``: what this CPU runs fastest)."""
         from .backend import TorchWhisper
 
         if exit_layer is not None:
             raise ConfigError("--exit-layer reads a CTC model (speechprune train) at a smaller depth; this is a "
                               "Whisper model", folder)
-        return TorchWhisper.from_folder(folder, device=device, name=name or "torch")
+        return TorchWhisper.from_folder(folder, device=device, name=name or "torch", numerics=numerics)
 
     def shape_record(self, model) -> dict:
         """Params and FLOPs (the encoder's over the 30 s window); a length-adaptive model adds its buckets and the
@@ -74,6 +75,14 @@ class WhisperFamily:
             raise ValueError("a Whisper labeller needs the folder its tokenizer comes from")
         tokenizer = WhisperTokenizerFast.from_pretrained(source, local_files_only=True)
         return TorchWhisper(model, tokenizer, WhisperVocab.from_folder(source), device=next(model.parameters()).device)
+
+    def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
+                         cache_layers: bool = True, progress: bool = False):
+        """A ``scoring.WhisperScorer``: cross-entropy per reference token, greedy hypotheses, the dense encoder's
+        outputs (and with ``cache_layers`` its layers' inputs) reused up to the first changed layer."""
+        from .scoring import WhisperScorer
+
+        return WhisperScorer(backend, utterances, batch_size, max_new_tokens, cache_layers, progress)
 
     def distill_outputs(self, student, batch: dict, layers: bool) -> DistillOutputs:
         """Teacher forcing on the teacher's transcripts: the logits at the label positions, cross-entropy on the
