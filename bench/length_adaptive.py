@@ -10,9 +10,11 @@ bucket the clips fall in (``by_bucket``):
     adapted          the recipe whisper-tiny.en-length (adaptation by distillation from the full-window dense
                      teacher, ``recovery.length_adaptive``), read at its buckets
     adapted-full     the adapted weights read at the 30 s window (what a backend without buckets would see)
+    adapted-onnx-int8, adapted-ct2-int8   the adapted model exported to ONNX Runtime int8 and CTranslate2 int8, read
+                     at its buckets
 
 then the encoder (and whole-utterance) latency per clip, dense at the full window against the adapted model at its
-buckets, side by side in one run (``speechprune.bench.latency.benchmark``: interleaved clip by clip and repeat by
+buckets, its exports and faster-whisper int8 on the original files (the peer), side by side in one run (``speechprune.bench.latency.benchmark``: interleaved clip by clip and repeat by
 repeat, medians, batch 1, the threads stated), with the encoder FLOPs per clip at each clip's bucket.
 
 Results are appended to ``OUT/results.jsonl`` as each variant finishes; a rerun skips finished variants, resumes
@@ -35,8 +37,31 @@ RECIPE = "whisper-tiny.en-length"
 EVALS = (("asterisk", "test"), ("english-ood", None))
 
 
+EXPORTS = ("adapted-onnx-int8", "adapted-ct2-int8")  # the adapted model exported, read at its buckets
+
+
 def variant_names(buckets: list[int]) -> list[str]:
-    return ["dense", *[f"dense@{p}" for p in buckets[:-1]], "dense-buckets", "adapted", "adapted-full", "latency"]
+    return ["dense", *[f"dense@{p}" for p in buckets[:-1]], "dense-buckets", "adapted", "adapted-full", *EXPORTS,
+            "latency"]
+
+
+def exported(variant: str, adapted: Path, out: Path, threads: int):
+    """The adapted model exported (once, into ``OUT/export/<variant>``) to ONNX Runtime int8 (weights' bits chosen
+    for this CPU) or CTranslate2 int8, as a backend that reads each batch at its bucket."""
+    from speechprune.evaluate.backends import load_backend
+
+    folder = out / "export" / variant
+    if variant == "adapted-onnx-int8":
+        from speechprune.export.onnx import MANIFEST, export_onnx
+
+        if not (folder / MANIFEST).exists():
+            export_onnx(adapted, folder, quantize=True, overwrite=True)
+        return load_backend(str(folder), "onnx", threads=threads, name=variant)
+    from speechprune.export.ct2 import RECORD_FILE, export_ct2
+
+    if not (folder / RECORD_FILE).exists():
+        export_ct2(adapted, folder, quantization="int8", overwrite=True)
+    return load_backend(str(folder), "faster-whisper", compute_type="int8", threads=threads, name=variant)
 
 
 def adaptation_recipe(steps: int | None, limit: int | None):
@@ -52,18 +77,18 @@ def adaptation_recipe(steps: int | None, limit: int | None):
     return recipe.model_copy(update={"recovery": recipe.recovery.model_copy(update=change)})
 
 
-def backend(variant: str, buckets: list[int], adapted: Path | None):
+def backend(variant: str, buckets: list[int], adapted: Path | None, numerics: str = "float32"):
     """The ``TorchWhisper`` a variant evaluates (the buckets it reads at set on its config, in memory)."""
     from speechprune.models.registry import resolve_model
     from speechprune.models.whisper.backend import TorchWhisper
     from speechprune.models.whisper.lengths import set_length_buckets
 
     if variant.startswith("adapted"):
-        be = TorchWhisper.from_folder(adapted, name="torch")
+        be = TorchWhisper.from_folder(adapted, name="torch", numerics=numerics)
         if variant == "adapted-full":
             set_length_buckets(be.model, None)
         return be
-    be = TorchWhisper.from_folder(resolve_model(MODEL), name="torch")
+    be = TorchWhisper.from_folder(resolve_model(MODEL), name="torch", numerics=numerics)
     if variant.startswith("dense@"):
         set_length_buckets(be.model, [int(variant.split("@")[1]), buckets[-1]])
     elif variant == "dense-buckets":
@@ -121,9 +146,10 @@ def evaluate_variant(be, label: str, out: Path, buckets: list[int], limit: int |
     return row
 
 
-def latency(dense, adapted, buckets: list[int], n: int, threads: int) -> dict:
-    """Dense at the full window against the adapted model at its buckets, side by side on the first ``n`` test
-    clips; encoder FLOPs per clip at its bucket."""
+def latency(dense, adapted, buckets: list[int], n: int, threads: int, peers: list | None = None) -> dict:
+    """Dense at the full window against the adapted model at its buckets (and ``peers``: faster-whisper int8 on the
+    original files, the adapted exports), side by side on the first ``n`` test clips; encoder FLOPs per clip at its
+    bucket; each backend's numerics (``auto`` for the PyTorch ones: what this CPU runs fastest)."""
     import statistics
 
     from speechprune.bench.latency import BenchOptions, benchmark
@@ -132,17 +158,22 @@ def latency(dense, adapted, buckets: list[int], n: int, threads: int) -> dict:
 
     dense.name, adapted.name = "dense-full", "adapted-buckets"
     utts = load_dataset("asterisk", "test")[:n]
-    rec = benchmark([dense, adapted], utts, bench=BenchOptions(max_utterances=n), threads=threads, progress=False)
+    rec = benchmark([dense, adapted, *(peers or [])], utts, bench=BenchOptions(max_utterances=n), threads=threads,
+                    progress=False)
     own = clip_buckets(utts, buckets)
     shape = adapted.shape
     per_clip = [flops.encoder_flops(replace(shape, n_audio_ctx=own[u["id"]], n_frames=2 * own[u["id"]])).total
                 for u in rec["backends"]["adapted-buckets"]["utterances"]]
     side = {name: {k: b[k] for k in ("encoder_ms_median", "encoder_ms_p90", "latency_ms_median", "latency_ms_p90",
-                                     "decoder_ms_median", "n_utterances")}
+                                     "decoder_ms_median", "n_utterances", "flops_encoder", "numerics")}
             for name, b in rec["backends"].items()}
+    fastest_peer = min((k for k in side if k.startswith("faster-whisper")), default=None,
+                       key=lambda k: side[k]["latency_ms_median"])
     return {"threads": threads, "n_clips": rec["backends"]["dense-full"]["n_utterances"], **side,
             "encoder_speedup": side["dense-full"]["encoder_ms_median"] / side["adapted-buckets"]["encoder_ms_median"],
             "latency_speedup": side["dense-full"]["latency_ms_median"] / side["adapted-buckets"]["latency_ms_median"],
+            "speedup_over_peer": None if fastest_peer is None else {
+                name: side[fastest_peer]["latency_ms_median"] / b["latency_ms_median"] for name, b in side.items()},
             "flops_encoder_full": flops.encoder_flops(dense.shape).total,
             "flops_encoder_per_clip_median": statistics.median(per_clip),
             "flops_encoder_per_clip_mean": statistics.fmean(per_clip),
@@ -187,9 +218,18 @@ def main() -> None:
             row["adaptation"] = record["steps"][-1].get("recovery")  # steps, losses, seconds
             row["recipe_recovery"] = record["recipe"]["recovery"]
         if name == "latency":
+            from speechprune.evaluate.backends import load_backend
+
             n = args.limit or args.bench_utterances
-            row.update(latency(backend("dense", buckets, None), backend("adapted", buckets, final_model_dir(prune_dir)),
-                               buckets, n, args.threads))
+            adapted = final_model_dir(prune_dir)
+            peers = [load_backend(MODEL, "faster-whisper", compute_type="int8", threads=args.threads),
+                     *(exported(v, adapted, args.out, args.threads) for v in EXPORTS)]
+            row.update(latency(backend("dense", buckets, None, "auto"), backend("adapted", buckets, adapted, "auto"),
+                               buckets, n, args.threads, peers))
+        elif name in EXPORTS:
+            be = exported(name, final_model_dir(prune_dir), args.out, args.threads)
+            row.update(buckets=list(be.length_buckets or ()), **evaluate_variant(be, name, args.out, buckets,
+                                                                                 args.limit))
         else:
             be = backend(name, buckets, final_model_dir(prune_dir) if name.startswith("adapted") else None)
             row.update(buckets=None if be.length_buckets is None else list(be.length_buckets),
