@@ -17,6 +17,7 @@ but ``+synth-refit`` keeps the least-squares refit of the cut blocks that the re
     one-shot+speech  no recovery, asterisk calibration, the refit weighing speech and padding positions alike
     one-shot-refit   no recovery, no refit: the cut structure as the criterion left it
     one-shot-ffn-refit, one-shot-heads-refit   the same, with only the FFN cut or only the head cut
+    one-shot-refit+cal  no recovery, no refit, the criterion calibrated on diverse clips
 
 Each variant is pruned and recovered (``run_prune``), then scored on the asterisk test split and on the pooled
 out-of-domain suite (``english-ood``: speakers and recordings that no recovery, calibration or sweep reads).
@@ -60,6 +61,7 @@ VARIANTS = {
     "one-shot-refit": {"steps": 0, "recipe": {"reconstruct": False}},
     "one-shot-ffn-refit": {"steps": 0, "recipe": {"reconstruct": False, "targets": [FFN_ONLY]}},
     "one-shot-heads-refit": {"steps": 0, "recipe": {"reconstruct": False, "targets": [HEADS_ONLY]}},
+    "one-shot-refit+cal": {"steps": 0, "calibration": DIVERSE_CALIBRATION, "recipe": {"reconstruct": False}},
 }
 EVALS = (("asterisk", "test"), ("english-ood", None))
 

@@ -58,6 +58,34 @@ def make_tiny_wav2vec2(seed: int = 0, **overrides):
     return model
 
 
+# A character vocabulary for a tiny wav2vec2 CTC folder: the pad token is the blank, "|" the word delimiter, and the
+# characters spell the ``clips`` fixture's references ("tone 0" ... "tone 4").
+WAV2VEC2_VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", "t", "o", "n", "e", "0", "1", "2", "3", "4", "a", "s")
+
+
+def tiny_wav2vec2_folder(out, seed: int = 0, **overrides):
+    """A Hugging Face ``Wav2Vec2ForCTC`` folder in ``out``: ``make_tiny_wav2vec2`` (its head over
+    ``WAV2VEC2_VOCAB``; every weight random, the head sharpened so greedy search emits characters), a
+    ``Wav2Vec2CTCTokenizer`` and a ``Wav2Vec2FeatureExtractor`` (normalizing; an attention mask for the
+    layer-norm feature encoder only, as transformers ships them). Returns ``out``."""
+    import json
+    from pathlib import Path
+
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = make_tiny_wav2vec2(seed, **{"vocab_size": len(WAV2VEC2_VOCAB), **overrides})
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5.0)
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(WAV2VEC2_VOCAB)}), encoding="utf-8")
+    Wav2Vec2CTCTokenizer(str(out / "vocab.json")).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=model.config.feat_extract_norm == "layer").save_pretrained(out)
+    model.save_pretrained(out)
+    return out
+
+
 def randomize(model, seed: int = 0):
     """Every parameter random (biases too, norms near 1), so no unit is trivially zero; returns ``model``."""
     import torch

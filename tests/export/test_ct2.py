@@ -317,3 +317,26 @@ def test_real_tiny_en_export_decodes_real_speech_like_torch(tmp_path):
     assert records["dense"]["not_native"] == [] and records["dense"]["num_heads"] == {"encoder": 6, "decoder": 6}
     assert records["pruned"]["num_heads"] == {"encoder": 6, "decoder": 5}
     assert [e["block"] for e in records["pruned"]["not_native"]] == ["encoder.3.self_attn", "decoder.1.ffn"]
+
+
+def test_a_length_adaptive_export_is_read_at_its_buckets_like_torch(tmp_path, processor):
+    """CTranslate2's encoder reads any number of frames (its position table sliced) and its decoder cross-attends
+    to what it gets, so a length-adaptive model's export runs at the same buckets as in PyTorch."""
+    from speechprune.evaluate.backends import load_backend
+    from speechprune.models.whisper.lengths import set_length_buckets
+
+    model = make_tiny_whisper()
+    set_length_buckets(model, [50, 100, 1500])
+    hf_dir = save_pruned(model, processor, tmp_path / "hf")
+    export_ct2(hf_dir, tmp_path / "ct2")
+    ct = load_backend(str(tmp_path / "ct2"), "faster-whisper", compute_type="float32", threads=1)
+    ref = TorchWhisper.from_folder(hf_dir)
+    assert ct.length_buckets == ref.length_buckets == (50, 100, 1500)
+    for frames, positions in (([80, 60, 90], 50), ([150, 60, 190], 100), (None, 1500)):
+        enc, want = ct.encode(FEATS, frames), ref.encode(FEATS, frames)
+        assert ct.last_positions == ref.last_positions == positions
+        assert_reorder_close(np.array(enc), want.numpy(),  # the CPU engine keeps its output on the CPU
+                             k=FRAMES, depth=whisper_depth(2, 0))
+        n = len(FEATS)
+        assert ct.decode(enc, [None] * n, [None] * n, OPTIONS).tokens == ref.decode(want, [None] * n, [None] * n,
+                                                                                      OPTIONS).tokens

@@ -26,8 +26,8 @@ def test_a_folder_no_family_owns_is_refused(tmp_path):
     with pytest.raises(ModelError) as info:
         resolve_model(str(tmp_path))
     msg = str(info.value)
-    assert msg == (f"{tmp_path}: not a model folder of a supported family (Whisper config.json, or "
-                   "speechprune_ctc.json)")
+    assert msg == (f"{tmp_path}: not a model folder of a supported family (Whisper config.json, "
+                   "speechprune_ctc.json, or a Wav2Vec2ForCTC config.json)")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
     with pytest.raises(ModelError, match="not a model folder of a supported family"):
         resolve_model(tmp_path)

@@ -295,7 +295,6 @@ def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: b
                  progress: bool = False) -> SweepInputs:
     """The inputs of the sweep pinned by ``settings`` (``sweep.json``) for the dense backend ``dense``."""
     from ..data.datasets import load_dataset, training_utterances
-    from ..data.features import FeatureFrontend
     from ..evaluate.runner import prepare_batch
     from ..models.decoding import DecodeOptions
     from ..models.family import family_for
@@ -304,7 +303,7 @@ def sweep_inputs(dense, settings: dict, batch_size: int = 8, need_calibration: b
     data, limit = settings["data"], settings.get("limit")
     utts = load_dataset(data, settings["split"])
     utts = utts[:limit] if limit else utts
-    frontend = FeatureFrontend(dense.n_mels)
+    frontend = dense.frontend()
     feats = [prepare_batch(frontend, utts[i : i + batch_size]) for i in range(0, len(utts), batch_size)]
     batches = None
     if need_calibration and settings.get("criterion") in ("activation", "taylor"):

@@ -2,7 +2,8 @@
 
 Batch size 1, as a user transcribing one clip sees it. Each utterance is timed ``repeats`` times and its
 per-stage median kept; the report gives medians and 90th percentiles over utterances. Audio file reading is
-not timed (it is the same for every backend); the log-mel front end is.
+not timed (it is the same for every backend); the front end (log-mel features, a normalized waveform) is. Backends
+timed side by side must read the same front end (``backend.frontend()``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _time_once(backend: Backend, frontend: FeatureFrontend, audio: np.ndarray, u
     t0 = time.perf_counter()
     feats = frontend([audio])
     t1 = time.perf_counter()
-    enc = backend.encode(feats, [real_frames(len(audio))])
+    enc = backend.encode(feats, frontend.lengths([audio]))
     backend.synchronize()
     t2 = time.perf_counter()
     # CTranslate2 decodes in one call: it times its first step apart only when asked (whatever the backend's name)
@@ -104,15 +105,18 @@ def benchmark(backends: list[Backend], utterances: list[Utterance], options: Dec
     Runs are interleaved (utterance by utterance, repeat by repeat, backend by backend) so that a change in
     machine load hits every backend alike. The first backend is the primary one: its figures are also the
     record's top-level keys, and ``latency_ratio`` gives every backend's median latency divided by the primary's.
+    Every backend reads the same front end (``backend.frontend()``; backends whose front ends differ are refused);
+    ``frontend`` overrides it. Each row records the clip's ``samples`` and its log-mel ``frames``.
     """
     if not backends:
         raise ConfigError("no backend to benchmark")
     if len({b.name for b in backends}) != len(backends):
         raise ConfigError("the same backend is named twice")
-    n_mels = {b.n_mels for b in backends}
-    if len(n_mels) != 1:
-        raise ConfigError("backends disagree on the number of mel bins")
-    frontend = frontend or FeatureFrontend(n_mels.pop())
+    fronts = [b.frontend() for b in backends]
+    if any(f != fronts[0] for f in fronts[1:]):
+        raise ConfigError("backends read different front ends (" + ", ".join(
+            f"{b.name}: {f!r}" for b, f in zip(backends, fronts)) + "); time them in separate runs")
+    frontend = fronts[0] if frontend is None else frontend
     clips, skipped = [], []
     for u in utterances:
         if len(clips) == bench.max_utterances:
@@ -137,8 +141,8 @@ def benchmark(backends: list[Backend], utterances: list[Utterance], options: Dec
             for b in backends:
                 rs = runs[b.name]
                 row = {k: _median([r[k] for r in rs]) for k in rs[0] if k.endswith("ms") or k.endswith("token")}
-                prompt = getattr(b.vocab, "prompt", None)  # a CTC model has no decoder prompt
-                row.update(id=u.id, duration_s=len(a) / 16000, n_tokens=rs[0]["n_tokens"],
+                prompt = getattr(getattr(b, "vocab", None), "prompt", None)  # a CTC model has no decoder prompt
+                row.update(id=u.id, duration_s=len(a) / 16000, n_tokens=rs[0]["n_tokens"], samples=len(a),
                            frames=real_frames(len(a)), positions=getattr(b, "last_positions", None),
                            prompt_len=len(prompt(rs[0]["language"], rs[0]["task"])) if prompt else 0)
                 row["rtf"] = row["latency_ms"] / 1e3 / row["duration_s"]

@@ -4,8 +4,9 @@ The PyTorch backend of a model comes from its family (``ModelFamily.backend``: `
 pruned Hugging Face Whisper model with the search loops of :mod:`speechprune.models.whisper.decoding`,
 ``CTCBackend`` a CTC model). ``FasterWhisper`` runs CTranslate2 files through
 faster-whisper's engine, the peer every speed claim is measured against. ``load_backend`` picks one for a model name
-or folder (the ONNX backends are :mod:`.onnx_backend` and :mod:`.ctc_backend`). All take the same log-mel
-features (:class:`speechprune.data.features.FeatureFrontend`).
+or folder (the ONNX backends are :mod:`.onnx_backend` and :mod:`.ctc_backend`). Each says which front end it reads
+(``frontend()``, :mod:`speechprune.data.features`): Whisper's and the CTC family's the same log-mel features
+(``FeatureFrontend``), wav2vec2's the normalized waveform (``WaveformFrontend``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..data.features import FeatureFrontend
 from ..errors import ConfigError
 from ..io import tree_size_bytes
 from ..models.decoding import Decoded, DecodeOptions, DecodeStats
@@ -30,12 +32,18 @@ EXPORT_RECORD = "speechprune_export.json"  # written into CTranslate2 and Huggin
 
 class Backend(Protocol):
     name: str
-    n_mels: int
-    vocab: WhisperVocab
+    vocab: WhisperVocab  # Whisper's backends; the CTC families have their own vocabularies
+
+    def frontend(self) -> Any:
+        """The front end this backend reads (``data.features``: ``FeatureFrontend(n_mels)`` for Whisper and the CTC
+        family, ``WaveformFrontend`` for wav2vec2): ``frontend(audios)`` is what ``encode`` takes,
+        ``frontend.lengths(audios)`` its ``frames``. Equal front ends compute the same array."""
+        ...
 
     def encode(self, features: np.ndarray, frames: list[int] | None = None) -> Any:
-        """``features`` ``[N, n_mels, 3000]`` from the shared front end; ``frames``: each item's real frames (a
-        backend that reads only those, as the CTC family does, needs them; Whisper's pay the whole window)."""
+        """``features`` from this backend's front end (log-mel ``[N, n_mels, 3000]``, a waveform ``[N, samples]``);
+        ``frames``: each item's real length in its units (a backend that reads only those, as the CTC families do,
+        needs them; Whisper's pay the whole window)."""
 
     def decode(self, encoded: Any, languages: list[str | None], tasks: list[str | None], options: DecodeOptions) -> Decoded: ...
 
@@ -71,7 +79,8 @@ class FasterWhisper:
     name = "faster-whisper"
 
     def __init__(self, ct2_dir: str | Path, vocab: WhisperVocab, tokenizer, shape: EncoderDecoderShape, params: int,
-                 compute_type: str = "int8", threads: int = 0, device: str = "cpu"):
+                 compute_type: str = "int8", threads: int = 0, device: str = "cpu",
+                 length_buckets: tuple[int, ...] | None = None):
         from faster_whisper import WhisperModel
 
         if compute_type not in CT2_COMPUTE_TYPES:
@@ -87,6 +96,14 @@ class FasterWhisper:
         self.shape, self.params = shape, params
         self._weight_files = list(Path(ct2_dir).glob("model.bin*"))
         self.disk_bytes = tree_size_bytes(self._weight_files)  # as stored (fp16 for the bundled files)
+        # a length-adaptive export: CTranslate2's encoder reads any number of frames (its position table is sliced)
+        # and its decoder cross-attends to what it gets, so the export reads each batch at its bucket, as torch does
+        self.length_buckets = length_buckets
+        self.last_positions: int | None = None
+
+    def frontend(self) -> FeatureFrontend:
+        """The shared log-mel features (not faster-whisper's own front end: see ``data.features``)."""
+        return FeatureFrontend(self.n_mels)
 
     def fingerprint(self) -> str:
         """A digest of the CTranslate2 weight files and the compute type they run in."""
@@ -102,9 +119,17 @@ class FasterWhisper:
         return bench_flops(self.shape, rows)
 
     def encode(self, features: np.ndarray, frames: list[int] | None = None):
+        """The engine's encoder output (on its device) for ``features [B, n_mels, 3000]``; a length-adaptive export
+        reads the frames of the bucket that holds the longest of ``frames``."""
         import ctranslate2
 
-        return self.engine.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=False)
+        from ..models.whisper.lengths import cut_features
+
+        if self.length_buckets is not None:
+            features = cut_features(features, frames, self.length_buckets)
+        out = self.engine.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=False)
+        self.last_positions = int(out.shape[1])
+        return out
 
     def detect_language(self, encoded) -> list[str]:
         return [r[0][0].strip("<|>") for r in self.engine.detect_language(encoded)]
@@ -137,8 +162,9 @@ class FasterWhisper:
 def load_backend(model: str, backend: str = "torch", compute_type: str = "int8", threads: int = 0,
                  device: str = "cpu", exit_layer: int | None = None, name: str | None = None,
                  numerics: str = "float32") -> Backend:
-    """A backend for a bundled model name or a local folder: a Hugging Face Whisper folder (dense or pruned) or a
-    CTC model folder (``speechprune train``; ``exit_layer`` reads it at that depth) for ``torch``, a folder written
+    """A backend for a bundled model name or a local folder: a Hugging Face Whisper or ``Wav2Vec2ForCTC`` folder
+    (dense or pruned) or a CTC model folder (``speechprune train``; ``exit_layer`` reads it at that depth) for
+    ``torch`` (the folder's family's backend, ``ModelFamily.backend``), a folder written
     by ``speechprune export --format onnx`` for ``onnx``; ``faster-whisper`` runs the original CTranslate2 files of
     a bundled model, or a folder written by ``--format ct2``. ``name``: what tables and benches call it (default:
     the backend's own name). ``numerics`` (torch): ``float32``, ``auto`` (each part in the dtype this CPU runs
@@ -199,6 +225,7 @@ def _exported_ct2(folder: Path, compute_type: str, threads: int, device: str) ->
     from transformers import WhisperConfig, WhisperTokenizerFast
 
     from ..models.units import STRUCTURE_KEY
+    from ..models.whisper.lengths import length_buckets
     from ..models.whisper.shape import whisper_shape_from_config
 
     try:
@@ -211,7 +238,8 @@ def _exported_ct2(folder: Path, compute_type: str, threads: int, device: str) ->
                           folder) from None
     shape = whisper_shape_from_config(config)
     return FasterWhisper(folder, WhisperVocab.from_folder(folder), tokenizer, shape, record.get("params", 0),
-                         compute_type=compute_type, threads=threads, device=device)
+                         compute_type=compute_type, threads=threads, device=device,
+                         length_buckets=length_buckets(config))
 
 
 def _safetensors_params(folder: Path) -> int:

@@ -181,6 +181,12 @@ class OnnxWhisper:
                     device: str = "cpu") -> "OnnxWhisper":
         return cls(folder, threads=threads, name=name, device=device)
 
+    def frontend(self):
+        """The shared log-mel features (``data.features.FeatureFrontend``)."""
+        from ..data.features import FeatureFrontend
+
+        return FeatureFrontend(self.n_mels)
+
     def fingerprint(self) -> str:
         """A digest of the exported graphs (weights included) and the manifest."""
 

@@ -1,4 +1,4 @@
-"""Evaluate a backend on a list of utterances: resumable, incremental, one shared front end.
+"""Evaluate a backend on a list of utterances: resumable, incremental, through the backend's front end.
 
 ``DIR/hypotheses.jsonl`` gets one record per utterance as soon as its batch is decoded (failures included,
 with their reason); ``DIR/run.json`` records the settings; ``DIR/metrics.json`` is written atomically at the
@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.audio import load_audio
-from ..data.features import MAX_CLIP_SECONDS, FeatureFrontend, real_frames, split_windows
+from ..data.features import MAX_CLIP_SECONDS, FeatureFrontend, split_windows
 from ..data.manifest import Utterance
 from ..data.normalize import normalize_text
 from ..errors import AudioError, ConfigError
@@ -63,18 +63,20 @@ def claim_run_dir(out_dir: Path, settings: dict) -> None:
 
 @dataclass
 class FeatureBatch:
-    """One batch's log-mel windows, ready to decode by any backend (several models can share it): ``owners[i]``
-    is the utterance window ``i`` belongs to; ``errors`` holds the records of utterances whose audio failed."""
+    """One batch's windows through a front end, ready to decode by any backend that reads that front end (several
+    models can share it): ``owners[i]`` is the utterance window ``i`` belongs to; ``errors`` holds the records of
+    utterances whose audio failed."""
 
     utts: list[Utterance]
     owners: list[Utterance]
-    features: np.ndarray | None  # [windows, n_mels, 3000]; None when no audio of the batch could be read
+    features: np.ndarray | None  # the front end's array (log-mel [windows, n_mels, 3000]); None: no audio was read
     errors: dict[str, dict]
-    frames: list[int] | None = None  # each window's real (unpadded) frames
+    frames: list[int] | None = None  # each window's real (unpadded) length in the front end's units (frames, samples)
 
 
 def prepare_batch(frontend: FeatureFrontend, utts: list[Utterance]) -> FeatureBatch:
-    """Read and window the batch's audio (:func:`split_windows`) and compute its features once."""
+    """Read and window the batch's audio (:func:`split_windows`) and compute its features once, through
+    ``frontend`` (``backend.frontend()``: a ``data.features`` front end, which also gives each window's length)."""
     errors: dict[str, dict] = {}
     owners, audios = [], []
     for u in utts:
@@ -85,7 +87,7 @@ def prepare_batch(frontend: FeatureFrontend, utts: list[Utterance]) -> FeatureBa
             continue
         owners += [u] * len(windows)
         audios += windows
-    frames = [real_frames(len(a)) for a in audios]
+    frames = frontend.lengths(audios)
     return FeatureBatch(list(utts), owners, frontend(audios) if audios else None, errors, frames)
 
 
@@ -205,7 +207,8 @@ def evaluate(
 ) -> dict:
     """Decode every utterance (resuming what ``out_dir`` already holds) and write ``metrics.json``. The settings
     pinned in ``run.json`` get the backend's ``fingerprint()`` of its weights, so a rerun resumes only the same model
-    (re-pruning into the same model folder makes a new one)."""
+    (re-pruning into the same model folder makes a new one). ``frontend``: default the backend's own
+    (``backend.frontend()``)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     ids = [u.id for u in utterances]
@@ -221,7 +224,7 @@ def evaluate(
     wanted = set(ids)
     done = {r["id"]: r for r in read_jsonl_tolerant(hyp_path) if r.get("id") in wanted}
     todo = [u for u in utterances if u.id not in done]
-    frontend = frontend or FeatureFrontend(backend.n_mels)
+    frontend = backend.frontend() if frontend is None else frontend
     with tqdm(total=len(utterances), initial=len(utterances) - len(todo), desc="eval", unit="utt",
               disable=not progress, dynamic_ncols=True) as bar:
         for batch in _batches(todo, batch_size):

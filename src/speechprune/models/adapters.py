@@ -30,7 +30,8 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("whisper", "WhisperForConditionalGeneration", "speechprune.models.whisper.adapter:WhisperAdapter",
            seam="speechprune.models.whisper.family:FAMILY"),
-    Family("wav2vec2", "Wav2Vec2ForCTC", "speechprune.models.wav2vec2:Wav2Vec2Adapter"),
+    Family("wav2vec2", "Wav2Vec2ForCTC", "speechprune.models.wav2vec2.adapter:Wav2Vec2Adapter",
+           seam="speechprune.models.wav2vec2.family:FAMILY"),
     Family("ctc", "CTCModel", "speechprune.models.ctc.adapter:CTCAdapter", module="speechprune.models.ctc.",
            seam="speechprune.models.ctc.family:FAMILY"),
 )

@@ -1,9 +1,10 @@
 """The one seam between a model family and every stage: what ``prune``, ``sparsify``, ``lowrank``, recovery and the
 analyses call instead of a family's own names.
 
-A family is one package under ``models/`` (``models.whisper``, ``models.ctc``) exposing a ``FAMILY`` object that
-satisfies ``ModelFamily``; ``models.adapters.FAMILIES`` names it beside the unit adapter. ``family_for_folder`` and
-``family_for`` find it for a saved folder (or a bundled model name, resolved first) and for a live model.
+A family is one package under ``models/`` (``models.whisper``, ``models.ctc``, ``models.wav2vec2``) exposing a
+``FAMILY`` object that satisfies ``ModelFamily``; ``models.adapters.FAMILIES`` names it beside the unit adapter.
+``family_for_folder`` and ``family_for`` find it for a saved folder (or a bundled model name, resolved first) and for
+a live model.
 """
 
 from __future__ import annotations
@@ -77,9 +78,14 @@ class ModelFamily(Protocol):
 
     def backend(self, folder: str | Path, device: str = "cpu", name: str | None = None,
                 exit_layer: int | None = None, numerics: str = "float32"):
-        """The family's PyTorch decoding backend (``encode``/``decode``/``decode_text``, ``with_model``,
+        """The family's PyTorch decoding backend (``frontend``/``encode``/``decode``/``decode_text``, ``with_model``,
         ``flops_record``, ``numerics``) for the model in ``folder``; ``exit_layer`` reads it at that depth where the
-        family can, ``numerics`` picks its dtypes (``models.precision``) where it can (else a ``ConfigError``)."""
+        family can, ``numerics`` picks its dtypes (``models.precision``) where it can (else a ``ConfigError``).
+
+        ``frontend()`` is the ``data.features`` front end the backend reads (Whisper's and CTC's the log-mel
+        ``FeatureFrontend(n_mels)``, wav2vec2's the normalized ``WaveformFrontend``): called on a list of float32
+        16 kHz clips it gives the array ``encode(features, frames)`` takes, and its ``lengths(clips)`` the ``frames``
+        (each clip's real length in that array's units). Callers never build a front end of their own."""
         ...
 
     def shape_record(self, model: torch.nn.Module) -> dict:
@@ -137,5 +143,5 @@ def family_for_folder(folder: str | Path) -> ModelFamily:
     for entry in FAMILIES:
         if entry.seam is not None and _seam(entry).owns(folder):
             return _seam(entry)
-    raise ModelError("not a model folder of a supported family (Whisper config.json, or speechprune_ctc.json)",
-                     folder)
+    raise ModelError("not a model folder of a supported family (Whisper config.json, speechprune_ctc.json, or a "
+                     "Wav2Vec2ForCTC config.json)", folder)

@@ -324,8 +324,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
     """A model folder for a path or a bundled model name.
 
     An existing folder is returned as is when a model family owns it (``models.family``: a Whisper ``config.json``,
-    a CTC ``speechprune_ctc.json``); a bundled name gives ``cache_dir()/models/<name>/``, converted on first use.
-    Anything else raises a one-line ``ModelError``.
+    a CTC ``speechprune_ctc.json``, a ``Wav2Vec2ForCTC`` ``config.json``); a bundled name gives
+    ``cache_dir()/models/<name>/``, converted on first use. Anything else raises a one-line ``ModelError``.
     """
     text = str(name_or_path)
     path = Path(text).expanduser()

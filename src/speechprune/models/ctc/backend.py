@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...data.features import FeatureFrontend
 from ..decoding import Decoded, DecodeOptions, DecodeStats, state_digest
 from .checkpoint import load_ctc
 from .config import CTCConfig
@@ -30,6 +31,10 @@ class CTCDecoding:
         self.exit_layer = exit_layer
         self.disk_bytes: int | None = None
         self.numerics = {"all": {"dtype": "float32", "why": "the CTC backends run float32"}}
+
+    def frontend(self) -> FeatureFrontend:
+        """The shared log-mel features; a clip's length is its real frames, all the model reads."""
+        return FeatureFrontend(self.n_mels)
 
     @staticmethod
     def _real(features: np.ndarray, frames: list[int] | None) -> tuple[np.ndarray, list[int]]:

@@ -1,4 +1,5 @@
-"""The Wav2Vec2 adapter: the only module that knows Hugging Face ``Wav2Vec2ForCTC``'s module names.
+"""The Wav2Vec2 adapter: units, surgery and structure of a Hugging Face ``Wav2Vec2ForCTC`` (the family's other
+modules run the model's parts; only this one changes them).
 
 One stack, ``encoder`` (the transformer over the conv features). Unit groups: the heads of every self-attention
 (``attention.q_proj/k_proj/v_proj`` rows and biases, ``out_proj`` columns) and the neurons of every FFN

@@ -56,6 +56,12 @@ class TorchWhisper:
         be.disk_bytes = tree_size_bytes(Path(folder).glob("*.safetensors"))
         return be
 
+    def frontend(self):
+        """The shared log-mel features (``data.features.FeatureFrontend``) over the 30 s window."""
+        from speechprune.data.features import FeatureFrontend
+
+        return FeatureFrontend(self.n_mels)
+
     def with_model(self, model, name: str | None = None) -> "TorchWhisper":
         """A backend for ``model`` (a pruned or damaged copy of this one's) with this one's tokenizer and vocabulary
         (in float32: a copy is scored against its dense original in the reference numerics)."""

@@ -1,0 +1,33 @@
+"""The latency bench feeds every backend its own front end: a wav2vec2 model is timed on its normalized waveform and
+counted at each clip's samples; backends that read different front ends are not timed side by side."""
+
+from __future__ import annotations
+
+import pytest
+
+from speechprune.bench.latency import BenchOptions, benchmark
+from speechprune.data.datasets import load_dataset
+from speechprune.errors import ConfigError
+from speechprune.evaluate.backends import load_backend
+from speechprune.models.whisper.backend import TorchWhisper
+from tiny_models import ToyTokenizer, tiny_wav2vec2_folder, tiny_whisper, toy_vocab
+
+QUICK = BenchOptions(warmup=1, repeats=1, max_utterances=3)
+
+
+def test_a_wav2vec2_model_is_timed_on_its_waveform_and_counted_per_clip(clips, tmp_path):
+    be = load_backend(str(tiny_wav2vec2_folder(tmp_path / "m")))
+    rec = benchmark([be], load_dataset(str(clips)), bench=QUICK, progress=False)
+    rows = rec["backends"]["wav2vec2"]["utterances"]
+    assert [r["samples"] for r in rows] == [8000, 11200, 14400]
+    assert rec["flops_encoder"] == be.clip_flops(11200) and rec["flops_decoder_per_token"] == 0
+    assert rec["params"] == be.params and rec["numerics"]["all"]["dtype"] == "float32"
+    assert rec["latency_ms_median"] > 0
+
+
+def test_backends_that_read_different_front_ends_are_refused(clips, tmp_path):
+    wav2vec2 = load_backend(str(tiny_wav2vec2_folder(tmp_path / "m")))
+    whisper = TorchWhisper(tiny_whisper(), ToyTokenizer(), toy_vocab())
+    with pytest.raises(ConfigError, match="different front ends") as info:
+        benchmark([whisper, wav2vec2], load_dataset(str(clips)), bench=QUICK, progress=False)
+    assert "\n" not in str(info.value) and "FeatureFrontend(80,)" in str(info.value)
