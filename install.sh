@@ -11,6 +11,9 @@ DEBS+=(drascula warzone2100-data tuxpaint-stamps-default ktuberling-data klettre
 # real English without transcripts for recovery and calibration, never evaluated on (speechprune.data.unlabelled;
 # ~245 MB: game voices and amateur radio; megaglest-data and openarena-data also work but hold minutes per 350 MB)
 DEBS+=(flight-of-the-amazon-queen hedgewars-data codec2-examples)
+# English text for language models (speechprune.data.text, the english-text corpus, with fortunes and bible-kjv-text
+# above; ~25 MB): the 1913 Webster's, and Spurgeon's Treasury of David exported by mod2imp
+DEBS+=(dict-gcide libsword-utils sword-comm-tdavid)
 missing=()
 for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -98,11 +98,14 @@ def _print_bench(record: dict) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="bundled model name (whisper-tiny.en, whisper-base) or a Whisper folder"),
+    model: str = typer.Argument(..., help="bundled model name (whisper-tiny.en, whisper-base), a model folder, or a "
+                                          "language model folder (scored by perplexity)"),
     data: str = typer.Argument(..., help="bundled data set (asterisk, asterisk-multiword; out of domain: english-ood or "
-                                         "one of its sources, e.g. drascula) or a JSONL manifest"),
+                                         "one of its sources, e.g. drascula) or a JSONL manifest; for a language "
+                                         "model: english-text, an audio set's transcripts or a text file"),
     split: Optional[str] = typer.Option(None, help="dev | test | all (bundled sets; default test)"),
-    limit: Optional[int] = typer.Option(None, min=1, help="evaluate only the first N utterances"),
+    limit: Optional[int] = typer.Option(None, min=1, help="evaluate only the first N utterances (a language model: N "
+                                                          "lines spread over the text)"),
     batch_size: int = typer.Option(8, min=1),
     beam: int = typer.Option(1, min=1, help="beam size; 1 = greedy"),
     backend: str = typer.Option("torch", help="torch | onnx (an exported folder) | faster-whisper | "
@@ -121,7 +124,11 @@ def eval_cmd(
     numerics: str = typer.Option("float32", help=NUMERICS_HELP),
 ) -> None:
     """Decode a data set and score it: WER, CER (and BLEU for translations), and beside it the out-of-domain suite.
-    Resumes an interrupted run."""
+    Resumes an interrupted run. A language model folder is scored on text instead: perplexity (DATA: english-text,
+    an audio set's transcripts or a text file)."""
+    if _is_lm(model):
+        _eval_lm(model, data, split, out, limit, device, threads)
+        return
     from .data.datasets import load_dataset
     from .evaluate.runner import OOD_DATA, OOD_DIR, eval_settings, evaluate, evaluate_ood, wants_ood
     from .models.decoding import DecodeOptions
@@ -153,6 +160,35 @@ def eval_cmd(
         _print_sources(metrics)
 
 
+def _is_lm(model: str) -> bool:
+    from .errors import ModelError
+    from .models.family import family_for_folder
+
+    try:
+        return Path(model).is_dir() and family_for_folder(model).name == "lm"
+    except ModelError:  # an export folder (ONNX, CTranslate2): not a family's
+        return False
+
+
+def _eval_lm(model: str, text: str, split: Optional[str], out: Optional[Path], limit: Optional[int], device: str,
+             threads: Optional[int]) -> None:
+    from .evaluate.perplexity import evaluate_perplexity
+
+    _set_threads(threads)
+    part = split or ("all" if Path(text).is_file() else "test")
+    out = out or Path("runs/eval") / _slug(f"{Path(model).name}_{Path(text).stem}_{part}_ppl"
+                                           + (f"_n{limit}" if limit else ""))
+    m = evaluate_perplexity(model, text, split, out, limit=limit, device=device)
+    t = Table(title=f"{model} on {text} ({part}, {m['settings']['form']} text)")
+    for col in ("PPL", "PPL seen", "PPL/word", "lines", "tokens", "OOV %", "tokens/s"):
+        t.add_column(col, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    t.add_row(fmt(m["ppl"]), fmt(m["ppl_seen"]), fmt(m["ppl_word"]), str(m["lines"]), str(m["tokens"]),
+              f"{100 * m['oov_share']:.2f}", f"{m['tokens_per_second'] or 0:.0f}")
+    console.print(t)
+    console.print(f"wrote {out}/metrics.json")
+
+
 def _print_sources(metrics: dict) -> None:
     t = Table(title="out of domain, per source")
     for col in ("source", "WER %", "CER %", "utterances", "words"):
@@ -170,14 +206,19 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)"),
 ) -> None:
     """Train a CTC model (a Whisper encoder with a character head, or a Conformer from scratch) with intermediate
-    CTC and LayerDrop as the recipe says; held-out WER/CER at every exit as it trains."""
+    CTC and LayerDrop as the recipe says; held-out WER/CER at every exit as it trains. A recipe with ``family: lm``
+    trains a language model on text instead (dev perplexity as it trains)."""
     from .prune.recipe import read_recipe_yaml
     from .train.ctc import train_ctc
-    from .train.recipe import BUNDLED_TRAIN_RECIPES, parse_train_recipe
+    from .train.recipe import BUNDLED_TRAIN_RECIPES, LMTrainRecipe, parse_train_recipe
 
     _set_threads(threads)
     obj, source = read_recipe_yaml(recipe, BUNDLED_TRAIN_RECIPES)
-    record = train_ctc(parse_train_recipe(obj, source), out, device=device, source=source)
+    parsed = parse_train_recipe(obj, source)
+    if isinstance(parsed, LMTrainRecipe):
+        _train_lm(parsed, out, device, source)
+        return
+    record = train_ctc(parsed, out, device=device, source=source)
     t = Table(title=f"held-out clips ({record['data']['valid']}), greedy, by exit layer")
     for col in ("exit layer", "WER %", "CER %"):
         t.add_column(col, justify="right")
@@ -186,6 +227,17 @@ def train_cmd(
     console.print(t)
     console.print(f"{record['params'] / 1e6:.2f} M params, {record['data']['train']} training clips "
                   f"({record['data']['train_seconds'] / 60:.1f} min); wrote {out}/model and {out}/train.json")
+
+
+def _train_lm(recipe, out: Path, device: str, source: Path) -> None:
+    from .train.lm import train_lm
+
+    record = train_lm(recipe, out, device=device, source=source)
+    v = record["valid"] or {}
+    console.print(f"dev perplexity {v.get('ppl', float('nan')):.2f} per token, {v.get('ppl_word', float('nan')):.2f} "
+                  f"per word ({v.get('tokens', 0)} tokens); {record['params'] / 1e6:.2f} M params, "
+                  f"{record['data']['train_tokens'] / 1e6:.2f} M training tokens")
+    console.print(f"wrote {out}/model and {out}/train.json")
 
 
 @app.command("bench")

@@ -34,6 +34,8 @@ FAMILIES: tuple[Family, ...] = (
            seam="speechprune.models.wav2vec2.family:FAMILY"),
     Family("ctc", "CTCModel", "speechprune.models.ctc.adapter:CTCAdapter", module="speechprune.models.ctc.",
            seam="speechprune.models.ctc.family:FAMILY"),
+    Family("lm", "LMModel", "speechprune.models.lm.adapter:LMAdapter", module="speechprune.models.lm.",
+           seam="speechprune.models.lm.family:FAMILY"),
 )
 
 

@@ -11,6 +11,17 @@ lr: 0.0005
 intermediate: {layers: [2], weight: 0.3}   # intermediate CTC through the shared final norm and head
 layerdrop: {rate: 0.2, schedule: linear}    # uniform | linear (deeper layers dropped more)
 ```
+
+A language model (``family: lm``, ``LMTrainRecipe``; ``train/lm.py``):
+
+```yaml
+name: lm-whisper-bpe
+family: lm
+model: {tokens: whisper, tokenizer: whisper-tiny.en, keep_seen_tokens: true, d_model: 256, n_layers: 4, context: 128}
+data: {text: english-text, form: written, add_train: ["asterisk:dev"]}
+steps: 3000
+batch_tokens: 4096
+```
 """
 
 from __future__ import annotations
@@ -112,10 +123,92 @@ class TrainRecipe(_Strict):
         return self
 
 
-def parse_train_recipe(obj: dict, source: str | Path | None = None) -> TrainRecipe:
-    return validated(TrainRecipe, obj, source)
+class LMModelSpec(_Strict):
+    """A decoder-only Transformer LM from scratch (``init``: an LM folder to continue from instead; the sizes are
+    then its own). ``tokens``: ``whisper`` (the BPE of the Whisper model ``tokenizer``, whose output width the
+    full-vocabulary scores take) or ``chars`` (the CTC family's characters). ``keep_seen_tokens``: output rows only
+    for the Whisper ids seen at least ``keep_min_count`` times in the training text, the rest read as one row and
+    scored at ``unseen_log_prob``."""
+
+    tokens: Literal["whisper", "chars"]
+    init: str | None = None
+    tokenizer: str = "whisper-tiny.en"
+    keep_seen_tokens: bool = False
+    keep_min_count: int = Field(default=1, ge=1)
+    unseen_log_prob: float = Field(default=-20.0, lt=0)
+    d_model: int = Field(default=256, ge=8)
+    n_layers: int = Field(default=4, ge=1)
+    n_heads: int = Field(default=4, ge=1)
+    ffn_dim: int = Field(default=1024, ge=1)
+    context: int = Field(default=128, ge=2)
+    positions: Literal["learned", "sinusoidal"] = "learned"
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LMModelSpec":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.tokens == "chars" and self.keep_seen_tokens:
+            raise ValueError("keep_seen_tokens applies to Whisper tokens; a character LM keeps its characters")
+        return self
 
 
-def load_train_recipe(path: str | Path) -> TrainRecipe:
+class LMData(_Strict):
+    """``text``: a corpus (``english-text``: its train split trains) or a text file (the lines ``data.text.split_of``
+    puts in train). ``valid``: what dev perplexity is measured on (default: ``text``'s dev split; a file: all of it),
+    ``valid_lines`` of it spread evenly. ``add_train``: more training text, an audio set's dev transcripts
+    (``asterisk:dev``; never a test split) or files. ``form``: ``normalized`` (as the references are scored) or
+    ``written`` (as Whisper writes)."""
+
+    text: str = "english-text"
+    form: Literal["normalized", "written"] = "normalized"
+    add_train: list[str] = Field(default_factory=list)
+    valid: str | None = None
+    valid_lines: int = Field(default=2000, ge=1)
+    max_lines: int | None = Field(default=None, ge=1)  # of the training text, for quick runs
+
+    @model_validator(mode="after")
+    def _check(self) -> "LMData":
+        from ..data.datasets import BUNDLED_DATASETS
+
+        specs = [self.text, *self.add_train, *([self.valid] if self.valid else [])]
+        check_training_specs([s for s in specs if s.partition(":")[0] in BUNDLED_DATASETS])  # never a test split
+        return self
+
+
+class LMTrainRecipe(_Strict):
+    """AdamW on the next-token cross-entropy, ``warmup`` steps of linear warm-up, then ``schedule`` decay to
+    ``min_lr`` x ``lr``; batches of lines of similar length, at most ``batch_tokens`` tokens with padding."""
+
+    name: str | None = None
+    family: Literal["lm"]
+    model: LMModelSpec
+    data: LMData = Field(default_factory=LMData)
+    steps: int = Field(default=3000, ge=1)
+    batch_tokens: int = Field(default=4096, ge=2)
+    lr: float = Field(default=1e-3, gt=0)
+    min_lr: float = Field(default=0.1, ge=0, le=1)
+    warmup: int = Field(default=200, ge=0)
+    schedule: Literal["cosine", "linear"] = "cosine"
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=250, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    save_steps: list[int] = Field(default_factory=list)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "LMTrainRecipe":
+        if self.model.tokens == "chars" and self.data.form != "normalized":
+            raise ValueError("data.form: a character LM reads normalized text (the CTC family's characters)")
+        return self
+
+
+def parse_train_recipe(obj: dict, source: str | Path | None = None) -> TrainRecipe | LMTrainRecipe:
+    """A CTC recipe, or an LM one (``family: lm``)."""
+    return validated(LMTrainRecipe if obj.get("family") == "lm" else TrainRecipe, obj, source)
+
+
+def load_train_recipe(path: str | Path) -> TrainRecipe | LMTrainRecipe:
     """A YAML training recipe: a file, or the name of one in ``recipes/train``."""
     return parse_train_recipe(*read_recipe_yaml(path, BUNDLED_TRAIN_RECIPES))
