@@ -122,6 +122,11 @@ def eval_cmd(
     exit_layer: Optional[int] = typer.Option(None, min=1, help="CTC models: read the encoder only up to this layer "
                                              "(through the shared head; layer pruning on demand)"),
     numerics: str = typer.Option("float32", help=NUMERICS_HELP),
+    lm: Optional[Path] = typer.Option(None, help="shallow fusion with this language model folder (a Whisper model: "
+                                                 "an LM over its tokens; a CTC model: a character LM); torch backend; "
+                                                 "with --beam 1 it runs the beam search with one beam"),
+    lm_weight: float = typer.Option(0.3, help="with --lm: the LM's weight lambda (>= 0; 0 = the plain search)"),
+    lm_bonus: float = typer.Option(0.0, help="with --lm: a length bonus beta per emitted token (or character)"),
 ) -> None:
     """Decode a data set and score it: WER, CER (and BLEU for translations), and beside it the out-of-domain suite.
     Resumes an interrupted run. A language model folder is scored on text instead: perplexity (DATA: english-text,
@@ -134,13 +139,24 @@ def eval_cmd(
     from .models.decoding import DecodeOptions
 
     _set_threads(threads)
-    options = DecodeOptions(beam_size=beam, language=language, task=task)
+    fusion = None
+    if lm is not None:
+        from .models.fusion import check_weights, load_fusion_lm
+        from .models.registry import resolve_model
+
+        check_weights(lm_weight, lm_bonus)
+        if backend != "torch":
+            raise SpeechpruneError(f"--lm fuses a language model on the torch backend, not {backend}")
+        fusion = load_fusion_lm(lm, resolve_model(model), device=device)
+    options = DecodeOptions(beam_size=beam, language=language, task=task, lm=fusion,
+                            lm_weight=lm_weight if fusion else 0.0, lm_bonus=lm_bonus if fusion else 0.0)
     utts = load_dataset(data, split)
     if limit:
         utts = utts[:limit]
     (be,) = _backends(model, [backend], threads, device, exit_layer, numerics)
     out = out or Path("runs/eval") / _slug(f"{Path(model).name}_{Path(data).stem}_{split or 'test'}_{be.name}_beam{beam}"
-                                           + (f"_n{limit}" if limit else "") + (f"_exit{exit_layer}" if exit_layer else ""))
+                                           + (f"_n{limit}" if limit else "") + (f"_exit{exit_layer}" if exit_layer else "")
+                                           + (f"_lm{lm_weight:g}_{lm_bonus:g}" if lm is not None else ""))
     settings = eval_settings(model, data, split, be.name, options, limit)
     if exit_layer:
         settings["exit_layer"] = exit_layer

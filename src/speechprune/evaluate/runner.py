@@ -39,8 +39,11 @@ def _batches(items: list, size: int) -> Iterable[list]:
 def eval_settings(model: str, data: str, split: str | None, backend: str, options: DecodeOptions,
                   limit: int | None = None) -> dict:
     """What pins an evaluation run (``DIR/run.json``): a rerun into the same folder must match it to resume."""
-    return {"model": model, "data": data, "split": split, "limit": limit, "backend": backend,
-            "beam_size": options.beam_size, "language": options.language, "task": options.task}
+    settings = {"model": model, "data": data, "split": split, "limit": limit, "backend": backend,
+                "beam_size": options.beam_size, "language": options.language, "task": options.task}
+    if options.lm is not None:  # shallow fusion: the LM (folder, weights' digest) and its weight and bonus
+        settings["lm"] = {**options.lm.describe(), "weight": options.lm_weight, "bonus": options.lm_bonus}
+    return settings
 
 
 def claim_run_dir(out_dir: Path, settings: dict) -> None:

@@ -24,6 +24,16 @@ class DecodeOptions:
     length_penalty: float | None = None
     language: str | None = None  # for utterances with none: None = detect (multilingual) / "en" (English-only)
     task: str = "transcribe"  # for utterances with none
+    # Shallow fusion (``models.fusion``): a loaded ``FusionLM`` or None; per emitted token the search ranks
+    # log p_ASR + lm_weight * log p_LM + lm_bonus. Greedy (beam 1) with an LM runs the beam search with one beam.
+    lm: object | None = None
+    lm_weight: float = 0.0
+    lm_bonus: float = 0.0
+
+    @property
+    def fusion(self) -> bool:
+        """Whether decoding adds an LM term or a length bonus (weight and bonus 0: the plain search, exactly)."""
+        return self.lm is not None and (self.lm_weight != 0.0 or self.lm_bonus != 0.0)
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -32,6 +42,11 @@ class DecodeOptions:
             raise ConfigError(f"max_new_tokens must be in [1, 440], got {self.max_new_tokens}")
         if self.task not in ("transcribe", "translate"):
             raise ConfigError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
+        from .fusion import check_weights
+
+        check_weights(self.lm_weight, self.lm_bonus)
+        if self.lm is None and (self.lm_weight or self.lm_bonus):
+            raise ConfigError("an LM weight or length bonus needs an LM (--lm)")
 
 
 @dataclass

@@ -64,7 +64,12 @@ class CTCDecoding:
         decoder's first step (there is no per-token decoder)."""
         log_probs, lengths = encoded
         t0 = time.perf_counter()
-        if options.beam_size > 1:
+        if options.fusion:  # shallow fusion with a character LM (greedy: the prefix search with one beam)
+            tokens = [prefix_beam_search(lp, int(n), options.beam_size,
+                                         fusion=options.lm.char_scorer(options.lm_weight, options.lm_bonus,
+                                                                       self.vocab.chars))
+                      for lp, n in zip(log_probs, lengths)]
+        elif options.beam_size > 1:
             tokens = [prefix_beam_search(lp, int(n), options.beam_size) for lp, n in zip(log_probs, lengths)]
         else:
             tokens = greedy_ctc(log_probs, lengths)

@@ -55,12 +55,18 @@ def _logaddexp(a: float, b: float) -> float:
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
-def prefix_beam_search(log_probs: torch.Tensor, length: int, beam_size: int, prune_below: float = -12.0) -> list[int]:
+def prefix_beam_search(log_probs: torch.Tensor, length: int, beam_size: int, prune_below: float = -12.0,
+                       fusion=None) -> list[int]:
     """CTC prefix beam search of one item (``log_probs`` ``[T, V]``, natural log): each prefix carries the
     probability of ending in blank and in its last symbol, so paths that collapse to one text are summed.
-    Symbols with log-probability below ``prune_below`` at a frame are not extended (they cannot enter a beam)."""
+    Symbols with log-probability below ``prune_below`` at a frame are not extended (they cannot enter a beam).
+
+    ``fusion`` (shallow fusion with a character LM, ``models.fusion.CharScorer``): a prefix also carries the LM
+    term of its characters (``fusion.extend(prefix, c)``: weight * log p_LM(c | prefix) + bonus), which ranks the
+    prefixes beside the CTC probability; the final choice adds ``fusion.end(prefix)`` (the LM ending the line)."""
     lp = log_probs[:length].float().cpu()
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix -> (p_blank, p_symbol)
+    lm_term: dict[tuple[int, ...], float] = {(): 0.0}  # fusion: prefix -> the LM terms of its characters
     for t in range(lp.shape[0]):
         frame = lp[t]
         cands = [int(i) for i in torch.nonzero(frame > prune_below).flatten()] or [int(frame.argmax())]
@@ -76,12 +82,23 @@ def prefix_beam_search(log_probs: torch.Tensor, length: int, beam_size: int, pru
                 last = prefix[-1] if prefix else None
                 ext = prefix + (c,)
                 e = nxt[ext]
+                if fusion is not None and ext not in lm_term:
+                    lm_term[ext] = lm_term[prefix] + fusion.extend(prefix, c)
                 # a repeated symbol extends the prefix only after a blank; otherwise it merges into the same one
                 e[1] = _logaddexp(e[1], (pb if c == last else total) + p)
                 if c == last:
                     same = nxt[prefix]
                     same[1] = _logaddexp(same[1], ps + p)
-        ranked = sorted(nxt.items(), key=lambda kv: -_logaddexp(*kv[1]))[:beam_size]
+        if fusion is None:
+            ranked = sorted(nxt.items(), key=lambda kv: -_logaddexp(*kv[1]))[:beam_size]
+        else:
+            ranked = sorted(nxt.items(), key=lambda kv: -(_logaddexp(*kv[1]) + lm_term[kv[0]]))[:beam_size]
         beams = {k: (v[0], v[1]) for k, v in ranked}
-    best = max(beams.items(), key=lambda kv: _logaddexp(*kv[1]))[0]
+        if fusion is not None:
+            lm_term = {k: lm_term[k] for k in beams}
+            fusion.keep(beams)
+    if fusion is None:
+        best = max(beams.items(), key=lambda kv: _logaddexp(*kv[1]))[0]
+    else:
+        best = max(beams.items(), key=lambda kv: _logaddexp(*kv[1]) + lm_term[kv[0]] + fusion.end(kv[0]))[0]
     return list(best)

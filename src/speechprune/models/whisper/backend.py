@@ -195,7 +195,10 @@ class TorchWhisper:
 
     def decode(self, encoded: torch.Tensor, languages, tasks, options: DecodeOptions) -> Decoded:
         langs, prompts = decoding_prompts(self, encoded, languages, tasks, options)
-        if options.beam_size == 1:
+        # shallow fusion (greedy with an LM: the beam search with one beam); weight and bonus 0: the plain search
+        fusion = options.lm.whisper_scorer(options.lm_weight, options.lm_bonus, self.vocab.eot) if options.fusion \
+            else None
+        if options.beam_size == 1 and fusion is None:
             tokens, stats = greedy_search(
                 self._stepper(encoded), self._new_cache, prompts, self.vocab, options.max_new_tokens,
                 device=self.device, sync=self.synchronize,
@@ -205,6 +208,7 @@ class TorchWhisper:
             tokens, stats = beam_search(
                 self._stepper(encoded), lambda: self._new_cache(k), reorder_cache, prompts, self.vocab, k,
                 options.max_new_tokens, options.length_penalty, device=self.device, sync=self.synchronize,
+                fusion=fusion,
             )
         return Decoded(tokens, langs, stats)
 

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -73,6 +73,14 @@ class WhisperVocab:
             lang_to_id=lang_to_id if g.get("is_multilingual", bool(lang_to_id)) else {},
             task_to_id=task_to_id,
         )
+
+
+class Fusion(Protocol):
+    """What beam search asks of shallow fusion (``models.fusion.WhisperScorer``)."""
+
+    def fuse(self, log_probs: torch.Tensor) -> torch.Tensor: ...
+
+    def advance(self, index: torch.Tensor, tokens: torch.Tensor) -> None: ...
 
 
 # step(input_ids [N, t], cache) -> log-probs or logits [N, V] for the last position; the cache grows in place.
@@ -186,12 +194,15 @@ def beam_search(
     length_penalty: float | None = None,
     device: torch.device | str = "cpu",
     sync: Callable[[], None] = lambda: None,
+    fusion: Fusion | None = None,
 ) -> tuple[list[list[int]], DecodeStats]:
     """Beam search with patience 1, as in the reference implementation.
 
     ``step`` sees ``batch * beam_size`` rows (item-major) from the first call on; the caller's encoder output
     must be repeated accordingly. Each beam proposes its ``beam_size + 1`` best continuations; the best
     ``beam_size`` unfinished ones go on, finished ones are collected until an item has ``beam_size`` of them.
+    ``fusion`` (shallow fusion, ``models.fusion.WhisperScorer``) adds its LM term to every step's log-probabilities
+    and follows the rows as they are reordered; scores, ranking and stopping are otherwise the same.
     """
     prompt = _check_prompts(prompts)
     batch, k = prompt.shape[0], beam_size
@@ -216,6 +227,8 @@ def beam_search(
             suppress = _suppression_bias(logits.shape[-1], vocab.suppress, logits.device, logits.dtype)
             begin = _suppression_bias(logits.shape[-1], vocab.begin_suppress, logits.device, logits.dtype)
         logprobs = torch.log_softmax(logits + suppress + (begin if i == 0 else 0), dim=-1)
+        if fusion is not None:
+            logprobs = fusion.fuse(logprobs)
         if i == 0:  # all beams of an item are identical: let only the first one propose
             logprobs.view(batch, k, -1)[:, 1:] = float("-inf")
         cand = scores[:, None] + logprobs
@@ -251,6 +264,8 @@ def beam_search(
             break
         index = torch.tensor(src_rows, device=device)
         reorder(cache, index)
+        if fusion is not None and i + 1 < max_new_tokens:  # one LM step per decoder step
+            fusion.advance(index, torch.tensor(new_tokens))
         seqs = [seqs[r] + [t] for r, t in zip(src_rows, new_tokens)]
         scores = torch.tensor(new_scores, device=device)
         ids = torch.tensor(new_tokens, device=device)[:, None]
