@@ -191,3 +191,20 @@ def pcm16_wav_bytes(samples: np.ndarray) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def read_training_clip(utt, vocab, labelled: bool) -> tuple[str, np.ndarray | None, str | None]:
+    """``(text, audio, reason)`` of a clip a CTC-style trainer reads: its normalized text (``""`` unless
+    ``labelled``) and audio, or a skip ``reason`` (no text or characters outside ``vocab`` (``vocab.unknown``), both
+    only when ``labelled``; unreadable audio) with ``audio`` None. Length limits are the caller's (its stem)."""
+    from .normalize import normalize_text
+
+    text = normalize_text(utt.text) if labelled else ""
+    if labelled and not text:
+        return text, None, "no text"
+    if labelled and vocab.unknown(text):
+        return text, None, "characters outside the vocabulary"
+    try:
+        return text, load_audio(utt.audio), None
+    except AudioError:
+        return text, None, "unreadable audio"

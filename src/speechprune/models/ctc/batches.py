@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ...data.audio import load_audio
+from ...data.audio import read_training_clip
 from ...data.features import HOP_SAMPLES, WINDOW_FRAMES, FeatureFrontend
 from ...data.manifest import Utterance
-from ...data.normalize import normalize_text
-from ...errors import AudioError, ManifestError
+from ...errors import ManifestError
 from .network import CTCModel
 from .vocab import CharVocab, greedy_ctc
 
@@ -43,17 +42,7 @@ def prepare_examples(utts: list[Utterance], vocab: CharVocab, n_mels: int, min_f
     examples: list[Example] = []
     skipped: dict[str, list[str]] = {}
     for u in tqdm(utts, desc="features", disable=not progress, leave=False):
-        text = normalize_text(u.text) if labelled else ""
-        reason = None
-        if labelled and not text:
-            reason = "no text"
-        elif labelled and vocab.unknown(text):
-            reason = "characters outside the vocabulary"
-        if reason is None:
-            try:
-                audio = load_audio(u.audio)
-            except AudioError:
-                reason = "unreadable audio"
+        text, audio, reason = read_training_clip(u, vocab, labelled)
         if reason is None:
             frames = len(audio) // HOP_SAMPLES + 1
             if frames > WINDOW_FRAMES:

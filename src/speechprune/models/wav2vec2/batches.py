@@ -17,11 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ...data.audio import SAMPLE_RATE, load_audio
+from ...data.audio import SAMPLE_RATE, read_training_clip
 from ...data.features import WINDOW_SECONDS, WaveformFrontend
 from ...data.manifest import Utterance
-from ...data.normalize import normalize_text
-from ...errors import AudioError, ManifestError, ModelError
+from ...errors import ManifestError, ModelError
 from .forward import forward_states, receptive_field
 from .vocab import TokenizerVocab, ctc_search
 
@@ -43,17 +42,7 @@ def prepare_clips(utts: list[Utterance], vocab: TokenizerVocab | None, min_sampl
     clips: list[Clip] = []
     skipped: dict[str, list[str]] = {}
     for u in tqdm(utts, desc="audio", disable=not progress, leave=False):
-        text = normalize_text(u.text) if labelled else ""
-        reason = None
-        if labelled and not text:
-            reason = "no text"
-        elif labelled and vocab.unknown(text):
-            reason = "characters outside the vocabulary"
-        if reason is None:
-            try:
-                audio = load_audio(u.audio)
-            except AudioError:
-                reason = "unreadable audio"
+        text, audio, reason = read_training_clip(u, vocab, labelled)
         if reason is None:
             if len(audio) > WINDOW_SECONDS * SAMPLE_RATE:
                 reason = "longer than 30 s"
