@@ -109,7 +109,7 @@ def choose_part(m: int, k: int, n: int, requested: str = "auto", threads: int = 
     ratio = rates[requested] / rates["float32"]
     if ratio * SLOW_FORCED < 1:
         raise ConfigError(f"numerics {requested} runs {1 / ratio:.0f}x slower than float32 on this CPU (measured on "
-                          f"a {m}x{k}x{n} GEMM); use auto or float32")
+                          f"up to 256 rows of this part's {m}x{k}x{n} GEMM); use auto or float32")
     return PartChoice(requested, rates, f"forced; {ratio:.2g}x float32's rate on this CPU")
 
 
