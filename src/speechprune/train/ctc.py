@@ -33,8 +33,9 @@ from ..models.ctc import (CharVocab, CTCConfig, CTCModel, from_whisper, greedy_c
 from ..models.ctc.adapter import CTCAdapter
 from ..models.ctc.batches import Example, collate, prepare_examples
 from ..models.ctc.network import ctc_loss
-from ..recovery.distill import batch_order, load_recovery_state, save_recovery_state
+from ..recovery.distill import batch_order, save_recovery_state
 from .recipe import TrainRecipe
+from .resume import resume
 
 def build_model(recipe: TrainRecipe, source: str | Path | None = None) -> CTCModel:
     """The untrained model of ``recipe.model`` (a Whisper encoder with a new head, or fresh weights; seeded)."""
@@ -131,12 +132,7 @@ def train_ctc(recipe: TrainRecipe, out: str | Path, device: str = "cpu", progres
 
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     fingerprint = _fingerprint(recipe, model, examples)
-    ckpt = out / "checkpoint.safetensors"
-    meta = load_recovery_state(ckpt, model, opt, fingerprint)
-    start = int(meta["step"]) if meta else 0
-    losses: list[float] = list(meta["losses"]) if meta else []
-    if start == 0:
-        (out / "log.jsonl").unlink(missing_ok=True)
+    ckpt, start, losses = resume(out, model, opt, fingerprint)
     t0 = time.perf_counter()
     order = batch_order(n_batches, recipe.seed, start)
     model.train()

@@ -31,8 +31,9 @@ from ..models.lm import (CharTokens, LMConfig, LMModel, WhisperTokens, folder_to
                          load_tokenizer, recognizer_identity, save_lm)
 from ..models.lm.batches import Sequences, collate, encode_lines, length_batches
 from ..models.lm.flops import mean_token_flops
-from ..recovery.distill import batch_order, load_recovery_state, save_recovery_state
+from ..recovery.distill import batch_order, save_recovery_state
 from .recipe import LMTrainRecipe
+from .resume import resume
 
 
 def training_text(recipe: LMTrainRecipe, progress: bool = True) -> tuple[list[str], list[str], dict]:
@@ -142,12 +143,7 @@ def train_lm(recipe: LMTrainRecipe, out: str | Path, device: str = "cpu", progre
     batches = length_batches(seqs, recipe.batch_tokens)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
     fingerprint = _fingerprint(recipe, model, seqs)
-    ckpt = out / "checkpoint.safetensors"
-    meta = load_recovery_state(ckpt, model, opt, fingerprint)
-    start = int(meta["step"]) if meta else 0
-    losses: list[float] = list(meta["losses"]) if meta else []
-    if start == 0:
-        (out / "log.jsonl").unlink(missing_ok=True)
+    ckpt, start, losses = resume(out, model, opt, fingerprint)
     t0 = time.perf_counter()
     order = batch_order(len(batches), recipe.seed, start)
     ppl = None
