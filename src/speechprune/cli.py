@@ -123,7 +123,8 @@ def eval_cmd(
                                              "(through the shared head; layer pruning on demand)"),
     numerics: str = typer.Option("float32", help=NUMERICS_HELP),
     lm: Optional[Path] = typer.Option(None, help="shallow fusion with this language model folder (a Whisper model: "
-                                                 "an LM over its tokens; a CTC model: a character LM); torch backend; "
+                                                 "an LM over its tokens; a CTC model: a character LM); torch backend, "
+                                                 "or onnx for an exported Whisper; "
                                                  "with --beam 1 it runs the beam search with one beam"),
     lm_weight: float = typer.Option(0.3, help="with --lm: the LM's weight lambda (>= 0; 0 = the plain search)"),
     lm_bonus: float = typer.Option(0.0, help="with --lm: a length bonus beta per emitted token (or character)"),
@@ -145,9 +146,15 @@ def eval_cmd(
         from .models.registry import resolve_model
 
         check_weights(lm_weight, lm_bonus)
-        if backend != "torch":
-            raise SpeechpruneError(f"--lm fuses a language model on the torch backend, not {backend}")
-        fusion = load_fusion_lm(lm, resolve_model(model), device=device)
+        if backend == "onnx":  # an exported Whisper: its tokenizer files and the output width its manifest records
+            from .evaluate.onnx_backend import read_manifest
+
+            fusion = load_fusion_lm(lm, model, device=device,
+                                    exported_vocab_size=read_manifest(model)["config"]["vocab_size"])
+        elif backend == "torch":
+            fusion = load_fusion_lm(lm, resolve_model(model), device=device)
+        else:
+            raise SpeechpruneError(f"--lm fuses a language model on the torch and onnx backends, not {backend}")
     options = DecodeOptions(beam_size=beam, language=language, task=task, lm=fusion,
                             lm_weight=lm_weight if fusion else 0.0, lm_bonus=lm_bonus if fusion else 0.0)
     utts = load_dataset(data, split)
@@ -654,8 +661,9 @@ def analyze_ablation_cmd(
     stack: Optional[str] = typer.Option(None, help="only this stack (encoder | decoder)"),
     proxy_threshold: float = typer.Option(0.10, help="ambient: relative proxy-loss increase below this"),
     wer_threshold: float = typer.Option(0.01, help="ambient: absolute WER increase below this (0.01 = 1 point)"),
-    init_from: Optional[str] = typer.Option(None, help="reinit restores this checkpoint's weights (stored initial "
-                                                       "weights) instead of the family's initialization"),
+    init_from: Optional[str] = typer.Option(None, help="reinit restores this checkpoint's weights (default: the "
+                                                       "initial weights the model folder keeps, else the family's "
+                                                       "initialization)"),
     batch_size: int = typer.Option(8, min=1),
     allow_test: bool = typer.Option(False, "--allow-test", help="allow --split test (final analysis only)"),
     threads: Optional[int] = typer.Option(None),

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from speechprune.analysis import sensitivity as S
-from speechprune.analysis.ablation import RECORDS, Target, ablated, init_like
+from speechprune.analysis.ablation import RECORDS, AblationConfig, Target, ablated, config_targets, init_like
 from speechprune.analysis.jobs import ablation_job
 from speechprune.analysis.scoring import Scorer
 from speechprune.data.manifest import read_manifest
 from speechprune.errors import ConfigError
 from speechprune.models.adapters import adapter_for
 from speechprune.models.ctc.family import FAMILY
-from tiny_models import tiny_ctc
+from tiny_models import randomize, tiny_ctc
 
 ENCODERS = [("conformer", "batch"), ("whisper", "batch")]
 
@@ -66,10 +66,78 @@ def test_ablation_scores_every_layer_of_a_ctc_model(ctc_folder, clips, tmp_path)
     assert _records(out) == records
 
 
-def test_ablation_of_ctc_blocks_is_refused_before_scoring(ctc_folder, clips, tmp_path):
-    with pytest.raises(ConfigError, match="--modules.*ablate whole layers"):
-        ablation_job(str(ctc_folder), str(clips), tmp_path / "m", split="all", modules=True, progress=False)
-    assert not (tmp_path / "m").exists()
+@pytest.mark.parametrize("encoder", ["whisper", "conformer"])
+def test_ctc_block_targets_damage_exactly_what_skipping_them_removes(encoder):
+    """--modules on a CTC model: every block the adapter can remove is a target, and reinit and rerandom change
+    exactly the parameters that skipping the block removes (its pre-norm, the convolution module's own norms)."""
+    model = randomize(tiny_ctc(encoder, "batch", seed=1))  # no weight at its initial value
+    adapter = adapter_for(model)
+    targets = config_targets(model, adapter, AblationConfig(modules=True))
+    kinds = adapter.module_kinds(model, "encoder")
+    assert [t.key for t in targets] == [f"encoder.{i}.{k}" for i in range(3) for k in kinds]
+    fresh = init_like(model, 5)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for t in targets:
+        with ablated(model, adapter, t, "skip") as cut:
+            removed = set(before) - {k for k, _ in cut.named_parameters()}
+        assert removed, t.key
+        for method in ("reinit", "rerandom"):
+            with ablated(model, adapter, t, method, seed=0, source=fresh):
+                changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+            assert changed == removed, (t.key, method)
+        assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+
+
+def test_ablation_job_ablates_ctc_blocks(clips, tmp_path):
+    folder = FAMILY.save(tiny_ctc("conformer", "batch", seed=1, n_layers=2), None, tmp_path / "dense")
+    summary = ablation_job(str(folder), str(clips), tmp_path / "m", split="all", modules=True, methods=("skip",),
+                           seeds=1, metric="proxy", limit=1, batch_size=1, progress=False)
+    kinds = ("ffn_macaron", "self_attn", "conv", "ffn")
+    assert summary["targets"] == [f"encoder.{i}.{k}" for i in range(2) for k in kinds]
+    assert "reinit_source" not in summary
+    skipped = [r for r in _records(tmp_path / "m") if r["method"] == "skip"]
+    assert len(skipped) == 8 and all(r["value"] != summary["dense"]["proxy"] for r in skipped)
+
+
+def test_reinit_restores_the_initial_weights_a_ctc_folder_keeps(clips, tmp_path):
+    from speechprune.models.ctc.checkpoint import save_ctc
+
+    model, init = tiny_ctc("whisper", "batch", seed=1), tiny_ctc("whisper", "batch", seed=7)
+    kept = save_ctc(model, tmp_path / "kept", init_state=init.state_dict())
+    kw = dict(split="all", methods=("reinit",), metric="proxy", limit=1, batch_size=1, progress=False)
+    summary = ablation_job(str(kept), str(clips), tmp_path / "a", seeds=2, **kw)
+    assert summary["reinit_source"] == "kept initial weights"
+    records = [r for r in _records(tmp_path / "a") if r["method"] == "reinit"]
+    assert sorted((r["target"], r["seed"]) for r in records) == [(f"encoder.{i}", 0) for i in range(3)]
+    # the layer's parameters are its own W(0): the value is the proxy of the model with them copied in
+    backend = FAMILY.backend(kept)
+    with torch.no_grad():
+        for name, p in backend.model.named_parameters():
+            if name.startswith("layers.1."):
+                p.copy_(init.state_dict()[name])
+    expected = Scorer(backend, read_manifest(clips)[:1], batch_size=1).proxy(backend.model, {"encoder": 1})
+    assert next(r["value"] for r in records if r["target"] == "encoder.1") == pytest.approx(expected, rel=1e-6)
+    plain = FAMILY.save(model, None, tmp_path / "plain")
+    summary = ablation_job(str(plain), str(clips), tmp_path / "b", seeds=1, **kw)
+    assert summary["reinit_source"] == "family initialization, seed 0"
+    assert summary["table"]["encoder.1"]["reinit"]["proxy"]["delta"] != pytest.approx(
+        (expected - summary["dense"]["proxy"]) / summary["dense"]["proxy"])
+
+
+def test_initial_weights_are_read_where_a_ctc_folder_keeps_them(tmp_path):
+    from speechprune.errors import ModelError
+    from speechprune.models.ctc.checkpoint import save_ctc
+
+    model, init = tiny_ctc("whisper", "batch", seed=1), tiny_ctc("whisper", "batch", seed=7)
+    kept = save_ctc(model, tmp_path / "kept", init_state=init.state_dict())
+    again = FAMILY.initial_weights(kept)
+    assert all(torch.equal(v, init.state_dict()[k]) for k, v in again.state_dict().items())
+    assert FAMILY.initial_weights(FAMILY.save(model, None, tmp_path / "plain")) is None
+    # saving from a folder that keeps them keeps them
+    assert FAMILY.initial_weights(FAMILY.save(model, kept, tmp_path / "copy")) is not None
+    wrong = save_ctc(model, tmp_path / "wrong", init_state=tiny_ctc("whisper", "batch", n_layers=2).state_dict())
+    with pytest.raises(ModelError, match="init.safetensors.*weights do not fit"):
+        FAMILY.initial_weights(wrong)
 
 
 def test_sensitivity_sweep_of_a_ctc_model(ctc_folder, clips, tmp_path):

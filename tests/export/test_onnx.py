@@ -115,6 +115,23 @@ def test_onnx_greedy_and_beam_tokens_equal_torch(kind, sources, exported):
     assert onnx_be.decode_text(want[0]) == torch_be.decode_text(want[0])
 
 
+def test_onnx_shallow_fusion_decodes_like_torch_fusion_and_weight_zero_is_the_plain_search(sources, exported):
+    from models.lm.tiny_lm import toy_lm
+    from speechprune.models.fusion import FusionLM
+
+    torch_be = TorchWhisper.from_folder(sources["dense"])
+    onnx_be = OnnxWhisper.from_folder(exported("dense")[0], threads=1)
+    lm = FusionLM(toy_lm(seed=3))
+    for beam in (1, 3):
+        plain = decode(onnx_be, DecodeOptions(beam_size=beam, max_new_tokens=12))
+        assert decode(onnx_be, DecodeOptions(beam_size=beam, max_new_tokens=12, lm=lm, lm_weight=0.0)) == plain
+        fused = DecodeOptions(beam_size=beam, max_new_tokens=12, lm=lm, lm_weight=2.0, lm_bonus=0.5)
+        steps = lm.steps
+        got = decode(onnx_be, fused)
+        assert lm.steps > steps and lm.seconds > 0  # the LM was stepped, and its time counted
+        assert got == decode(torch_be, fused) and got != plain  # the LM changed the output, alike in both backends
+
+
 def test_output_vocab_decodes_like_suppressing_every_other_token(sources, exported):
     folder, manifest = exported("pruned", output_vocab=tuple(SUBSET))
     assert manifest["output_vocab"] == SUBSET

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from closeness import assert_reorder_close
-from models.lm.tiny_lm import SIZES, recognizer, tiny_lm
+from models.lm.tiny_lm import SIZES, recognizer, tiny_lm, toy_lm
 from speechprune.errors import ConfigError, ModelError, SpeechpruneError
 from speechprune.models.ctc.config import ENGLISH_CHARS
 from speechprune.models.ctc.vocab import prefix_beam_search
@@ -26,17 +26,6 @@ from tiny_models import EOT, VOCAB, ToyTokenizer, toy_vocab
 DEPTH = 6 * SIZES["n_layers"] + 1  # chained reductions of one LM forward
 K = max(SIZES["ffn_dim"], SIZES["context"])
 PREFERRED = 7  # the token (Whisper id, or character row) the "strong" LMs prefer
-
-
-def toy_lm(context: int = SIZES["context"], seed: int = 0) -> LMModel:
-    """A random LM over the toy Whisper ids (``tiny_models``: 64 outputs)."""
-    cfg = LMConfig(tokens="whisper", tokenizer=TokenizerId(sha256="0" * 64, size=VOCAB, n_vocab=VOCAB),
-                   vocab_size=VOCAB, **{**SIZES, "context": context})
-    torch.manual_seed(seed)
-    model = LMModel(cfg)
-    with torch.no_grad():
-        model.embed.weight.mul_(10)
-    return model.eval()
 
 
 def prefer(model: LMModel, row: int) -> LMModel:

@@ -128,7 +128,9 @@ def test_calibration_reads_one_set_or_a_list_of_specs_in_turn(tmp_path, monkeypa
     cal = load_recipe(p).calibration
     assert cal.specs == ["asterisk:dev", "synth:3"]
     monkeypatch.setenv("SPEECHPRUNE_CACHE", str(tmp_path / "cache"))
-    clips = cal.clips()
+    from speechprune.data.datasets import training_utterances
+
+    clips = training_utterances(cal.specs, cal.utterances, interleave=True)  # what an audio family's runner reads
     assert len(clips) == 4 and ["synth" in str(u.audio) for u in clips] == [False, True, False, True]  # in turn
     for bad, problem in [("['drascula']", "evaluation-only"), ("['asterisk:test']", "test split"), ("[]", "no data")]:
         p.write_text(f"targets: [{{stack: decoder, n_layers: 1}}]\ncalibration: {{data: {bad}}}\n")

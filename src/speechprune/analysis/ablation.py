@@ -3,9 +3,10 @@
 Each target (a whole layer, or one block of it: ``self_attn``, ``cross_attn``, ``ffn`` with its norm) is damaged one
 at a time in one of three ways and the model is scored:
 
-* ``reinit``: the target's weights go back to an initialization: the family's own scheme (a fresh model of the same
-  class and structure, built under the seed), or stored initial weights (``source``: e.g. the checkpoint a training
-  run started from, for "initial vs trained");
+* ``reinit``: the target's weights go back to an initialization: stored initial weights (``source``: the W(0) the
+  model's folder keeps, ``ModelFamily.initial_weights``, or a checkpoint a training run started from, for "initial
+  vs trained"), else the family's own scheme (``ModelFamily.fresh``: a fresh model of the same architecture and
+  structure, built under the seed); the summary's ``reinit_source`` says which;
 * ``rerandom``: fresh Gaussian values with each tensor's own mean and standard deviation (the trained weights'
   first two moments, none of their structure);
 * ``skip``: the target is removed with the adapter's surgery (``remove_layers`` / ``remove_module``), so it passes
@@ -50,16 +51,17 @@ class Target:
         return f"{self.stack}.{self.layer}" + (f".{self.component}" if self.component else "")
 
 
-def _block(site) -> str:
-    """The block a weight site belongs to: its component, or for a norm the block it normalizes (its role)."""
-    return site.role if site.component == "norm" else site.component
+def _block(site) -> str | None:
+    """The block a weight site belongs to (``WeightSite.in_block``: its component, for a norm the block it
+    normalizes); None for a weight of the layer itself (only its whole layer is a target)."""
+    return site.in_block
 
 
 def ablation_targets(model, adapter, modules: bool = False) -> list[Target]:
     """Every layer of every stack (``modules``: every block of every layer) that has weights, in model order."""
     out: dict[Target, None] = {}
     for s in adapter.weight_sites(model):
-        if s.layer is not None:
+        if s.layer is not None and not (modules and _block(s) is None):
             out[Target(s.stack, s.layer, _block(s) if modules else None)] = None
     return list(out)
 
@@ -71,29 +73,20 @@ def target_sites(model, adapter, target: Target) -> list:
 
 
 def init_like(model, seed: int):
-    """A freshly initialized model of ``model``'s family, class and (pruned) structure, built on ``model``'s device
-    with the family's initialization under ``torch.manual_seed(seed)``: the family's W(0). A Hugging Face model is
-    built by ``_from_config`` and then given its recorded structure; a family's own module class (CTC) by its
-    constructor, from a config that already holds the per-layer widths."""
-    import torch
+    """A freshly initialized model of ``model``'s family, architecture and (pruned) structure, on ``model``'s device
+    with the family's initialization under ``torch.manual_seed(seed)``: the family's W(0) (``ModelFamily.fresh``)."""
+    from ..models.family import family_for
 
-    from ..models.adapters import adapter_for
-    from ..models.units import STRUCTURE_KEY
+    return family_for(model).fresh(model, seed)
 
-    adapter = adapter_for(model)
-    config = copy.deepcopy(model.config)
-    structure = getattr(config, STRUCTURE_KEY, None)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    torch.manual_seed(seed)
-    with torch.device(device):
-        if hasattr(type(model), "_from_config"):
-            fresh = type(model)._from_config(config, attn_implementation="sdpa", dtype=dtype)
-        else:
-            fresh = type(model)(config).to(dtype)
-    if structure is not None:
-        adapter.apply_structure(fresh, structure)
-    return fresh.eval()
+
+def reinit_source_name(stored: str | None, seeds: int) -> str:
+    """What ``reinit`` restored, for the summary: ``stored`` (a description of stored initial weights), else the
+    family's initialization under each seed."""
+    if stored is not None:
+        return stored
+    return "family initialization, seed 0" if seeds == 1 else \
+        f"family initialization, seeds 0-{seeds - 1} (one per ablation seed)"
 
 
 def same_distribution(tensor, generator):
@@ -231,11 +224,13 @@ def config_targets(model, adapter, config: AblationConfig) -> list[Target]:
 
 
 def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: AblationConfig = AblationConfig(),
-                 settings: dict | None = None, source=None, progress: bool = True) -> dict:
+                 settings: dict | None = None, source=None, progress: bool = True,
+                 source_name: str = "stored initial weights") -> dict:
     """Ablate every target of ``model`` with every method and seed, score each with ``metrics`` and write
     ``DIR/records.jsonl`` (appended as points finish), ``DIR/run.json`` (``settings``: a rerun must match them to
     resume) and ``DIR/summary.json``. ``source``: stored initial weights for ``reinit`` (default: the family's
-    initialization, fresh per seed). Returns the summary."""
+    initialization, fresh per seed); the summary's ``reinit_source`` says which (``source_name`` for stored
+    weights). Returns the summary."""
     from tqdm import tqdm
 
     from ..evaluate.runner import claim_run_dir
@@ -296,6 +291,8 @@ def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: Abla
             bar.update(1)
     records = list(read_jsonl_tolerant(path))
     summary = summarize(records, metrics, targets=[t.key for t in targets], methods=list(config.methods))
+    if "reinit" in config.methods:
+        summary["reinit_source"] = reinit_source_name(source_name if source is not None else None, config.seeds)
     atomic_write_json(out_dir / SUMMARY, summary)
     return summary
 

@@ -44,7 +44,9 @@ def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", met
     ``OUT/summary.json`` and a heatmap per metric (``OUT/ablation_<metric>.png``); any family with a seam (Whisper,
     CTC), scored by its reference scorer (``analysis.scoring``). ``metric``: proxy | wer | both; WER runs on the
     first ``wer_limit`` (default: all) of the ``limit`` utterances and the first ``wer_seeds`` seeds. ``init_from``:
-    a checkpoint whose weights ``reinit`` restores (default: the family's initialization). The test split is refused
+    a checkpoint whose weights ``reinit`` restores (default: the initial weights the model's folder keeps, e.g. a
+    CTC model trained here, else the family's initialization per seed; the summary's ``reinit_source`` says which).
+    The test split is refused
     unless ``allow_test``: choosing what to prune from test results would leak."""
     from ..data.datasets import load_dataset
     from ..models.adapters import adapter_for
@@ -72,11 +74,15 @@ def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", met
             backend, wer_utts, batch_size, max_new_tokens, progress=progress)
         metrics.append(Metric("wer", scorer.wer, relative=False, threshold=wer_threshold,
                               seeds=wer_seeds if metric == "both" else None))
-    source = load_model(init_from, device)[0] if init_from else None
+    if init_from:
+        source, source_name = load_model(init_from, device)[0], f"initial weights of {init_from}"
+    else:  # the folder's own W(0) where it keeps it (a CTC model trained here), else the family's initialization
+        source, source_name = family_for_folder(folder).initial_weights(folder, device), "kept initial weights"
     settings = {"model": model, "data": data, "split": split, "limit": limit, "wer_limit": wer_limit,
                 "wer_seeds": wer_seeds, "proxy_threshold": proxy_threshold, "wer_threshold": wer_threshold,
                 "init_from": init_from, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
-    summary = run_ablation(m, metrics, out, config, settings=settings, source=source, progress=progress)
+    summary = run_ablation(m, metrics, out, config, settings=settings, source=source, progress=progress,
+                           source_name=source_name)
     plot_ablation(summary, out)
     return summary
 

@@ -14,6 +14,7 @@ from speechprune.data.asterisk import SPLITS, asterisk_utterances
 from speechprune.data.manifest import Utterance, read_manifest
 from speechprune.data.sources import SET_NAMES as EVALUATION_ONLY
 from speechprune.data.sources import source_of, source_utterances  # noqa: F401  (source_of: re-exported)
+from speechprune.data.text import CORPORA as TEXT_CORPORA
 from speechprune.errors import ConfigError
 from speechprune.paths import cache_dir
 
@@ -72,16 +73,22 @@ def synthetic_utterances(name: str, n: int, workers: int | None = None, progress
 class TrainingSpec:
     """A parsed ``name[:split]`` training-data spec: a bundled set's dev split, ``N`` synthetic clips, or a manifest."""
 
-    kind: str  # "bundled" | "synthetic" | "unlabelled" | "manifest"
+    kind: str  # "bundled" | "synthetic" | "unlabelled" | "manifest" | "text"
     name: str
-    split: str | None = None  # bundled: "dev"
+    split: str | None = None  # bundled: "dev"; text: "train" or "dev"
     count: int | None = None  # synthetic, unlabelled: how many clips
 
 
 def parse_training_spec(spec: str) -> TrainingSpec:
-    """Check one spec without touching data: ``asterisk[:dev]``, ``synth-telephone:600`` or ``path.jsonl``. Nothing
+    """Check one spec without touching data: ``asterisk[:dev]``, ``synth-telephone:600``, ``path.jsonl`` or a text
+    corpus's split (``english-text:train``: text only, what a language model calibrates and recovers on). Nothing
     that calibrates or trains may read the test split; a synthetic set needs a count. ``ConfigError`` otherwise."""
     name, _, split = spec.partition(":")
+    if name in TEXT_CORPORA:
+        if split not in ("train", "dev"):
+            raise ConfigError(f"{spec!r}: a text corpus for calibration or training is read by split: "
+                              f"'{name}:train' or '{name}:dev' (never test)")
+        return TrainingSpec("text", name, split=split)
     if name in EVALUATION_ONLY:
         raise ConfigError(f"{spec!r}: {name} is an evaluation-only set (out-of-domain English); it is never "
                           "calibration or training data")
@@ -97,8 +104,8 @@ def parse_training_spec(spec: str) -> TrainingSpec:
     if spec.endswith(".jsonl"):
         return TrainingSpec("manifest", spec)
     raise ConfigError(f"{spec!r}: not a bundled set ({', '.join(_BUNDLED_SUBSETS)}), a synthetic set "
-                      f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}), real unlabelled speech ({UNLABELLED}:N) "
-                      "or a .jsonl manifest")
+                      f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}), real unlabelled speech ({UNLABELLED}:N), "
+                      f"a text corpus ({', '.join(f'{n}:train' for n in TEXT_CORPORA)}) or a .jsonl manifest")
 
 
 def training_utterances(specs: list[str], limit: int | None = None, interleave: bool = False) -> list[Utterance]:
@@ -106,6 +113,10 @@ def training_utterances(specs: list[str], limit: int | None = None, interleave: 
     first use. At most ``limit`` in all: in spec order, or with ``interleave`` one clip of each spec in turn (so a
     large set cannot fill ``limit`` alone)."""
     parsed = [parse_training_spec(spec) for spec in specs]  # every spec is checked before any data is made
+    for t in parsed:
+        if t.kind == "text":
+            raise ConfigError(f"'{t.name}:{t.split}' is text without audio: it calibrates and recovers language "
+                              "models, not speech models")
     sets: list[list[Utterance]] = []
     for t in parsed:
         if t.kind == "synthetic":

@@ -253,12 +253,15 @@ class OnnxWhisper:
         langs, prompts = decoding_prompts(self, encoded, languages, tasks, options)
         k = options.beam_size
         step = self._stepper(encoded)
-        if k == 1:
+        # shallow fusion as in the PyTorch backend: the same search with the LM's term (greedy: one beam)
+        fusion = options.lm.whisper_scorer(options.lm_weight, options.lm_bonus, self.vocab.eot) if options.fusion \
+            else None
+        if k == 1 and fusion is None:
             tokens, stats = greedy_search(step, lambda: GraphCache(group=1), prompts, self.vocab,
                                           options.max_new_tokens)
         else:
             tokens, stats = beam_search(step, lambda: GraphCache(group=k), reorder_cache, prompts, self.vocab, k,
-                                        options.max_new_tokens, options.length_penalty)
+                                        options.max_new_tokens, options.length_penalty, fusion=fusion)
         return Decoded(tokens, langs, stats)
 
     def decode_text(self, tokens: list[int]) -> str:

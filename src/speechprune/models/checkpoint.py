@@ -95,6 +95,47 @@ def save_pruned(model, processor_or_tokenizer_folder: Any, out_dir: str | Path, 
     return out
 
 
+def save_pretrained_config(model, processor_or_tokenizer_folder: Any, folder: str | Path) -> None:
+    """Everything of a Hugging Face model folder but its weights, into the existing ``folder``: ``config.json``
+    with the adapter's structure, the generation config of a model that generates, and the processor/tokenizer
+    files of ``processor_or_tokenizer_folder`` (a folder's ``PROCESSOR_FILES`` that exist, an object's
+    ``save_pretrained``, or nothing for ``None``). Beside weights in another format (``models.sparse``)."""
+    from speechprune.models.adapters import adapter_for
+
+    folder = Path(folder)
+    setattr(model.config, STRUCTURE_KEY, adapter_for(model).structure(model))
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(folder)
+    source = processor_or_tokenizer_folder
+    if isinstance(source, (str, Path)):
+        for name in PROCESSOR_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copy2(Path(source) / name, folder / name)
+    elif source is not None:
+        source.save_pretrained(folder)
+
+
+def fresh_pretrained(model, seed: int):
+    """A freshly initialized Hugging Face model of ``model``'s class, config and (pruned) structure, on its device
+    and in its dtype, built by ``_from_config`` under ``torch.manual_seed(seed)``: the family's W(0)."""
+    import copy
+
+    import torch
+
+    from speechprune.models.adapters import adapter_for
+
+    config = copy.deepcopy(model.config)
+    structure = getattr(config, STRUCTURE_KEY, None)
+    p = next(model.parameters())
+    torch.manual_seed(seed)
+    with torch.device(p.device):
+        fresh = type(model)._from_config(config, attn_implementation="sdpa", dtype=p.dtype)
+    if structure is not None:
+        adapter_for(model).apply_structure(fresh, structure)
+    return fresh.eval()
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():

@@ -22,11 +22,13 @@ from ..errors import ModelError
 class DistillOutputs:
     """What distillation compares for one batch: the student's logits and the teacher's at the positions that
     count (``[n, vocab]``: Whisper's label positions, CTC's real frames), the family's task loss on the teacher's
-    labels (cross-entropy, CTC), and optionally the last encoder layer's and the inner layers' outputs."""
+    labels (cross-entropy, CTC), and optionally the last encoder layer's and the inner layers' outputs. A family
+    whose batches carry no teacher logits (an LM recovers on its text: the next token is the label) leaves both
+    logits ``None`` and the recovery is the task loss alone."""
 
-    student_logits: torch.Tensor
-    teacher_logits: torch.Tensor
     task_loss: torch.Tensor
+    student_logits: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
     student_final: torch.Tensor | None = None
     teacher_final: torch.Tensor | None = None
     student_layers: list[torch.Tensor] | None = None
@@ -97,6 +99,14 @@ class ModelFamily(Protocol):
         """``model`` (with ``source``'s tokenizer where the family has one) as the labeller of its students."""
         ...
 
+    def training_data(self, model: torch.nn.Module, specs: list[str], limit: int | None = None,
+                      interleave: bool = False) -> list:
+        """What the family's labeller reads for calibration and recovery from data specs
+        (``data.datasets.parse_training_spec``; at most ``limit``, round robin over the specs with ``interleave``):
+        the audio families' ``Utterance`` clips, an LM's lines of text. A spec the family cannot read is a one-line
+        ``ConfigError``."""
+        ...
+
     def distill_outputs(self, student: torch.nn.Module, batch: dict, layers: bool) -> DistillOutputs:
         """One student forward on a teacher-labelled batch; ``layers``: the inner layers' outputs too."""
         ...
@@ -112,6 +122,22 @@ class ModelFamily(Protocol):
     def set_length_buckets(self, model: torch.nn.Module, buckets) -> None:
         """Make ``model`` read each batch at the bucket of its clips' lengths (saved with it); a one-line
         ``ConfigError`` for a family that cannot."""
+        ...
+
+    def save_config(self, model: torch.nn.Module, source, folder: str | Path) -> None:
+        """Everything of ``model``'s folder but its weights, written into the existing ``folder`` (beside weights in
+        another format, ``models.sparse``): its config (with the pruned structure) and what it needs from
+        ``source`` (a folder, a processor or tokenizer object, or None), as ``save`` writes them."""
+        ...
+
+    def fresh(self, model: torch.nn.Module, seed: int) -> torch.nn.Module:
+        """A freshly initialized model of ``model``'s architecture and (pruned) structure, on its device and in its
+        dtype, in eval mode: the family's initialization under ``torch.manual_seed(seed)``."""
+        ...
+
+    def initial_weights(self, folder: str | Path, device: str = "cpu") -> torch.nn.Module | None:
+        """The model ``folder``'s training started from, where the folder keeps it (its own W(0), for
+        re-initialization ablations); None where it does not."""
         ...
 
 

@@ -14,6 +14,7 @@ line start on the last half-context tokens (a sliding window; the only time a pr
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -57,7 +58,8 @@ def extension_score(lm_log_prob: float, weight: float, bonus: float) -> float:
 
 class FusionLM:
     """A loaded LM for fusion: the model (eval mode), its token kind (``whisper`` or ``chars``) and the folder it
-    came from. ``steps`` counts the LM's ``step`` calls (all scorers together)."""
+    came from. ``steps`` counts the LM's ``step`` calls (all scorers together) and ``seconds`` the wall time spent
+    in them (the LM's share of a fused search's time)."""
 
     def __init__(self, model, folder: str | Path | None = None):
         self.model = model.eval()
@@ -65,6 +67,7 @@ class FusionLM:
         self.kind: str = self.config.tokens
         self.folder = None if folder is None else str(folder)
         self.steps = 0
+        self.seconds = 0.0
 
     @property
     def device(self) -> torch.device:
@@ -72,8 +75,11 @@ class FusionLM:
 
     def step(self, ids: torch.Tensor, cache=None):
         self.steps += 1
+        t0 = time.perf_counter()
         with torch.inference_mode():
-            return self.model.step(ids.to(self.device), cache)
+            out = self.model.step(ids.to(self.device), cache)
+        self.seconds += time.perf_counter() - t0
+        return out
 
     def describe(self) -> dict:
         """What pins a run decoded with this LM (its folder and weights' digest)."""
@@ -207,18 +213,20 @@ class CharScorer:
         self.states = {p: s for p, s in self.states.items() if p in wanted}
 
 
-def load_fusion_lm(lm_folder: str | Path, recognizer_folder: str | Path, device: str = "cpu") -> FusionLM:
+def load_fusion_lm(lm_folder: str | Path, recognizer_folder: str | Path, device: str = "cpu",
+                   exported_vocab_size: int | None = None) -> FusionLM:
     """The LM in ``lm_folder``, checked to fuse with the recognizer in ``recognizer_folder`` (a Whisper model: the
-    same tokenizer; a CTC model: the same characters). One-line errors naming the LM folder."""
+    same tokenizer; a CTC model: the same characters; with ``exported_vocab_size`` an exported Whisper folder, its
+    tokenizer files and the output width its manifest records). One-line errors naming the LM folder."""
     from .family import family_for_folder
     from .lm import check_vocabulary, is_lm_folder, load_lm, read_config, recognizer_identity
 
     if not is_lm_folder(lm_folder):
         raise ModelError("not a language model folder (no speechprune_lm.json)", lm_folder)
     config = read_config(lm_folder)
-    family = family_for_folder(recognizer_folder).name
+    family = "whisper" if exported_vocab_size is not None else family_for_folder(recognizer_folder).name
     if family == "whisper":
-        check_vocabulary(config, recognizer_identity(recognizer_folder), lm_folder)
+        check_vocabulary(config, recognizer_identity(recognizer_folder, exported_vocab_size), lm_folder)
     elif family == "ctc":
         from .ctc.checkpoint import read_config as ctc_config
 

@@ -1,7 +1,7 @@
 """A compressed checkpoint for unstructured-sparse models, and what it saves on disk.
 
-Folder layout: the files of :func:`speechprune.models.checkpoint.save_pruned` (``config.json`` with the structure,
-generation config, processor files), or of the family's own format (``models.ctc``: ``speechprune_ctc.json``), with
+Folder layout: what the family's ``save_config`` writes (a Hugging Face family: ``config.json`` with the
+structure, generation config, processor files; ``models.ctc``: ``speechprune_ctc.json``), with
 ``model.sparse.safetensors`` in place of ``model.safetensors``. Each tensor
 of two or more dimensions is stored in the layout that takes fewest bytes (or the one asked for):
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +35,6 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..io import check_output_dir, staged_dir
-from .units import STRUCTURE_KEY
 
 SPARSE_FILE = "model.sparse.safetensors"
 META_KEY = "speechprune_sparse"
@@ -170,8 +168,7 @@ def save_sparse(model, processor_or_tokenizer_folder, out_dir: str | Path, *, la
     :func:`speechprune.models.checkpoint.save_pruned`."""
     from safetensors.torch import save_file
 
-    from .adapters import adapter_for
-    from .checkpoint import PROCESSOR_FILES
+    from .family import family_for
 
     out = Path(out_dir)
     check_output_dir(out, overwrite)
@@ -181,26 +178,7 @@ def save_sparse(model, processor_or_tokenizer_folder, out_dir: str | Path, *, la
     tensors, meta = encode_state(_unique_state(model), layout, values)
     with staged_dir(out) as tmp:
         save_file(tensors, str(tmp / SPARSE_FILE), metadata={META_KEY: json.dumps(meta)})
-        if not hasattr(model.config, "save_pretrained"):  # a family with its own folder format (models.ctc)
-            from .family import family_for
-
-            dense = family_for(model).save(model, source, tmp / ".dense")
-            for f in dense.iterdir():
-                if f.suffix != ".safetensors":  # its config, not its weights
-                    f.rename(tmp / f.name)
-            shutil.rmtree(dense)
-            source = None
-        else:
-            setattr(model.config, STRUCTURE_KEY, adapter_for(model).structure(model))
-            model.config.save_pretrained(tmp)
-            if getattr(model, "generation_config", None) is not None and model.can_generate():
-                model.generation_config.save_pretrained(tmp)
-        if isinstance(source, (str, Path)):
-            for name in PROCESSOR_FILES:
-                if (Path(source) / name).is_file():
-                    shutil.copy2(Path(source) / name, tmp / name)
-        elif source is not None:
-            source.save_pretrained(tmp)
+        family_for(model).save_config(model, source, tmp)
     counts = {k: sum(1 for e in meta["tensors"].values() if e["layout"] == k) for k in LAYOUTS}
     return {"folder": str(out), "file_bytes": (out / SPARSE_FILE).stat().st_size, "values": values,
             "layout": layout, "layouts": counts,

@@ -25,6 +25,7 @@ MODULE_KINDS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "ffn_macaron"
 COMPONENTS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn", "conv", "embed", "norm")
 # The config attribute (and config.json key) under which adapters keep a pruned model's per-layer structure.
 STRUCTURE_KEY = "speechprune_structure"
+LAYER_OWN = "layer"  # WeightSite.block of a weight that belongs to its layer, in no removable block
 STRUCTURE_FORMAT = 1
 # The config key under which a model's low-rank factorized weight sites are kept: {site key: rank} (models/lowrank.py).
 LOWRANK_KEY = "speechprune_lowrank"
@@ -76,6 +77,16 @@ class WeightSite:
     parent: nn.Module
     attr: str
     tied: bool = False  # the weight is shared with another module (Whisper's token embedding = output projection)
+    # the removable block (an adapter ``module_kinds`` kind) an in-layer weight belongs to, where its component (a
+    # norm: its role) does not say it; LAYER_OWN for a weight of the layer itself (a norm of the layer's output)
+    block: str | None = None
+
+    @property
+    def in_block(self) -> str | None:
+        """The block whose removal (``remove_module``) also removes this weight; None for a weight of the layer
+        itself, which only a whole-layer target covers."""
+        block = self.block or (self.role if self.component == "norm" else self.component)
+        return None if block == LAYER_OWN else block
 
     @property
     def module(self) -> nn.Module:

@@ -85,12 +85,6 @@ class Calibration(_Strict):
             return list(self.data)
         return [self.data if self.data.endswith(".jsonl") else f"{self.data}:{self.split or 'dev'}"]
 
-    def clips(self) -> list:
-        """The calibration clips: at most ``utterances``, interleaved over the specs."""
-        from ..data.datasets import training_utterances
-
-        return training_utterances(self.specs, self.utterances, interleave=True)
-
     @model_validator(mode="after")
     def _data_spec(self) -> "Calibration":
         if isinstance(self.data, list) and not self.data:

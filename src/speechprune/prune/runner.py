@@ -46,19 +46,21 @@ class Job:
         return self.family.load(folder, device=self.device)
 
     def calibration_batches(self, calibration, progress: bool = True) -> list[dict] | None:
-        """The dense model's labelled batches over ``calibration.clips()`` (``prune.recipe.Calibration``; ``None``:
-        no calibration), on the run's device."""
+        """The dense model's labelled batches over the calibration data (``prune.recipe.Calibration``, read by the
+        family: clips, or an LM's lines; ``None``: no calibration), on the run's device."""
         if calibration is None:
             return None
         batches = self.family.labeller(self.model, self.source).labelled_batches(
-            calibration.clips(), calibration.batch_size, progress=progress)
+            self.family.training_data(self.model, calibration.specs, calibration.utterances, interleave=True),
+            calibration.batch_size, progress=progress)
         return [{k: v.to(self.device) for k, v in b.items()} for b in batches]
 
     def recovery_batches(self, recovery: Recovery | None, progress: bool = True) -> list[dict] | None:
         """The dense teacher's distillation batches for ``recovery`` (``None`` when it has no steps)."""
         if recovery is None or recovery.steps == 0:
             return None
-        return recovery_batches(self.family.labeller(self.model, self.source), recovery, progress=progress)
+        data = self.family.training_data(self.model, recovery.data, recovery.max_utterances, recovery.interleave)
+        return recovery_batches(self.family.labeller(self.model, self.source), recovery, data, progress=progress)
 
     def record(self, recipe) -> dict:
         return {"model": self.name, "source": str(self.source), "family": self.family.name,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from ..models.family import family_for
 from .config import Recovery
 
@@ -100,6 +101,10 @@ def recovery_batches(teacher, cfg: Recovery, utterances: list | None = None, pro
     else:
         utts = utterances
     adaptive = cfg.length_adaptive is not None
+    audio_only = [k for k, on in (("augment", cfg.augment), ("pack_seconds", cfg.pack_seconds),
+                                  ("length_adaptive", adaptive)) if on]
+    if audio_only and any(isinstance(u, str) for u in utts):
+        raise ConfigError(f"recovery: {', '.join(audio_only)} act on audio; this model's recovery data is text")
 
     def label(clips: list) -> list[dict]:
         return teacher.labelled_batches(clips, cfg.batch_size, teacher_logits=True,
@@ -256,8 +261,9 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
                initial=start, total=cfg.steps)
     for step, i in zip(bar, batch_order(len(batches), cfg.seed, start)):
         out = family.distill_outputs(student, batches[i], layers=bool(cfg.hidden_weight))
-        loss = (cfg.kl_weight * kl_loss(out.student_logits, out.teacher_logits, cfg.temperature)
-                + cfg.ce_weight * out.task_loss)
+        loss = cfg.ce_weight * out.task_loss
+        if out.teacher_logits is not None:  # an LM's text batches carry none: its next tokens are the labels
+            loss = loss + cfg.kl_weight * kl_loss(out.student_logits, out.teacher_logits, cfg.temperature)
         if cfg.encoder_weight:
             loss = loss + cfg.encoder_weight * hidden_state_loss(out.student_final, out.teacher_final)
         if cfg.hidden_weight:

@@ -189,6 +189,17 @@ def test_flops_per_token_match_the_counter():
     assert counter.get_total_flops() in (t * linear_flops(cfg), t * linear_flops(cfg) + 2 * attention)
     assert mean_token_flops(cfg) == linear_flops(cfg) + attention / t
     assert FAMILY.shape_record(model)["flops_decoder_per_token"] == mean_token_flops(cfg)
+    # a factorized model: its sites at their rank, counted from the modules as they are now
+    from speechprune.models.adapters import adapter_for
+    from speechprune.prune.lowrank import factorize
+
+    sites = [s for s in adapter_for(model).weight_sites(model) if s.key in ("decoder.0.ffn.in", "decoder.1.self_attn.q")]
+    factorize(sites, {s.key: 4 for s in sites})
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, t, dtype=torch.long))
+    factorized = FAMILY.shape_record(model)["flops_decoder_per_token"]
+    assert counter.get_total_flops() in (t * factorized - attention, t * factorized + attention)
+    assert factorized < mean_token_flops(cfg)
 
 
 def test_a_recognizer_with_other_tokens_is_refused_in_one_line(tmp_path):
@@ -224,9 +235,8 @@ def test_bad_folders_are_one_line_errors_naming_the_file(tmp_path):
 
 def test_what_the_seam_offers_for_audio_is_a_one_line_config_error(tmp_path):
     model, _ = tiny_lm()
-    for call in (lambda: FAMILY.labeller(model), lambda: FAMILY.backend("x"),
-                 lambda: FAMILY.set_length_buckets(model, []), lambda: FAMILY.reference_scorer(None, []),
-                 lambda: FAMILY.distill_outputs(model, {}, False)):
+    for call in (lambda: FAMILY.backend("x"), lambda: FAMILY.set_length_buckets(model, []),
+                 lambda: FAMILY.reference_scorer(None, [])):
         with pytest.raises(ConfigError, match="a language model reads text, not audio"):
             call()
     with pytest.raises(ConfigError, match="needs the LM folder it came from"):

@@ -50,3 +50,17 @@ def tiny_lm(tokens: str = "chars", root: Path | None = None, kept: list[int] | N
         if kept is not None:
             model.whisper_ids.copy_(torch.tensor(sorted(kept)))
     return model.eval(), tokenizer
+
+
+def toy_lm(context: int = SIZES["context"], seed: int = 0):
+    """A random Whisper-token LM over the toy Whisper ids of ``tiny_models`` (64 outputs)."""
+    from speechprune.models.lm import TokenizerId
+    from tiny_models import VOCAB
+
+    cfg = LMConfig(tokens="whisper", tokenizer=TokenizerId(sha256="0" * 64, size=VOCAB, n_vocab=VOCAB),
+                   vocab_size=VOCAB, **{**SIZES, "context": context})
+    torch.manual_seed(seed)
+    model = LMModel(cfg)
+    with torch.no_grad():
+        model.embed.weight.mul_(10)
+    return model.eval()

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, ModelError
-from ..units import (STRUCTURE_FORMAT, ParamSlice, UnitGroup, WeightSite, check_keep, check_layer_indices,
-                     shrink_ffn, shrink_heads, slice_linear)
+from ..units import (LAYER_OWN, STRUCTURE_FORMAT, ParamSlice, UnitGroup, WeightSite, check_keep,
+                     check_layer_indices, shrink_ffn, shrink_heads, slice_linear)
 from .network import CTCModel
 
 STACK = "encoder"
@@ -191,17 +191,21 @@ class CTCAdapter:
     # ----- weights
 
     def weight_sites(self, model) -> list[WeightSite]:
+        """Every weight-bearing module; in a layer each site names the removable block it belongs to
+        (``WeightSite.block``: the macaron FFN's ``ffn_macaron``, each pre-norm's block, the convolution module's
+        own norms ``conv``; a Conformer layer's output norm belongs to the layer), so block ablation maps."""
         sites: list[WeightSite] = []
 
-        def add(key, layer, component, role, parent, attr):
+        def add(key, layer, component, role, parent, attr, block=None):
             if parent is not None and getattr(parent, attr, None) is not None:
-                sites.append(WeightSite(key, STACK, layer, component, role, parent, attr))
+                sites.append(WeightSite(key, STACK, layer, component, role, parent, attr, block=block))
 
         for name in ("conv1", "conv2"):
             add(f"encoder.conv.{name}", None, "conv", name, model.stem, name)
         add("encoder.embed.projection", None, "embed", "projection", model.stem, "proj")
         add("encoder.embed.positions", None, "embed", "positions", model.stem, "embed_positions")
         blocks = list(_blocks(model))
+        norms = {BLOCKS[k][1] or (_ffn_norm(model) if k == "ffn" else None): k for k in _kinds(model)}
         for i, layer in enumerate(model.layers):  # each layer's weights, then its norms
             for _, kind, block in (b for b in blocks if b[0] == i):
                 if kind == "self_attn":
@@ -211,11 +215,14 @@ class CTCAdapter:
                     for role in ("value", "gate", "depthwise", "out"):
                         add(f"encoder.{i}.conv.{role}", i, "conv", role, block, role)
                 else:
-                    add(f"encoder.{i}.{kind}.in", i, "ffn", f"{kind}.in", block, "fc1")
-                    add(f"encoder.{i}.{kind}.out", i, "ffn", f"{kind}.out", block, "fc2")
+                    add(f"encoder.{i}.{kind}.in", i, "ffn", f"{kind}.in", block, "fc1", kind)
+                    add(f"encoder.{i}.{kind}.out", i, "ffn", f"{kind}.out", block, "fc2", kind)
             for name, module in layer.named_children():
                 if isinstance(module, nn.LayerNorm):
-                    add(f"encoder.{i}.norm.{name}", i, "norm", name, layer, name)
+                    add(f"encoder.{i}.norm.{name}", i, "norm", name, layer, name, norms.get(name, LAYER_OWN))
+            conv = getattr(layer, "conv", None)  # the convolution module's pre-norm and channel norm
+            for name in ("layer_norm", "norm"):
+                add(f"encoder.{i}.norm.conv.{name}", i, "norm", f"conv.{name}", conv, name, "conv")
         add("encoder.norm", None, "norm", "final", model, "layer_norm")
         add("encoder.embed.output", None, "embed", "output", model, "head")
         return sites

@@ -35,19 +35,24 @@ def _state(model: CTCModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
+def write_config(model: CTCModel, folder: str | Path) -> None:
+    """``folder/speechprune_ctc.json``: the model's config, its factorized sites read off the modules (so a stale
+    config value never survives a save)."""
+    from ..lowrank import lowrank_ranks
+
+    config = model.config.model_copy(update={"lowrank": lowrank_ranks(model) or None})
+    (Path(folder) / CONFIG_FILE).write_text(config.model_dump_json(indent=1) + "\n", encoding="utf-8")
+
+
 def save_ctc(model: CTCModel, out_dir: str | Path, *, init_state: dict[str, torch.Tensor] | None = None,
              overwrite: bool = False) -> Path:
     """Write the model (and the weights it was trained from, when given) atomically to ``out_dir``."""
     from safetensors.torch import save_file
 
-    from ..lowrank import lowrank_ranks
-
     out = Path(out_dir)
     check_output_dir(out, overwrite)
-    # the factorized sites are read off the modules, so a stale config value never survives a save
-    config = model.config.model_copy(update={"lowrank": lowrank_ranks(model) or None})
     with staged_dir(out) as tmp:
-        (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=1) + "\n", encoding="utf-8")
+        write_config(model, tmp)
         save_file(_state(model), str(tmp / WEIGHTS_FILE))
         if init_state is not None:
             save_file({k: v.contiguous().cpu() for k, v in init_state.items()}, str(tmp / INIT_FILE))

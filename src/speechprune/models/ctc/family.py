@@ -10,7 +10,8 @@ import torch
 from ..family import DistillOutputs
 from ..lowrank import LowRankLinear
 from .batches import CTCLabeller
-from .checkpoint import initial_state, is_ctc_folder, load_ctc, save_ctc
+from .checkpoint import initial_state, is_ctc_folder, load_ctc, save_ctc, write_config
+from .config import INIT_FILE
 from .flops import encoder_flops, positions
 from .network import CTCModel, ctc_loss
 
@@ -65,6 +66,10 @@ class CTCFamily:
     def labeller(self, model: CTCModel, source: str | Path | None = None) -> CTCLabeller:
         return CTCLabeller(model)
 
+    def training_data(self, model, specs: list[str], limit: int | None = None, interleave: bool = False) -> list:
+        from ...data.datasets import training_utterances
+
+        return training_utterances(specs, limit, interleave=interleave)
     def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
                          cache_layers: bool = True, progress: bool = False):
         """A ``scoring.CTCScorer``: CTC loss per reference character, greedy hypotheses. One forward per score, so
@@ -99,6 +104,25 @@ class CTCFamily:
 
         raise ConfigError("recovery.length_adaptive: a CTC model already reads each clip's own frames; length "
                           "buckets are for Whisper's 30 s window")
+
+    def save_config(self, model: CTCModel, source, folder: str | Path) -> None:
+        """``speechprune_ctc.json`` (a CTC folder needs nothing from ``source``)."""
+        write_config(model, folder)
+
+    def fresh(self, model: CTCModel, seed: int) -> CTCModel:
+        """``CTCModel`` built from ``model``'s config, which holds its per-layer widths (factorized sites are not
+        rebuilt: a fresh model is dense)."""
+        p = next(model.parameters())
+        torch.manual_seed(seed)
+        with torch.device(p.device):
+            fresh = CTCModel(model.config.model_copy(update={"lowrank": None})).to(p.dtype)
+        return fresh.eval()
+
+    def initial_weights(self, folder: str | Path, device: str = "cpu") -> CTCModel | None:
+        """The model with ``init.safetensors`` (kept by training and by ``save`` from a folder that kept it)."""
+        if not (Path(folder) / INIT_FILE).is_file():
+            return None
+        return load_ctc(folder, device=device, initial=True)
 
 
 FAMILY = CTCFamily()

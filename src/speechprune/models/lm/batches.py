@@ -77,3 +77,27 @@ def collate(seqs: Sequences, batch: np.ndarray, pad: int, device="cpu") -> dict[
         ids[j, : n - 1] = seqs.rows[s : s + n - 1]
         targets[j, : n - 1] = seqs.rows[s + 1 : s + n]
     return {"ids": torch.from_numpy(ids).to(device), "targets": torch.from_numpy(targets).to(device)}
+
+
+class LMLabeller:
+    """The LM family's ``Labeller`` (``models.family``): lines of text as batches of ``batch_size`` lines of similar
+    length (``{"ids", "targets"}``: ``model(**batch).loss`` is the next-token loss), for calibration (activations,
+    gradients) and recovery. An LM recovers on its text: the next token is the label, so no teacher logits are
+    stored (a teacher's full-vocabulary distribution at every position of every batch would not fit in memory);
+    ``teacher_hidden`` and ``frames`` are audio-family options and refused."""
+
+    def __init__(self, model, tokens: Tokens):
+        self.model, self.tokens = model, tokens
+
+    def labelled_batches(self, lines: list[str], batch_size: int, teacher_logits: bool = False,
+                         teacher_hidden: bool = False, progress: bool = False, frames: bool = False) -> list[dict]:
+        from ...errors import ConfigError
+
+        if teacher_hidden or frames:
+            raise ConfigError("recovery: hidden_weight and length_adaptive act on a speech encoder; an LM recovers "
+                              "on its text's next tokens")
+        seqs = encode_lines(self.tokens, [str(s) for s in lines], self.model.config.context)
+        idx = np.flatnonzero(seqs.lengths >= 2)  # a line of one row scores nothing
+        order = idx[np.lexsort((idx, seqs.lengths[idx]))]
+        device = next(self.model.parameters()).device
+        return [collate(seqs, order[i : i + batch_size], 0, device) for i in range(0, len(order), batch_size)]

@@ -54,6 +54,8 @@ class LMConfig(BaseModel):
     chars: tuple[str, ...] | None = None  # chars
     # a pruned model's per-layer widths: {"heads": [...], "ffn": [...], "original": {...}} (0 = removed)
     structure: dict | None = None
+    # factorized linears (models.lowrank): {weight site key: rank}; None when there are none
+    lowrank: dict[str, int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "LMConfig":

@@ -6,12 +6,25 @@ from __future__ import annotations
 from .config import LMConfig
 
 
+def _matmul(cfg: LMConfig, key: str, n_in: int, n_out: int) -> int:
+    """2 x the multiply-adds of one token through the weight site ``key`` (``[n_out, n_in]``, or its rank-``r``
+    factorization in ``cfg.lowrank``: ``r (n_in + n_out)``)."""
+    rank = (cfg.lowrank or {}).get(key)
+    return 2 * (n_in * n_out if rank is None else rank * (n_in + n_out))
+
+
 def linear_flops(cfg: LMConfig) -> int:
-    """The projections, FFNs and the (tied) output layer of one token: the part that does not grow with position."""
+    """The projections, FFNs and the (tied) output layer of one token: the part that does not grow with position
+    (factorized sites at their rank)."""
     total = 2 * cfg.d_model * cfg.vocab_size
     for i in range(cfg.n_layers):
         heads, ffn = cfg.widths(i)
-        total += 2 * 4 * cfg.d_model * heads * cfg.head_dim + 2 * 2 * cfg.d_model * ffn
+        inner = heads * cfg.head_dim
+        for role in ("q", "k", "v"):
+            total += _matmul(cfg, f"decoder.{i}.self_attn.{role}", cfg.d_model, inner)
+        total += _matmul(cfg, f"decoder.{i}.self_attn.out", inner, cfg.d_model)
+        total += _matmul(cfg, f"decoder.{i}.ffn.in", cfg.d_model, ffn) + _matmul(cfg, f"decoder.{i}.ffn.out", ffn,
+                                                                                  cfg.d_model)
     return total
 
 

@@ -47,14 +47,17 @@ def tokenizer_identity(tokenizer, n_vocab: int) -> TokenizerId:
     return TokenizerId(sha256=digest, size=len(tokenizer), n_vocab=n_vocab)
 
 
-def recognizer_identity(folder: str | Path) -> TokenizerId:
-    """The tokenizer identity of a Whisper model folder (its tokenizer and ``config.json`` ``vocab_size``)."""
+def recognizer_identity(folder: str | Path, vocab_size: int | None = None) -> TokenizerId:
+    """The tokenizer identity of a Whisper model folder (its tokenizer and ``config.json`` ``vocab_size``, or the
+    given ``vocab_size``: an exported folder's, from its manifest)."""
     from ...io import read_json
 
-    raw = read_json(Path(folder) / "config.json", "not a Whisper model folder (no config.json)", folder)
-    if not isinstance(raw, dict) or not isinstance(raw.get("vocab_size"), int):
-        raise ModelError("config.json has no vocab_size", Path(folder) / "config.json")
-    return tokenizer_identity(load_tokenizer(folder), raw["vocab_size"])
+    if vocab_size is None:
+        raw = read_json(Path(folder) / "config.json", "not a Whisper model folder (no config.json)", folder)
+        if not isinstance(raw, dict) or not isinstance(raw.get("vocab_size"), int):
+            raise ModelError("config.json has no vocab_size", Path(folder) / "config.json")
+        vocab_size = raw["vocab_size"]
+    return tokenizer_identity(load_tokenizer(folder), vocab_size)
 
 
 def check_vocabulary(config: LMConfig, recognizer: TokenizerId, where: str | Path | None = None) -> None:
