@@ -31,3 +31,22 @@ def test_backends_that_read_different_front_ends_are_refused(clips, tmp_path):
     with pytest.raises(ConfigError, match="different front ends") as info:
         benchmark([whisper, wav2vec2], load_dataset(str(clips)), bench=QUICK, progress=False)
     assert "\n" not in str(info.value) and "FeatureFrontend(80,)" in str(info.value)
+
+
+def test_one_recognizer_timed_with_and_without_an_lm_side_by_side_splits_the_lms_time(clips):
+    from models.lm.tiny_lm import toy_lm
+    from speechprune.models.decoding import DecodeOptions
+    from speechprune.models.fusion import FusionLM
+
+    model = tiny_whisper()
+    plain, fused = (TorchWhisper(model, ToyTokenizer(), toy_vocab(), name=n) for n in ("beam2", "beam2-lm"))
+    lm = FusionLM(toy_lm(), "toy")
+    options = {"beam2": DecodeOptions(beam_size=2, max_new_tokens=6),
+               "beam2-lm": DecodeOptions(beam_size=2, max_new_tokens=6, lm=lm, lm_weight=0.5)}
+    rec = benchmark([plain, fused], load_dataset(str(clips)), options, bench=QUICK, progress=False)
+    rows = {name: b["utterances"] for name, b in rec["backends"].items()}
+    assert all(r["lm_ms"] == 0 for r in rows["beam2"])
+    assert all(0 < r["lm_ms"] <= r["decoder_ms"] for r in rows["beam2-lm"])  # the LM's steps are decoder time
+    assert rec["backends"]["beam2-lm"]["decode"] == {"beam_size": 2, "lm": "toy", "lm_weight": 0.5, "lm_bonus": 0.0}
+    with pytest.raises(ConfigError, match="no decoding options for beam2-lm"):
+        benchmark([plain, fused], load_dataset(str(clips)), {"beam2": options["beam2"]}, bench=QUICK, progress=False)

@@ -54,6 +54,7 @@ def _time_once(backend: Backend, frontend: FeatureFrontend, audio: np.ndarray, u
         "decoder_ms": decoder_s * 1e3,
         "decoder_first_step_ms": st.first_step_s * 1e3,
         "decoder_ms_per_token": st.later_steps_s / st.later_steps * 1e3 if st.later_steps else None,
+        "lm_ms": st.lm_s * 1e3,  # shallow fusion: the LM's share of decoder_ms
         "latency_ms": (t1 - t0) * 1e3 + (t2 - t1) * 1e3 + decoder_s * 1e3,
         "n_tokens": len(dec.tokens[0]) + 1,  # + end-of-text
         "language": dec.languages[0],
@@ -85,6 +86,7 @@ def _summary(backend: Backend, rows: list[dict]) -> dict:
         "encoder_ms_p90": _p90(col("encoder_ms")),
         "decoder_ms_median": _median(col("decoder_ms")),
         "decoder_first_step_ms_median": _median(col("decoder_first_step_ms")),
+        "lm_ms_median": _median(col("lm_ms")),
         "decoder_ms_per_token": _median(ms_per_tok),
         "decoder_ms_per_token_p90": _p90(ms_per_tok),
         "tokens_median": _median(col("n_tokens")),
@@ -97,10 +99,18 @@ def _summary(backend: Backend, rows: list[dict]) -> dict:
     }
 
 
-def benchmark(backends: list[Backend], utterances: list[Utterance], options: DecodeOptions = DecodeOptions(),
+def _decode_record(options: DecodeOptions) -> dict:
+    """How a backend searched: beam size and, with shallow fusion, the LM's folder, weight and bonus."""
+    return {"beam_size": options.beam_size, "lm": options.lm.folder if options.lm is not None else None,
+            "lm_weight": options.lm_weight, "lm_bonus": options.lm_bonus}
+
+
+def benchmark(backends: list[Backend], utterances: list[Utterance],
+              options: DecodeOptions | dict[str, DecodeOptions] = DecodeOptions(),
               bench: BenchOptions = BenchOptions(), frontend: FeatureFrontend | None = None,
               threads: int | None = None, progress: bool = True) -> dict:
-    """Time several backends side by side on the first ``bench.max_utterances`` readable utterances.
+    """Time several backends side by side on the first ``bench.max_utterances`` readable utterances, each decoding
+    with ``options`` (or ``options[backend.name]``: one recognizer searched several ways, with and without an LM).
 
     Runs are interleaved (utterance by utterance, repeat by repeat, backend by backend) so that a change in
     machine load hits every backend alike. The first backend is the primary one: its figures are also the
@@ -112,6 +122,11 @@ def benchmark(backends: list[Backend], utterances: list[Utterance], options: Dec
         raise ConfigError("no backend to benchmark")
     if len({b.name for b in backends}) != len(backends):
         raise ConfigError("the same backend is named twice")
+    if isinstance(options, dict):
+        missing = [b.name for b in backends if b.name not in options]
+        if missing:
+            raise ConfigError(f"no decoding options for {', '.join(missing)}")
+    opts = {b.name: options[b.name] if isinstance(options, dict) else options for b in backends}
     fronts = [b.frontend() for b in backends]
     if any(f != fronts[0] for f in fronts[1:]):
         raise ConfigError("backends read different front ends (" + ", ".join(
@@ -132,12 +147,12 @@ def benchmark(backends: list[Backend], utterances: list[Utterance], options: Dec
         for i in range(bench.warmup):
             u, a = clips[i % len(clips)]
             for b in backends:
-                _time_once(b, frontend, a, u, options)
+                _time_once(b, frontend, a, u, opts[b.name])
         for u, a in tqdm(clips, desc="bench", unit="utt", disable=not progress, dynamic_ncols=True):
             runs: dict[str, list[dict]] = {b.name: [] for b in backends}
             for _ in range(bench.repeats):
                 for b in backends:
-                    runs[b.name].append(_time_once(b, frontend, a, u, options))
+                    runs[b.name].append(_time_once(b, frontend, a, u, opts[b.name]))
             for b in backends:
                 rs = runs[b.name]
                 row = {k: _median([r[k] for r in rs]) for k in rs[0] if k.endswith("ms") or k.endswith("token")}
@@ -148,14 +163,14 @@ def benchmark(backends: list[Backend], utterances: list[Utterance], options: Dec
                 row["rtf"] = row["latency_ms"] / 1e3 / row["duration_s"]
                 rows[b.name].append(row)
 
-    per_backend = {b.name: _summary(b, rows[b.name]) for b in backends}
+    per_backend = {b.name: {**_summary(b, rows[b.name]), "decode": _decode_record(opts[b.name])} for b in backends}
     primary = per_backend[backends[0].name]
     return {
         **{k: v for k, v in primary.items() if k != "utterances"},
         "latency_ratio": {name: r["latency_ms_median"] / primary["latency_ms_median"] for name, r in per_backend.items()},
         "warmup": bench.warmup,
         "repeats": bench.repeats,
-        "beam_size": options.beam_size,
+        "beam_size": opts[backends[0].name].beam_size,
         "audio_s_median": _median([len(a) / 16000 for _, a in clips]),
         "peak_rss_bytes": mon.peak_rss_bytes,
         "other_cpu_load": mon.other_cpu_load,

@@ -51,16 +51,19 @@ class DecodeOptions:
 
 @dataclass
 class DecodeStats:
-    """Wall time of the decoder: the first step (prompt + cross-attention K/V) apart from the later ones."""
+    """Wall time of the decoder: the first step (prompt + cross-attention K/V) apart from the later ones; with
+    shallow fusion ``lm_s``, the part of it spent in the LM's steps."""
 
     first_step_s: float = 0.0
     later_steps_s: float = 0.0
     later_steps: int = 0  # decoder calls after the first
+    lm_s: float = 0.0
 
     def add(self, other: "DecodeStats") -> None:
         self.first_step_s += other.first_step_s
         self.later_steps_s += other.later_steps_s
         self.later_steps += other.later_steps
+        self.lm_s += other.lm_s
 
 
 @dataclass

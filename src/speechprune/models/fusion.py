@@ -133,6 +133,11 @@ class WhisperScorer:
     def uses_lm(self) -> bool:
         return self.weight != 0.0
 
+    @property
+    def seconds(self) -> float:
+        """Wall time in the LM's steps so far (all searches on this LM together)."""
+        return self.lm.seconds
+
     def _start(self, n: int) -> None:
         lp, self.cache = self.lm.step(torch.full((n, 1), self.bos, dtype=torch.long), None)
         self.log_probs = self._full(self.lm.model, lp)

@@ -61,8 +61,9 @@ class CTCDecoding:
 
     def decode(self, encoded, languages, tasks, options: DecodeOptions) -> Decoded:
         """Characters per item: greedy (``beam_size`` 1) or prefix beam search; the whole search counts as the
-        decoder's first step (there is no per-token decoder)."""
+        decoder's first step (there is no per-token decoder), the fused LM's steps in it as ``lm_s``."""
         log_probs, lengths = encoded
+        lm_start = options.lm.seconds if options.fusion else 0.0
         t0 = time.perf_counter()
         if options.fusion:  # shallow fusion with a character LM (greedy: the prefix search with one beam)
             tokens = [prefix_beam_search(lp, int(n), options.beam_size,
@@ -73,7 +74,8 @@ class CTCDecoding:
             tokens = [prefix_beam_search(lp, int(n), options.beam_size) for lp, n in zip(log_probs, lengths)]
         else:
             tokens = greedy_ctc(log_probs, lengths)
-        return Decoded(tokens, ["en"] * len(tokens), DecodeStats(first_step_s=time.perf_counter() - t0))
+        return Decoded(tokens, ["en"] * len(tokens), DecodeStats(
+            first_step_s=time.perf_counter() - t0, lm_s=options.lm.seconds - lm_start if options.fusion else 0.0))
 
     def decode_text(self, tokens: list[int]) -> str:
         return self.vocab.decode(tokens)

@@ -82,6 +82,9 @@ class Fusion(Protocol):
 
     def advance(self, index: torch.Tensor, tokens: torch.Tensor) -> None: ...
 
+    @property
+    def seconds(self) -> float: ...  # wall time in the LM's steps so far
+
 
 # step(input_ids [N, t], cache) -> log-probs or logits [N, V] for the last position; the cache grows in place.
 StepFn = Callable[[torch.Tensor, object], torch.Tensor]
@@ -220,6 +223,7 @@ def beam_search(
         penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
         return logprob_sum / max(penalty, 1e-9)
 
+    lm_start = fusion.seconds if fusion is not None else 0.0
     t0 = time.perf_counter()
     for i in range(max_new_tokens):
         logits = step(ids, cache).float()
@@ -259,7 +263,7 @@ def beam_search(
                 kept += 1
             if len(finished[b]) >= k:
                 item_done[b] = True
-        _record_step(stats, i, t0, sync)
+        t0 = _record_step(stats, i, t0, sync)  # what follows (reorder, the LM's step) counts to the next step
         if all(item_done):
             break
         index = torch.tensor(src_rows, device=device)
@@ -269,8 +273,9 @@ def beam_search(
         seqs = [seqs[r] + [t] for r, t in zip(src_rows, new_tokens)]
         scores = torch.tensor(new_scores, device=device)
         ids = torch.tensor(new_tokens, device=device)[:, None]
-        t0 = time.perf_counter()
 
+    if fusion is not None:
+        stats.lm_s = fusion.seconds - lm_start
     out = []
     for b in range(batch):
         if not finished[b]:  # ran out of length: fall back to the live beams
