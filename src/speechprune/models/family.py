@@ -141,6 +141,37 @@ class ModelFamily(Protocol):
         ...
 
 
+class AudioData:
+    """``ModelFamily.training_data`` of a family that reads speech: the clips the specs name
+    (``data.datasets.training_utterances``)."""
+
+    def training_data(self, model, specs: list[str], limit: int | None = None, interleave: bool = False) -> list:
+        from ..data.datasets import training_utterances
+
+        return training_utterances(specs, limit, interleave=interleave)
+
+
+class PretrainedFolders(AudioData):
+    """The seam methods of a speech family whose folders are Hugging Face folders (Whisper, wav2vec2)."""
+
+    def save_config(self, model, source, folder: str | Path) -> None:
+        """``config.json`` with the structure, the generation config and ``source``'s processor files
+        (``models.checkpoint.save_pretrained_config``)."""
+        from .checkpoint import save_pretrained_config
+
+        save_pretrained_config(model, source, folder)
+
+    def fresh(self, model, seed: int):
+        """``_from_config`` under the seed, then the recorded structure (``models.checkpoint.fresh_pretrained``)."""
+        from .checkpoint import fresh_pretrained
+
+        return fresh_pretrained(model, seed)
+
+    def initial_weights(self, folder: str | Path, device: str = "cpu") -> None:
+        """None: a Hugging Face folder keeps no initial weights."""
+        return None
+
+
 def _seam(entry) -> ModelFamily:
     import importlib
 

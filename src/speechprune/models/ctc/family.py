@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..family import DistillOutputs
+from ..family import AudioData, DistillOutputs
 from ..lowrank import LowRankLinear
 from .batches import CTCLabeller
 from .checkpoint import initial_state, is_ctc_folder, load_ctc, save_ctc, write_config
@@ -25,7 +25,7 @@ def _lowrank_correction(model: CTCModel, frames: int) -> int:
                for m in model.modules() if isinstance(m, LowRankLinear))
 
 
-class CTCFamily:
+class CTCFamily(AudioData):
     name = "ctc"
 
     def owns(self, folder: str | Path) -> bool:
@@ -66,10 +66,6 @@ class CTCFamily:
     def labeller(self, model: CTCModel, source: str | Path | None = None) -> CTCLabeller:
         return CTCLabeller(model)
 
-    def training_data(self, model, specs: list[str], limit: int | None = None, interleave: bool = False) -> list:
-        from ...data.datasets import training_utterances
-
-        return training_utterances(specs, limit, interleave=interleave)
     def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
                          cache_layers: bool = True, progress: bool = False):
         """A ``scoring.CTCScorer``: CTC loss per reference character, greedy hypotheses. One forward per score, so

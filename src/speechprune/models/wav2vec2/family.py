@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ...data.audio import SAMPLE_RATE
 from ...data.features import WaveformFrontend
 from ...errors import ConfigError
-from ..family import DistillOutputs
+from ..family import DistillOutputs, PretrainedFolders
 from .batches import Wav2Vec2Labeller, batch_samples, blank_of
 from .flops import clip_flops
 from .forward import forward_states
@@ -22,7 +22,7 @@ from .load import is_wav2vec2_folder, load_wav2vec2, read_frontend
 REFERENCE_SAMPLES = 30 * SAMPLE_RATE  # FLOPs are recorded for a 30 s clip, the window Whisper always pays
 
 
-class Wav2Vec2Family:
+class Wav2Vec2Family(PretrainedFolders):
     name = "wav2vec2"
 
     def owns(self, folder: str | Path) -> bool:
@@ -62,10 +62,6 @@ class Wav2Vec2Family:
         feature extractor's defaults without a source)."""
         return Wav2Vec2Labeller(model, read_frontend(source) if source is not None else WaveformFrontend())
 
-    def training_data(self, model, specs: list[str], limit: int | None = None, interleave: bool = False) -> list:
-        from ...data.datasets import training_utterances
-
-        return training_utterances(specs, limit, interleave=interleave)
     def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
                          cache_layers: bool = True, progress: bool = False):
         """A ``scoring.Wav2Vec2Scorer``: CTC loss per reference symbol, greedy hypotheses. One forward per score,
@@ -99,23 +95,6 @@ class Wav2Vec2Family:
     def set_length_buckets(self, model, buckets) -> None:
         raise ConfigError("recovery.length_adaptive: a wav2vec2 model already reads each clip's own samples; length "
                           "buckets are for Whisper's 30 s window")
-
-    def save_config(self, model, source, folder: str | Path) -> None:
-        """``config.json`` with the structure, the generation config and ``source``'s processor files
-        (``models.checkpoint.save_pretrained_config``)."""
-        from ..checkpoint import save_pretrained_config
-
-        save_pretrained_config(model, source, folder)
-
-    def fresh(self, model, seed: int):
-        """``_from_config`` under the seed, then the recorded structure (``models.checkpoint.fresh_pretrained``)."""
-        from ..checkpoint import fresh_pretrained
-
-        return fresh_pretrained(model, seed)
-
-    def initial_weights(self, folder: str | Path, device: str = "cpu") -> None:
-        """None: a Hugging Face folder keeps no initial weights."""
-        return None
 
 
 FAMILY = Wav2Vec2Family()

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ..family import DistillOutputs
+from ..family import DistillOutputs, PretrainedFolders
 from . import flops
 from .lengths import FRAMES_PER_POSITION, batch_bucket, length_buckets, set_length_buckets
 from .load import is_whisper_folder, load_whisper
 from .shape import whisper_shape
 
 
-class WhisperFamily:
+class WhisperFamily(PretrainedFolders):
     name = "whisper"
 
     def owns(self, folder: str | Path) -> bool:
@@ -76,10 +76,6 @@ class WhisperFamily:
         tokenizer = WhisperTokenizerFast.from_pretrained(source, local_files_only=True)
         return TorchWhisper(model, tokenizer, WhisperVocab.from_folder(source), device=next(model.parameters()).device)
 
-    def training_data(self, model, specs: list[str], limit: int | None = None, interleave: bool = False) -> list:
-        from ...data.datasets import training_utterances
-
-        return training_utterances(specs, limit, interleave=interleave)
     def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
                          cache_layers: bool = True, progress: bool = False):
         """A ``scoring.WhisperScorer``: cross-entropy per reference token, greedy hypotheses, the dense encoder's
@@ -122,23 +118,6 @@ class WhisperFamily:
             result.student_layers = inner
             result.teacher_layers = batch["teacher_hidden"][:, :, :p]
         return result
-
-    def save_config(self, model, source, folder: str | Path) -> None:
-        """``config.json`` with the structure, the generation config and ``source``'s processor files
-        (``models.checkpoint.save_pretrained_config``)."""
-        from ..checkpoint import save_pretrained_config
-
-        save_pretrained_config(model, source, folder)
-
-    def fresh(self, model, seed: int):
-        """``_from_config`` under the seed, then the recorded structure (``models.checkpoint.fresh_pretrained``)."""
-        from ..checkpoint import fresh_pretrained
-
-        return fresh_pretrained(model, seed)
-
-    def initial_weights(self, folder: str | Path, device: str = "cpu") -> None:
-        """None: a Hugging Face folder keeps no initial weights."""
-        return None
 
 
 FAMILY = WhisperFamily()
