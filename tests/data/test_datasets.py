@@ -11,7 +11,7 @@ import pytest
 from speechprune.data import BUNDLED_DATASETS, EVALUATION_ONLY, load_dataset, source_of
 from speechprune.data import asterisk
 from speechprune.data.asterisk import asterisk_utterances
-from speechprune.data.datasets import parse_training_spec, training_utterances
+from speechprune.data.datasets import MULTILINGUAL, parse_training_spec, training_utterances
 from speechprune.data.manifest import Utterance
 from speechprune.data.sources import POOLED, SOURCES
 from speechprune.errors import ConfigError
@@ -25,9 +25,11 @@ def manifest(tmp_path: Path) -> Path:
 
 
 def test_bundled_names() -> None:
-    # the in-domain set first, then one evaluation-only set per registered source, then the pooled one
+    # the in-domain set first, the multilingual sets, then one evaluation-only set per registered source, then the
+    # pooled one
     assert BUNDLED_DATASETS[:2] == ("asterisk", "asterisk-multiword")
-    assert BUNDLED_DATASETS[2:] == EVALUATION_ONLY == (*SOURCES, POOLED)
+    assert BUNDLED_DATASETS[2 : 2 + len(MULTILINGUAL)] == tuple(MULTILINGUAL)
+    assert BUNDLED_DATASETS[2 + len(MULTILINGUAL) :] == EVALUATION_ONLY == (*SOURCES, POOLED)
     assert len(set(BUNDLED_DATASETS)) == len(BUNDLED_DATASETS)
     assert {"drascula", "english-ood"} <= set(BUNDLED_DATASETS)
 
@@ -96,7 +98,8 @@ def test_unknown_spec_lists_the_bundled_names(spec: str, tmp_path: Path, monkeyp
     with pytest.raises(ConfigError) as info:
         load_dataset(spec)
     assert str(info.value) == (
-        f"unknown data set {spec!r}: not a bundled name (asterisk, asterisk-multiword, {', '.join(EVALUATION_ONLY)}) "
+        f"unknown data set {spec!r}: not a bundled name (asterisk, asterisk-multiword, {', '.join(MULTILINGUAL)}, "
+        f"{', '.join(EVALUATION_ONLY)}) "
         "nor an existing manifest file"
     )
 

@@ -172,3 +172,19 @@ def test_out_of_domain_records_are_also_scored_per_source():
     assert m["by_source"]["saytime"]["wer"] == 1.0
     assert m["macro_wer"] == pytest.approx((1 / 8 + 1) / 2)  # the one-word source weighs as much as the other
     assert "by_source" not in score([rec("digits/1", "one", "one"), rec("agent-pass", "a b", "a b")])  # asterisk ids
+
+
+def test_scores_are_broken_down_by_language_and_task():
+    def rec(i, lang, task, ref, hyp):
+        return {"id": i, "audio": i, "task": task, "language": lang, "reference": ref, "hypothesis": hyp}
+
+    m = score([rec("a", "en", "transcribe", "press one", "press 1"),
+               rec("es/a", "es", "transcribe", "numero uno", "número dos"),
+               rec("es-en/a", "es", "translate", "number one", "number one")])
+    table = m["by_language_task"]
+    assert list(table) == ["en/transcribe", "es/transcribe", "es/translate"]
+    assert table["en/transcribe"]["wer"] == 0.0
+    assert table["es/transcribe"]["wer"] == 0.5  # "número" meets "numero": Spanish is scored without diacritics
+    assert table["es/translate"] == {"bleu": pytest.approx(m["bleu"]), "n_translated": 1}
+    assert m["wer"] == pytest.approx(1 / 4) and m["n_scored"] == 2
+    assert "by_language_task" not in score([rec("a", "en", "transcribe", "one", "one")])

@@ -12,6 +12,15 @@ text, and texts that are only annotations (``[ascending tones]``, ``(5 seconds o
 Split, fixed by the id alone: ``test`` when ``int(sha256(id.encode()).hexdigest()[:8], 16) / 2**32 < 0.5``,
 else ``dev`` (about half each, disjoint); ``all`` is both. Subset ``multiword``: utterances whose
 normalized reference has at least two words (single digits, letters and words are the hard, noisy part).
+
+The same prompts in Spanish, French, Italian and Russian (Debian ``asterisk-core-sounds-{es,fr,it,ru}-wav`` + the
+plain package for ``core-sounds-XX.txt.gz``; one speaker each, CC-BY-SA-3.0): ``language`` picks them, with
+``$SPEECHPRUNE_ASTERISK_SOUNDS_ES`` / ``$SPEECHPRUNE_ASTERISK_TEXT_ES`` (and so on) as overrides. Their references
+are :func:`~speechprune.data.normalize.plain_reference` of the text (annotations dropped, accents kept); their ids
+are ``<language>/<prompt>`` (``es/digits/1``), so languages pooled in one run stay distinct. Task ``translate``
+pairs each clip with the English text of the same prompt as ``translation`` (ids ``es-en/<prompt>``; prompts
+without an English text are left out). Every language and task is split by the prompt name with the rule above,
+so a prompt is in the same split in every language and in English: no test prompt is seen while training.
 """
 
 from __future__ import annotations
@@ -34,6 +43,33 @@ DEFAULT_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.g
 SPLITS = ("dev", "test", "all")
 SUBSETS = ("all", "multiword")
 TEST_FRACTION = 0.5
+LANGUAGES = ("en", "es", "fr", "it", "ru")
+TASKS = ("transcribe", "translate")
+
+
+def check_language_task(language: str, task: str, languages: tuple[str, ...], what: str) -> None:
+    """A one-line ConfigError for a language outside ``languages`` or an unknown task; translation is into English,
+    so English has nothing to translate."""
+    if language not in languages:
+        raise ConfigError(f"unknown language {language!r} for the {what} set (choose from {', '.join(languages)})")
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r} for the {what} set (choose from {', '.join(TASKS)})")
+    if task == "translate" and language == "en":
+        raise ConfigError(f"the {what} set translates into English: English speech has no translate task")
+
+
+def _sounds_default(language: str) -> Path:
+    return DEFAULT_SOUNDS if language == "en" else DEFAULT_SOUNDS.parent / language
+
+
+def _text_default(language: str) -> Path:
+    if language == "en":
+        return DEFAULT_TEXT
+    return Path(f"/usr/share/doc/asterisk-core-sounds-{language}/core-sounds-{language}.txt.gz")
+
+
+def _env(base: str, language: str) -> str:
+    return base if language == "en" else f"{base}_{language.upper()}"
 
 
 def _located(env: str, default: Path, package: str, want_dir: bool) -> Path:
@@ -49,21 +85,25 @@ def _located(env: str, default: Path, package: str, want_dir: bool) -> Path:
     )
 
 
-def sounds_dir() -> Path:
-    """Folder of the English prompt WAVs (``asterisk-core-sounds-en-wav``)."""
-    return _located(SOUNDS_ENV, DEFAULT_SOUNDS, "asterisk-core-sounds-en-wav", want_dir=True)
+def sounds_dir(language: str = "en") -> Path:
+    """Folder of the prompt WAVs in ``language`` (``asterisk-core-sounds-<language>-wav``)."""
+    check_language_task(language, "transcribe", LANGUAGES, "asterisk")
+    return _located(_env(SOUNDS_ENV, language), _sounds_default(language),
+                    f"asterisk-core-sounds-{language}-wav", want_dir=True)
 
 
-def text_file() -> Path:
-    """The prompt texts file (``asterisk-core-sounds-en``)."""
-    return _located(TEXT_ENV, DEFAULT_TEXT, "asterisk-core-sounds-en", want_dir=False)
+def text_file(language: str = "en") -> Path:
+    """The prompt texts file in ``language`` (``asterisk-core-sounds-<language>``)."""
+    check_language_task(language, "transcribe", LANGUAGES, "asterisk")
+    return _located(_env(TEXT_ENV, language), _text_default(language), f"asterisk-core-sounds-{language}",
+                    want_dir=False)
 
 
 def _read_text_file(path: Path) -> str:
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8", errors="replace").removeprefix("\ufeff")  # the Italian file starts with a BOM
 
 
 def parse_prompt_texts(content: str, source: Path | str | None = None) -> dict[str, str]:
@@ -85,45 +125,70 @@ def split_of(utt_id: str) -> str:
     return "test" if h / 2**32 < TEST_FRACTION else "dev"
 
 
-def is_multiword(reference: str) -> bool:
+def is_multiword(reference: str, language: str = "en") -> bool:
     """True when the normalized reference has two or more words."""
-    return len(normalize_text(reference).split()) >= 2
+    return len(normalize_text(reference, language).split()) >= 2
+
+
+def prompt_of(utt_id: str) -> str:
+    """The prompt name an utterance id holds: ``digits/1`` for ``digits/1``, ``es/digits/1`` and ``es-en/digits/1``."""
+    head, sep, rest = utt_id.partition("/")
+    base = head.removesuffix("-en")
+    return rest if sep and base in LANGUAGES and base != "en" else utt_id
 
 
 def _wav_ids(folder: Path) -> dict[str, Path]:
     return {p.relative_to(folder).with_suffix("").as_posix(): p for p in folder.rglob("*.wav") if p.is_file()}
 
 
-@lru_cache(maxsize=4)
-def _all_utterances(folder: Path, texts_path: Path) -> tuple[Utterance, ...]:
+@lru_cache(maxsize=16)
+def _references(texts_path: Path, language: str) -> dict[str, str]:
+    """``{prompt: reference}`` of the prompts whose reference is not empty once normalized."""
     texts = parse_prompt_texts(_read_text_file(texts_path), texts_path)
+    refs = {name: asterisk_reference(text, language) for name, text in texts.items()}
+    return {name: ref for name, ref in refs.items() if normalize_text(ref, language)}
+
+
+@lru_cache(maxsize=16)
+def _all_utterances(folder: Path, texts_path: Path, language: str = "en", english: Path | None = None
+                    ) -> tuple[Utterance, ...]:
+    """Every prompt in ``folder`` with a reference; with ``english`` (the English texts file) the translate pairs."""
+    refs = _references(texts_path, language)
+    targets = _references(english, "en") if english is not None else None
+    prefix = "" if language == "en" else f"{language}-en/" if targets is not None else f"{language}/"
     utterances = []
-    for utt_id, wav in sorted(_wav_ids(folder).items()):
-        reference = asterisk_reference(texts.get(utt_id, ""))
-        if not normalize_text(reference):
+    for name, wav in sorted(_wav_ids(folder).items()):
+        if name not in refs or targets is not None and name not in targets:
             continue
         utterances.append(
             Utterance(
-                id=utt_id,
+                id=prefix + name,
                 audio=Path(os.path.abspath(wav)),
-                text=reference,
-                language="en",
-                task="transcribe",
+                text=refs[name],
+                language=language,
+                task="transcribe" if targets is None else "translate",
+                translation=None if targets is None else targets[name],
                 duration=audio_duration(wav),
             )
         )
     return tuple(utterances)
 
 
-def asterisk_utterances(split: str = "test", subset: str = "all") -> list[Utterance]:
-    """The prompts of ``split`` ("dev", "test", "all") and ``subset`` ("all", "multiword"), sorted by id."""
+def asterisk_utterances(split: str = "test", subset: str = "all", language: str = "en",
+                        task: str = "transcribe") -> list[Utterance]:
+    """The prompts of ``split`` ("dev", "test", "all") and ``subset`` ("all", "multiword") in ``language``
+    (:data:`LANGUAGES`) for ``task`` ("transcribe"; "translate" into English for a language other than English),
+    sorted by id."""
+    check_language_task(language, task, LANGUAGES, "asterisk")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} for the asterisk set (choose from {', '.join(SPLITS)})")
     if subset not in SUBSETS:
         raise ConfigError(f"unknown subset {subset!r} for the asterisk set (choose from {', '.join(SUBSETS)})")
-    folder, texts_path = sounds_dir(), text_file()
+    folder, texts_path = sounds_dir(language), text_file(language)
+    english = text_file("en") if task == "translate" else None
     return [
         u
-        for u in _all_utterances(folder, texts_path)
-        if (split == "all" or split_of(u.id) == split) and (subset == "all" or is_multiword(u.text))
+        for u in _all_utterances(folder, texts_path, language, english)
+        if (split == "all" or split_of(prompt_of(u.id)) == split)
+        and (subset == "all" or is_multiword(u.text, language))
     ]

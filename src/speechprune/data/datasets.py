@@ -1,15 +1,20 @@
 """Resolve a data set spec: a bundled name or a ``.jsonl`` manifest path.
 
-Bundled names: the in-domain asterisk set (``asterisk``, ``asterisk-multiword``; dev/test/all splits) and the
-out-of-domain English sets of :mod:`speechprune.data.sources` (one per source, and ``english-ood`` pooling them),
+Bundled names: the in-domain asterisk set (``asterisk``, ``asterisk-multiword``; dev/test/all splits), the
+multilingual sets (:data:`MULTILINGUAL`: ``asterisk-es`` transcribes Spanish prompts, ``asterisk-es-en`` translates
+them into English, and so on for fr, it, ru; ``fillets-cs``, ``fillets-nl`` and their ``-en`` pairs; dev/test/all
+splits, the same prompt in the same split in every language) and the out-of-domain English sets of
+:mod:`speechprune.data.sources` (one per source, and ``english-ood`` pooling them),
 which are evaluation only: used whole (split None, "all" or "test"), never calibration or training data.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechprune.data import asterisk, fillets
 from speechprune.data.asterisk import SPLITS, asterisk_utterances
 from speechprune.data.manifest import Utterance, read_manifest
 from speechprune.data.sources import SET_NAMES as EVALUATION_ONLY
@@ -20,7 +25,16 @@ from speechprune.paths import cache_dir
 
 # bundled name -> subset of the Asterisk prompts
 _BUNDLED_SUBSETS = {"asterisk": "all", "asterisk-multiword": "multiword"}
-BUNDLED_DATASETS: tuple[str, ...] = (*_BUNDLED_SUBSETS, *EVALUATION_ONLY)
+# multilingual bundled name -> (family, language, task); translation is always into English
+MULTILINGUAL: dict[str, tuple[str, str, str]] = {
+    f"{family}-{lang}{suffix}": (family, lang, task)
+    for family, languages in (("asterisk", asterisk.LANGUAGES[1:]), ("fillets", fillets.LANGUAGES))
+    for task, suffix in (("transcribe", ""), ("translate", "-en"))
+    for lang in languages
+}
+_SPLIT_SETS = (*_BUNDLED_SUBSETS, *MULTILINGUAL)  # bundled sets read by split (dev for training, test for scores)
+BUNDLED_DATASETS: tuple[str, ...] = (*_BUNDLED_SUBSETS, *MULTILINGUAL, *EVALUATION_ONLY)
+_MULTILINGUAL_SHAPE = re.compile(r"(asterisk|fillets)-([A-Za-z]{2,3})(?:-([A-Za-z]{2,3}))?")
 DEFAULT_SPLIT = "test"
 # an evaluation-only set is used whole: these splits all mean "every utterance" ("test": nothing trains on it)
 WHOLE_SET_SPLITS = (None, "all", "test")
@@ -31,11 +45,37 @@ SYNTHETIC_SETS = {"synth": False, "synth-telephone": True}
 UNLABELLED = "unlabelled"
 
 
+def _multilingual(name: str, split: str) -> list[Utterance]:
+    family, language, task = MULTILINGUAL[name]
+    if family == "asterisk":
+        return asterisk_utterances(split, "all", language, task)
+    return fillets.fillets_utterances(language, split, task)
+
+
+def _check_multilingual_name(spec: str) -> None:
+    """A one-line ConfigError for a name shaped like a multilingual set whose language or task does not exist
+    (``asterisk-de``, ``fillets-cs-fr``); nothing for any other spec."""
+    m = _MULTILINGUAL_SHAPE.fullmatch(spec)
+    if m is None or spec in MULTILINGUAL or Path(spec).exists():
+        return
+    family, language, target = m.groups()
+    languages = tuple(lang for f, lang, _ in MULTILINGUAL.values() if f == family)
+    if target is not None and target != "en":
+        raise ConfigError(f"unknown data set {spec!r}: the {family} sets translate into English only "
+                          f"(e.g. '{family}-{languages[0]}-en'), not into {target!r}")
+    raise ConfigError(f"unknown data set {spec!r}: no language {language!r} in the {family} sets "
+                      f"(choose from {', '.join(dict.fromkeys(languages))})")
+
+
 def load_dataset(spec: str, split: str | None = None) -> list[Utterance]:
-    """Utterances of a bundled set (asterisk: ``split`` in dev/test/all, default test; an evaluation-only set: None,
-    "all" or "test", all meaning the whole set) or of a manifest file (``split`` None or "all")."""
+    """Utterances of a bundled set (asterisk and the multilingual sets: ``split`` in dev/test/all, default test; an
+    evaluation-only set: None, "all" or "test", all meaning the whole set) or of a manifest file (``split`` None or
+    "all")."""
     if spec in _BUNDLED_SUBSETS:
         return asterisk_utterances(split or DEFAULT_SPLIT, _BUNDLED_SUBSETS[spec])
+    if spec in MULTILINGUAL:
+        return _multilingual(spec, split or DEFAULT_SPLIT)
+    _check_multilingual_name(spec)
     if spec in EVALUATION_ONLY:
         if split not in WHOLE_SET_SPLITS:
             raise ConfigError(f"{spec!r} is an evaluation-only set used whole: split {split!r} does not exist "
@@ -97,13 +137,14 @@ def parse_training_spec(spec: str) -> TrainingSpec:
         if not (split.isdigit() and int(split) > 0):
             raise ConfigError(f"{spec!r}: a {kind} set needs a count, e.g. '{name}:600'")
         return TrainingSpec(kind, name, count=int(split))
-    if name in _BUNDLED_SUBSETS:
+    _check_multilingual_name(name)
+    if name in _SPLIT_SETS:
         if split not in ("", "dev"):
             raise ConfigError(f"{spec!r}: nothing that calibrates or trains may read the {split or 'test'} split; use dev")
         return TrainingSpec("bundled", name, split="dev")
     if spec.endswith(".jsonl"):
         return TrainingSpec("manifest", spec)
-    raise ConfigError(f"{spec!r}: not a bundled set ({', '.join(_BUNDLED_SUBSETS)}), a synthetic set "
+    raise ConfigError(f"{spec!r}: not a bundled set ({', '.join(_SPLIT_SETS)}), a synthetic set "
                       f"({', '.join(f'{n}:N' for n in SYNTHETIC_SETS)}), real unlabelled speech ({UNLABELLED}:N), "
                       f"a text corpus ({', '.join(f'{n}:train' for n in TEXT_CORPORA)}) or a .jsonl manifest")
 

@@ -4,7 +4,8 @@
 
 Keys: ``audio`` and ``text`` (required; text may be ""), and optional ``id`` (default: ``audio`` as
 written), ``language``, ``task`` ("transcribe" or "translate"), ``translation`` and ``duration``
-(seconds). Unknown keys are errors. Relative audio paths resolve against the manifest's folder.
+(seconds). Unknown keys are errors, and so is a translation pair with an empty side (``translation`` given but
+blank). Relative audio paths resolve against the manifest's folder.
 Audio files are not opened here: evaluation reports unreadable audio per utterance.
 """
 
@@ -119,13 +120,17 @@ def _utterance(obj: dict[str, Any], base: Path) -> Utterance:
     audio = _string(obj, "audio", nonempty=True)
     text = _string(obj, "text")
     utt_id = _optional_string(obj, "id", nonempty=True)
+    translation = _optional_string(obj, "translation")
+    if translation is not None and not translation.strip():
+        raise _LineError("'translation' is empty: a translation pair needs both sides "
+                         "(leave the key out if there is none)")
     return Utterance(
         id=audio if utt_id is None else utt_id,
         audio=_resolve_audio(audio, base),
         text=text,
         language=_optional_string(obj, "language", nonempty=True),
         task=_task(obj),
-        translation=_optional_string(obj, "translation"),
+        translation=translation,
         duration=_duration(obj),
     )
 

@@ -24,12 +24,19 @@ hyphens split words ("Call-Forward" -> "call forward"), "H.323" stays "h.323" (a
 :mod:`speechprune.data.sources`): annotations, ellipses and double quotes are removed, characters outside
 printable ASCII are dropped, and a source's own word fixes (``fixes``: lower-case word -> replacement) are
 applied; case is kept.
+
+Other languages (the multilingual sets of :mod:`speechprune.data.asterisk` and :mod:`speechprune.data.fillets`):
+:func:`plain_reference` only removes annotations, ellipses and double quotes (no keypad words, no English spelling
+fixes, every script kept). :func:`scoring_text` is what WER/CER compare: :func:`normalize_text`, and for the
+languages in :data:`UNACCENTED_LANGUAGES` (Spanish: the Asterisk texts are mostly written without accents,
+"contrasena", "numero") the diacritics removed on both sides, so "contraseña" and "contrasena" meet.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -52,6 +59,9 @@ ASTERISK_SPELLING_FIXES: dict[str, str] = {
     "un-indentified": "unidentified",
     "witheld": "withheld",
 }
+
+# languages whose references are scored without diacritics on both sides (see scoring_text)
+UNACCENTED_LANGUAGES = ("es",)
 
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>")
 _ELLIPSIS = re.compile(r"\.{3,}|…")
@@ -101,14 +111,45 @@ def normalize_text(text: str, language: str | None = "en") -> str:
     return " ".join(w for w in words if any(ch.isalnum() for ch in w))
 
 
+def _language_base(language: str | None) -> str:
+    return re.split(r"[-_]", (language or "en").strip().lower(), maxsplit=1)[0]
+
+
+def strip_diacritics(text: str) -> str:
+    """``text`` with combining marks removed after NFKD ("contraseña" -> "contrasena", "qué" -> "que")."""
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
+
+def scoring_text(text: str, language: str | None = "en") -> str:
+    """What WER and CER compare: :func:`normalize_text`, then, for a language in :data:`UNACCENTED_LANGUAGES`
+    (Spanish), diacritics removed, applied to reference and hypothesis alike (the Spanish Asterisk texts are mostly
+    unaccented). The same as :func:`normalize_text` for every other language."""
+    out = normalize_text(text, language)
+    return strip_diacritics(out) if _language_base(language) in UNACCENTED_LANGUAGES else out
+
+
 def _fix_spelling(match: re.Match[str]) -> str:
     word = match.group(0)
     fixed = ASTERISK_SPELLING_FIXES[word.lower()]
     return fixed[:1].upper() + fixed[1:] if word[:1].isupper() else fixed
 
 
-def asterisk_reference(raw: str) -> str:
-    """An Asterisk prompt text as a listener would write it (rules in the module docstring); "" if all annotation."""
+def plain_reference(raw: str) -> str:
+    """A prompt or dialog line in any language as a listener would write it: annotations (``[tono simple]``,
+    ``(emphase)``, ``<beep>``), ellipses and double quotes removed, spaces collapsed; every script and accent kept.
+    "" when nothing is left."""
+    text = _ANNOTATION.sub(" ", raw)
+    text = _ELLIPSIS.sub(" ", text)
+    text = _QUOTES.sub(" ", text)
+    text = " ".join(text.split())
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", text).strip(" ,;:")
+
+
+def asterisk_reference(raw: str, language: str | None = "en") -> str:
+    """An Asterisk prompt text as a listener would write it (rules in the module docstring); "" if all annotation.
+    The keypad words and spelling fixes are English: another language gets :func:`plain_reference`."""
+    if not is_english(language):
+        return plain_reference(raw)
     text = _ANNOTATION.sub(" ", raw)
     text = _ELLIPSIS.sub(" ", text)
     text = _KEYPAD_RE.sub(lambda m: f" {_KEYPAD[m.group(0)]} ", text)

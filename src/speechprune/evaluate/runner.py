@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.audio import load_audio
 from ..data.features import MAX_CLIP_SECONDS, FeatureFrontend, split_windows
 from ..data.manifest import Utterance
-from ..data.normalize import normalize_text
+from ..data.normalize import scoring_text
 from ..errors import AudioError, ConfigError
 from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant, repair_jsonl
 from ..models.decoding import DecodeOptions
@@ -164,6 +164,31 @@ def _score_by_source(records: list[dict], refs: list[str], hyps: list[str]) -> d
     return out
 
 
+def _score_by_language_task(ok: list[dict]) -> dict[str, dict]:
+    """One table per language and task (keys ``"<language>/<task>"``, e.g. ``es/transcribe``, ``es/translate``):
+    WER and CER for transcribe (on :func:`~speechprune.data.normalize.scoring_text` of the record's language, so
+    Spanish is scored without diacritics), BLEU for translate (against the English reference, raw text, as the
+    pooled ``bleu``). {} when every record is English transcription, the one table the pooled figures already are."""
+    groups: dict[str, list[dict]] = {}
+    for r in ok:
+        groups.setdefault(f"{r.get('language') or 'en'}/{r['task']}", []).append(r)
+    if set(groups) <= {"en/transcribe"}:
+        return {}
+    out = {}
+    for key, recs in sorted(groups.items()):
+        if key.endswith("/translate"):
+            pairs = [r for r in recs if r.get("reference")]
+            out[key] = {"bleu": bleu([r["reference"] for r in pairs], [r["hypothesis"] for r in pairs]) if pairs
+                        else None, "n_translated": len(pairs)}
+            continue
+        refs = [scoring_text(r["reference"], r["language"]) for r in recs]
+        hyps = [scoring_text(r["hypothesis"], r["language"]) for r in recs]
+        w, c = word_errors(refs, hyps), char_errors(refs, hyps)
+        out[key] = {"wer": w.rate, "cer": c.rate, "n_scored": len(recs), "n_words": w.reference_length,
+                    "n_chars": c.reference_length}
+    return out
+
+
 def score(records: list[dict]) -> dict:
     """Corpus metrics from hypothesis records (in utterance order). Deterministic: no timings in here.
     ``runaway`` counts the hypotheses that ran to the token limit and the word errors they hold: pruned models
@@ -171,8 +196,8 @@ def score(records: list[dict]) -> dict:
     failed = [{"id": r["id"], "audio": r["audio"], "error": r["error"]} for r in records if "error" in r]
     ok = [r for r in records if "error" not in r]
     asr = [r for r in ok if r["task"] == "transcribe"]
-    refs = [normalize_text(r["reference"], r["language"]) for r in asr]
-    hyps = [normalize_text(r["hypothesis"], r["language"]) for r in asr]
+    refs = [scoring_text(r["reference"], r["language"]) for r in asr]
+    hyps = [scoring_text(r["hypothesis"], r["language"]) for r in asr]
     w, c = word_errors(refs, hyps), char_errors(refs, hyps)
     loops = [i for i, r in enumerate(asr) if is_runaway(r)]
     loop_errors = word_errors([refs[i] for i in loops], [hyps[i] for i in loops]).errors if loops else 0
@@ -195,6 +220,9 @@ def score(records: list[dict]) -> dict:
     if st:
         metrics["bleu"] = bleu([r["reference"] for r in st], [r["hypothesis"] for r in st])
         metrics["n_translated"] = len(st)
+    by_language_task = _score_by_language_task(ok)
+    if by_language_task:
+        metrics["by_language_task"] = by_language_task
     return metrics
 
 
