@@ -109,7 +109,8 @@ def eval_cmd(
     batch_size: int = typer.Option(8, min=1),
     beam: int = typer.Option(1, min=1, help="beam size; 1 = greedy"),
     backend: str = typer.Option("torch", help="torch | onnx (an exported folder) | faster-whisper | "
-                                                  "faster-whisper-float32 (a bundled name or a ct2 export)"),
+                                                  "faster-whisper-float32 (a bundled name or a ct2 export) | openvino "
+                                                  "(OpenVINO GenAI, int8 weights; a bundled or dense Whisper)"),
     language: Optional[str] = typer.Option(None, help="language for utterances without one (default: detect / en)"),
     task: str = typer.Option("transcribe", help="transcribe | translate, for utterances without one"),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)"),
@@ -269,7 +270,8 @@ def bench_cmd(
     data: str = typer.Argument(DEFAULT_DATA, help="bundled data set or a JSONL manifest"),
     split: Optional[str] = typer.Option(None, help="dev | test | all (default test)"),
     backend: list[str] = typer.Option(["torch", "faster-whisper-int8"], help="repeat to time several side by side; "
-                                      "the first is the primary (torch | onnx | faster-whisper-int8 | faster-whisper-float32)"),
+                                      "the first is the primary (torch | onnx | faster-whisper-int8 | faster-whisper-float32; "
+                                      "openvino reads raw audio: time it in its own run)"),
     threads: int = typer.Option(2, help="CPU threads for every backend"),
     utterances: int = typer.Option(20, min=1, help="utterances timed"),
     repeats: int = typer.Option(3, min=1),

@@ -3,8 +3,10 @@
 The PyTorch backend of a model comes from its family (``ModelFamily.backend``: ``TorchWhisper`` runs a dense or
 pruned Hugging Face Whisper model with the search loops of :mod:`speechprune.models.whisper.decoding`,
 ``CTCBackend`` a CTC model). ``FasterWhisper`` runs CTranslate2 files through
-faster-whisper's engine, the peer every speed claim is measured against. ``load_backend`` picks one for a model name
-or folder (the ONNX backends are :mod:`.onnx_backend` and :mod:`.ctc_backend`). Each says which front end it reads
+faster-whisper's engine, the peer every speed claim is measured against; ``OpenVinoWhisper``
+(:mod:`.openvino_backend`) OpenVINO GenAI's Whisper pipeline, the second peer (Intel's runtime, from raw audio).
+``load_backend`` picks one for a model name or folder (the ONNX backends are :mod:`.onnx_backend` and
+:mod:`.ctc_backend`). Each says which front end it reads
 (``frontend()``, :mod:`speechprune.data.features`): Whisper's and the CTC family's the same log-mel features
 (``FeatureFrontend``), wav2vec2's the normalized waveform (``WaveformFrontend``).
 """
@@ -25,7 +27,7 @@ from ..models.decoding import Decoded, DecodeOptions, DecodeStats
 from ..models.structure import EncoderDecoderShape
 from ..models.whisper.decoding import WhisperVocab, decoding_prompts
 
-BACKENDS = ("torch", "faster-whisper", "onnx")
+BACKENDS = ("torch", "faster-whisper", "onnx", "openvino")
 CT2_COMPUTE_TYPES = ("int8", "float32", "int8_float32", "float16", "int8_float16")
 EXPORT_RECORD = "speechprune_export.json"  # written into CTranslate2 and Hugging Face exports by speechprune.export
 
@@ -166,12 +168,13 @@ def load_backend(model: str, backend: str = "torch", compute_type: str = "int8",
     (dense or pruned) or a CTC model folder (``speechprune train``; ``exit_layer`` reads it at that depth) for
     ``torch`` (the folder's family's backend, ``ModelFamily.backend``), a folder written
     by ``speechprune export --format onnx`` for ``onnx``; ``faster-whisper`` runs the original CTranslate2 files of
-    a bundled model, or a folder written by ``--format ct2``. ``name``: what tables and benches call it (default:
+    a bundled model, or a folder written by ``--format ct2``; ``openvino`` a bundled or dense Whisper converted
+    once into the cache (``compute_type`` ``int8``: int8 weights, float32 where nncf is missing; or ``float32``). ``name``: what tables and benches call it (default:
     the backend's own name). ``numerics`` (torch): ``float32``, ``auto`` (each part in the dtype this CPU runs
     fastest, accuracy checked: ``models.precision``) or a forced dtype; the backend's ``numerics`` says what ran."""
     if numerics != "float32" and backend != "torch":
         raise ConfigError(f"--numerics picks the dtype of the torch backend; {backend} has its own (an ONNX export's "
-                          "int8 weights, faster-whisper's compute type)", model)
+                          "int8 weights, faster-whisper's compute type, OpenVINO's int8 weights)", model)
     be = _load_backend(model, backend, compute_type, threads, device, exit_layer, numerics)
     if name is not None:
         be.name = name
@@ -196,6 +199,10 @@ def _load_backend(model: str, backend: str, compute_type: str, threads: int, dev
 
             return OnnxCTC(model, threads=threads or None, device=device)
         return OnnxWhisper.from_folder(model, threads=threads or None, device=device)
+    if backend == "openvino":
+        from .openvino_backend import load_openvino
+
+        return load_openvino(model, threads=threads, precision=compute_type, device=device)
     if backend == "faster-whisper" and model not in BUNDLED_MODELS and (Path(model) / "model.bin").is_file():
         return _exported_ct2(Path(model), compute_type, threads, device)
     folder = resolve_model(model)
