@@ -14,7 +14,8 @@ bucket the clips fall in (``by_bucket``):
                      at its buckets
 
 then the encoder (and whole-utterance) latency per clip, dense at the full window against the adapted model at its
-buckets, its exports and faster-whisper int8 on the original files (the peer), side by side in one run (``speechprune.bench.latency.benchmark``: interleaved clip by clip and repeat by
+buckets, its exports, faster-whisper int8 and OpenVINO GenAI (int8 weights) on the original files (the peers), side
+by side in one run (``speechprune.bench.latency.benchmark``: interleaved clip by clip and repeat by
 repeat, medians, batch 1, the threads stated), with the encoder FLOPs per clip at each clip's bucket.
 
 Clips of 10-30 s (issue 18: no worse WER than the full window, and no slower): the same comparison on long windows,
@@ -253,7 +254,7 @@ def latency(dense, adapted, buckets: list[int], n: int, threads: int, peers: lis
     dense.name, adapted.name = "dense-full", "adapted-buckets"
     utts = (load_dataset("asterisk", "test") if utts is None else utts)[:n]
     rec = benchmark([dense, adapted, *(peers or [])], utts, bench=BenchOptions(max_utterances=n), threads=threads,
-                    progress=False)
+                    progress=False, own_frontends=True)  # the OpenVINO peer computes its own features
     own = clip_buckets(utts, buckets)
     shape = adapted.shape
     per_clip = [flops.encoder_flops(replace(shape, n_audio_ctx=own[u["id"]], n_frames=2 * own[u["id"]])).total
@@ -261,7 +262,7 @@ def latency(dense, adapted, buckets: list[int], n: int, threads: int, peers: lis
     side = {name: {k: b[k] for k in ("encoder_ms_median", "encoder_ms_p90", "latency_ms_median", "latency_ms_p90",
                                      "decoder_ms_median", "n_utterances", "flops_encoder", "numerics")}
             for name, b in rec["backends"].items()}
-    fastest_peer = min((k for k in side if k.startswith("faster-whisper")), default=None,
+    fastest_peer = min((k for k in side if k.startswith(("faster-whisper", "openvino"))), default=None,
                        key=lambda k: side[k]["latency_ms_median"])
     return {"threads": threads, "n_clips": rec["backends"]["dense-full"]["n_utterances"], **side,
             "encoder_speedup": side["dense-full"]["encoder_ms_median"] / side["adapted-buckets"]["encoder_ms_median"],
@@ -323,6 +324,7 @@ def main() -> None:
 
             adapted = final_model_dir(prune_dir)
             peers = [load_backend(MODEL, "faster-whisper", compute_type="int8", threads=args.threads),
+                     load_backend(MODEL, "openvino", threads=args.threads),  # OpenVINO GenAI, int8 weights
                      *(exported(v, adapted, args.out, args.threads) for v in EXPORTS)]
             if long:
                 utts, summary = long_set("asterisk", "test", args.out)

@@ -31,6 +31,12 @@ def test_backends_that_read_different_front_ends_are_refused(clips, tmp_path):
     with pytest.raises(ConfigError, match="different front ends") as info:
         benchmark([whisper, wav2vec2], load_dataset(str(clips)), bench=QUICK, progress=False)
     assert "\n" not in str(info.value) and "FeatureFrontend(80,)" in str(info.value)
+    # asked to, each is timed on its own front end (a peer computing its own features from the waveform)
+    from speechprune.models.decoding import DecodeOptions
+
+    rec = benchmark([whisper, wav2vec2], load_dataset(str(clips)), DecodeOptions(max_new_tokens=6), bench=QUICK,
+                    progress=False, own_frontends=True)
+    assert all(b["n_utterances"] == 3 and b["features_ms_median"] > 0 for b in rec["backends"].values())
 
 
 def test_one_recognizer_timed_with_and_without_an_lm_side_by_side_splits_the_lms_time(clips):

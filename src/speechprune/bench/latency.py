@@ -3,7 +3,7 @@
 Batch size 1, as a user transcribing one clip sees it. Each utterance is timed ``repeats`` times and its
 per-stage median kept; the report gives medians and 90th percentiles over utterances. Audio file reading is
 not timed (it is the same for every backend); the front end (log-mel features, a normalized waveform) is. Backends
-timed side by side must read the same front end (``backend.frontend()``).
+timed side by side read the same front end (``backend.frontend()``), unless each is asked to read its own.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _decode_record(options: DecodeOptions) -> dict:
 def benchmark(backends: list[Backend], utterances: list[Utterance],
               options: DecodeOptions | dict[str, DecodeOptions] = DecodeOptions(),
               bench: BenchOptions = BenchOptions(), frontend: FeatureFrontend | None = None,
-              threads: int | None = None, progress: bool = True) -> dict:
+              threads: int | None = None, progress: bool = True, own_frontends: bool = False) -> dict:
     """Time several backends side by side on the first ``bench.max_utterances`` readable utterances, each decoding
     with ``options`` (or ``options[backend.name]``: one recognizer searched several ways, with and without an LM).
 
@@ -116,7 +116,10 @@ def benchmark(backends: list[Backend], utterances: list[Utterance],
     machine load hits every backend alike. The first backend is the primary one: its figures are also the
     record's top-level keys, and ``latency_ratio`` gives every backend's median latency divided by the primary's.
     Every backend reads the same front end (``backend.frontend()``; backends whose front ends differ are refused);
-    ``frontend`` overrides it. Each row records the clip's ``samples`` and its log-mel ``frames``.
+    ``frontend`` overrides it. With ``own_frontends`` each backend is timed on its own front end instead (a peer that
+    computes its own features from the waveform, like OpenVINO GenAI's pipeline, beside backends that read the shared
+    log-mel: each pays for its own features in ``features_ms``). Each row records the clip's ``samples`` and its
+    log-mel ``frames``.
     """
     if not backends:
         raise ConfigError("no backend to benchmark")
@@ -128,10 +131,10 @@ def benchmark(backends: list[Backend], utterances: list[Utterance],
             raise ConfigError(f"no decoding options for {', '.join(missing)}")
     opts = {b.name: options[b.name] if isinstance(options, dict) else options for b in backends}
     fronts = [b.frontend() for b in backends]
-    if any(f != fronts[0] for f in fronts[1:]):
+    if frontend is None and not own_frontends and any(f != fronts[0] for f in fronts[1:]):
         raise ConfigError("backends read different front ends (" + ", ".join(
             f"{b.name}: {f!r}" for b, f in zip(backends, fronts)) + "); time them in separate runs")
-    frontend = fronts[0] if frontend is None else frontend
+    front_of = {b.name: f if frontend is None else frontend for b, f in zip(backends, fronts)}
     clips, skipped = [], []
     for u in utterances:
         if len(clips) == bench.max_utterances:
@@ -147,12 +150,12 @@ def benchmark(backends: list[Backend], utterances: list[Utterance],
         for i in range(bench.warmup):
             u, a = clips[i % len(clips)]
             for b in backends:
-                _time_once(b, frontend, a, u, opts[b.name])
+                _time_once(b, front_of[b.name], a, u, opts[b.name])
         for u, a in tqdm(clips, desc="bench", unit="utt", disable=not progress, dynamic_ncols=True):
             runs: dict[str, list[dict]] = {b.name: [] for b in backends}
             for _ in range(bench.repeats):
                 for b in backends:
-                    runs[b.name].append(_time_once(b, frontend, a, u, opts[b.name]))
+                    runs[b.name].append(_time_once(b, front_of[b.name], a, u, opts[b.name]))
             for b in backends:
                 rs = runs[b.name]
                 row = {k: _median([r[k] for r in rs]) for k in rs[0] if k.endswith("ms") or k.endswith("token")}
