@@ -188,3 +188,15 @@ def test_scores_are_broken_down_by_language_and_task():
     assert table["es/translate"] == {"bleu": pytest.approx(m["bleu"]), "n_translated": 1}
     assert m["wer"] == pytest.approx(1 / 4) and m["n_scored"] == 2
     assert "by_language_task" not in score([rec("a", "en", "transcribe", "one", "one")])
+
+
+def test_a_long_ctc_transcript_is_not_a_runaway(clips, tmp_path):
+    """A CTC search reads every frame and has no token cap: a transcript longer than max_new_tokens is just long."""
+    from speechprune.models.ctc.backend import CTCBackend
+    from tiny_models import tiny_ctc
+
+    few = DecodeOptions(max_new_tokens=2)
+    m = evaluate(CTCBackend(tiny_ctc()), read_manifest(clips), tmp_path / "c", few, progress=False)
+    recs = [json.loads(l) for l in (tmp_path / "c" / "hypotheses.jsonl").read_text().splitlines()]
+    assert any(r["n_tokens"] > few.max_new_tokens for r in recs)  # else the test shows nothing
+    assert not any(r["runaway"] for r in recs) and m["runaway"]["utterances"] == 0

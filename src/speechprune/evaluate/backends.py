@@ -35,6 +35,9 @@ EXPORT_RECORD = "speechprune_export.json"  # written into CTranslate2 and Huggin
 class Backend(Protocol):
     name: str
     vocab: WhisperVocab  # Whisper's backends; the CTC families have their own vocabularies
+    # whether ``options.max_new_tokens`` caps a hypothesis (Whisper's searches): a capped one is a runaway; a CTC
+    # search reads every frame and has no cap, so a long transcript is just long
+    token_limited: bool
 
     def frontend(self) -> Any:
         """The front end this backend reads (``data.features``: ``FeatureFrontend(n_mels)`` for Whisper and the CTC
@@ -78,6 +81,7 @@ def _ct2_max_length(new_tokens: int) -> int:
 class FasterWhisper:
     """CTranslate2 Whisper files run by faster-whisper's engine (``faster_whisper.WhisperModel``)."""
 
+    token_limited = True  # see evaluate.backends.Backend
     name = "faster-whisper"
 
     def __init__(self, ct2_dir: str | Path, vocab: WhisperVocab, tokenizer, shape: EncoderDecoderShape, params: int,

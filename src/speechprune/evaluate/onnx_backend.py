@@ -135,6 +135,8 @@ def export_numerics(manifest: dict) -> dict:
 class OnnxWhisper:
     """A dense or pruned Whisper exported by ``export_onnx``, run by ONNX Runtime."""
 
+    token_limited = True  # see evaluate.backends.Backend
+
     def __init__(self, folder: str | Path, threads: int | None = None, name: str = "onnx", device: str = "cpu"):
         from transformers import WhisperTokenizerFast
 

@@ -375,6 +375,7 @@ class OpenVinoWhisper:
     """A Whisper model run end to end by ``openvino_genai.WhisperPipeline`` on the CPU: greedy, no timestamps, the
     language the pipeline's generation config fixes (English for an English-only model)."""
 
+    token_limited = True  # see evaluate.backends.Backend
     name = "openvino"
 
     def __init__(self, ov_dir: str | Path, threads: int = 0, source: str | Path | None = None):

@@ -110,7 +110,7 @@ def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOption
             texts.setdefault(u.id, []).append(backend.decode_text(toks))
             tokens[u.id] = tokens.get(u.id, 0) + len(toks)
             langs.setdefault(u.id, lang)
-            if len(toks) >= options.max_new_tokens:
+            if backend.token_limited and len(toks) >= options.max_new_tokens:
                 capped.add(u.id)
         for u in dict.fromkeys(owners):
             records[u.id] = {

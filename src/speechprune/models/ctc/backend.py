@@ -21,6 +21,7 @@ from .vocab import CharVocab, greedy_ctc, prefix_beam_search
 class CTCDecoding:
     """What every CTC backend shares: the config and vocabulary, CTC search, FLOPs per clip; subclasses encode."""
 
+    token_limited = False  # see evaluate.backends.Backend
     family = "ctc"
 
     def __init__(self, config: CTCConfig, name: str, exit_layer: int | None = None):

@@ -25,6 +25,7 @@ from .vocab import TokenizerVocab
 class Wav2Vec2Backend:
     """A ``Wav2Vec2ForCTC`` with its tokenizer and front end, on any torch device, in float32."""
 
+    token_limited = False  # see evaluate.backends.Backend
     family = "wav2vec2"
 
     def __init__(self, model, tokenizer, frontend: WaveformFrontend, device: str | torch.device = "cpu",

@@ -28,6 +28,8 @@ from .shape import whisper_shape
 class TorchWhisper:
     """A Hugging Face ``WhisperForConditionalGeneration`` (dense or pruned), on any torch device."""
 
+    token_limited = True  # see evaluate.backends.Backend
+
     def __init__(self, model, tokenizer, vocab: WhisperVocab, device: str | torch.device = "cpu", name: str = "torch",
                  numerics: str = "float32"):
         self.name = name  # several models can be benchmarked side by side under different names
