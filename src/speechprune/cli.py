@@ -463,6 +463,7 @@ def export_cmd(
 
     from .models.ctc import is_ctc_folder
     from .models.registry import resolve_model
+    from .models.wav2vec2 import is_wav2vec2_folder
 
     if is_ctc_folder(model):  # the CTC family: one ONNX graph with a dynamic time axis
         from .export.ctc_onnx import export_ctc_onnx
@@ -472,6 +473,20 @@ def export_cmd(
         record = export_ctc_onnx(model, out, quantize=quantize == "int8", overwrite=overwrite)
         console.print(f"wrote {out} (onnx; posteriors within {record['check']['posterior_max_abs_diff']:.2g} of PyTorch)")
         return
+    if is_wav2vec2_folder(model):  # one ONNX graph with dynamic batch and samples axes; no CTranslate2
+        from .export.wav2vec2_onnx import CT2_REFUSAL, export_wav2vec2_onnx
+
+        if format == "ct2":
+            from .errors import ConfigError
+
+            raise ConfigError(CT2_REFUSAL, model)
+        if format == "onnx":
+            if vocab is not None or quantize not in (None, "int8"):
+                raise SpeechpruneError("a wav2vec2 model exports to --format onnx, optionally --quantize int8, only")
+            record = export_wav2vec2_onnx(model, out, quantize=quantize == "int8", overwrite=overwrite)
+            console.print(f"wrote {out} (onnx; posteriors within {record['check']['posterior_max_abs_diff']:.2g} "
+                          "of PyTorch)")
+            return
     src = resolve_model(model)
     if format == "onnx":
         from .export.onnx import export_onnx

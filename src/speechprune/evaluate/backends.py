@@ -198,10 +198,15 @@ def _load_backend(model: str, backend: str, compute_type: str, threads: int, dev
     if backend == "onnx":
         from .onnx_backend import OnnxWhisper, export_family
 
-        if export_family(model) == "ctc":
+        family = export_family(model)
+        if family == "ctc":
             from .ctc_backend import OnnxCTC
 
             return OnnxCTC(model, threads=threads or None, device=device)
+        if family == "wav2vec2":
+            from .ctc_backend import OnnxWav2Vec2
+
+            return OnnxWav2Vec2(model, threads=threads or None, device=device)
         return OnnxWhisper.from_folder(model, threads=threads or None, device=device)
     if backend == "openvino":
         from .openvino_backend import load_openvino

@@ -34,7 +34,7 @@ GRAPHS = ("encoder", "decoder_prefill", "decoder_step")
 # Reading an exported folder (written by speechprune.export.onnx)
 
 
-GRAPHS_OF = {"whisper": GRAPHS, "ctc": ("ctc",)}  # the graphs of each family's export
+GRAPHS_OF = {"whisper": GRAPHS, "ctc": ("ctc",), "wav2vec2": ("wav2vec2",)}  # the graphs of each family's export
 
 
 def read_manifest(folder: str | Path, family: str = "whisper") -> dict:

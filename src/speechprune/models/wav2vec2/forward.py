@@ -41,7 +41,7 @@ def reads_batches(model) -> bool:
 
 
 @contextmanager
-def _without_augmentation(model):
+def without_augmentation(model):
     config = model.config
     before = config.apply_spec_augment, config.layerdrop
     config.apply_spec_augment, config.layerdrop = False, 0.0
@@ -68,7 +68,7 @@ def forward_states(model, waves: torch.Tensor, samples: list[int], inner: bool =
     """The model on ``waves`` ``[N, S]`` (from the front end) whose item i has ``samples[i]`` real samples; see the
     module for how a batch is read. A clip shorter than the feature encoder's receptive field has no position."""
     lengths = output_lengths(model, samples)
-    with _without_augmentation(model):
+    with without_augmentation(model):
         if reads_batches(model):
             mask = (torch.arange(waves.shape[1], device=waves.device)[None, :]
                     < torch.as_tensor(samples, device=waves.device)[:, None]).long()
