@@ -129,6 +129,10 @@ def eval_cmd(
                                                  "with --beam 1 it runs the beam search with one beam"),
     lm_weight: float = typer.Option(0.3, help="with --lm: the LM's weight lambda (>= 0; 0 = the plain search)"),
     lm_bonus: float = typer.Option(0.0, help="with --lm: a length bonus beta per emitted token (or character)"),
+    gates: Optional[Path] = typer.Option(None, help="decode with the trained context-aware gates of this folder "
+                                                    "(speechprune train, family: gates): torch backend, greedy, gated "
+                                                    "blocks not computed; metrics get the skip share and the gates "
+                                                    "per language and task"),
 ) -> None:
     """Decode a data set and score it: WER, CER (and BLEU for translations), and beside it the out-of-domain suite.
     Resumes an interrupted run. A language model folder is scored on text instead: perplexity (DATA: english-text,
@@ -161,8 +165,15 @@ def eval_cmd(
     utts = load_dataset(data, split)
     if limit:
         utts = utts[:limit]
-    (be,) = _backends(model, [backend], threads, device, exit_layer, numerics)
+    if gates is not None:
+        from .evaluate.backends import load_backend
+
+        be = load_backend(model, backend, threads=threads or 0, device=device, exit_layer=exit_layer,
+                          numerics=numerics, gates=gates)
+    else:
+        (be,) = _backends(model, [backend], threads, device, exit_layer, numerics)
     out = out or Path("runs/eval") / _slug(f"{Path(model).name}_{Path(data).stem}_{split or 'test'}_{be.name}_beam{beam}"
+                                           + (f"_gates-{Path(gates).name}" if gates is not None else "")
                                            + (f"_n{limit}" if limit else "") + (f"_exit{exit_layer}" if exit_layer else "")
                                            + (f"_lm{lm_weight:g}_{lm_bonus:g}" if lm is not None else ""))
     settings = eval_settings(model, data, split, be.name, options, limit)
@@ -170,8 +181,14 @@ def eval_cmd(
         settings["exit_layer"] = exit_layer
     if numerics != "float32":
         settings["numerics"] = getattr(be, "numerics", None)
+    if gates is not None:
+        settings["gates"] = {"folder": str(gates), "context": be.trained.context, "modules": list(be.modules_gated)}
     metrics = evaluate(be, utts, out, options, batch_size=batch_size, settings=settings)
     _print_metrics(f"{model} on {data} ({split or 'test'})", metrics)
+    if "gates" in metrics:
+        g = metrics["gates"]
+        console.print(f"gates: mean skip share {100 * g['skip_share']:.1f} % ("
+                      + ", ".join(f"{k} {100 * v['skip_share']:.1f} %" for k, v in g["by_language_task"].items()) + ")")
     console.print(f"wrote {out}/metrics.json and {out}/hypotheses.jsonl")
     if ood and wants_ood(data):
         other = evaluate_ood(be, model, out / OOD_DIR, options, batch_size=batch_size, per_source=ood_per_source)
@@ -228,19 +245,29 @@ def train_cmd(
     out: Path = typer.Option(..., help="output folder: checkpoint, log.jsonl, model/, train.json (a rerun resumes)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)"),
+    sparsity: Optional[float] = typer.Option(None, help="gate recipes: the target skip share in (0, 1), replacing "
+                                                        "the recipe's"),
 ) -> None:
     """Train a CTC model (a Whisper encoder with a character head, or a Conformer from scratch) with intermediate
     CTC and LayerDrop as the recipe says; held-out WER/CER at every exit as it trains. A recipe with ``family: lm``
-    trains a language model on text instead (dev perplexity as it trains)."""
+    trains a language model on text instead (dev perplexity as it trains); ``family: gates`` trains context-aware gates
+    of a Whisper model toward a skip share (OUT/gates.safetensors, OUT/gates.json; eval --gates OUT runs them)."""
     from .prune.recipe import read_recipe_yaml
     from .train.ctc import train_ctc
-    from .train.recipe import BUNDLED_TRAIN_RECIPES, LMTrainRecipe, parse_train_recipe
+    from .train.recipe import BUNDLED_TRAIN_RECIPES, GateTrainRecipe, LMTrainRecipe, parse_train_recipe
 
     _set_threads(threads)
     obj, source = read_recipe_yaml(recipe, BUNDLED_TRAIN_RECIPES)
+    if sparsity is not None:
+        if obj.get("family") != "gates":
+            raise SpeechpruneError("--sparsity sets the target of a gate recipe (family: gates)")
+        obj = {**obj, "sparsity": sparsity}
     parsed = parse_train_recipe(obj, source)
     if isinstance(parsed, LMTrainRecipe):
         _train_lm(parsed, out, device, source)
+        return
+    if isinstance(parsed, GateTrainRecipe):
+        _train_gates(parsed, out, device, source)
         return
     record = train_ctc(parsed, out, device=device, source=source)
     t = Table(title=f"held-out clips ({record['data']['valid']}), greedy, by exit layer")
@@ -251,6 +278,20 @@ def train_cmd(
     console.print(t)
     console.print(f"{record['params'] / 1e6:.2f} M params, {record['data']['train']} training clips "
                   f"({record['data']['train_seconds'] / 60:.1f} min); wrote {out}/model and {out}/train.json")
+
+
+def _train_gates(recipe, out: Path, device: str, source: Path) -> None:
+    from .train.gates import train_gates
+
+    record = train_gates(recipe, out, device=device, source=source)
+    t = Table(title=f"gates of {recipe.model}, target skip share {100 * recipe.sparsity:.0f} % (last 20 steps)")
+    for col in ("language/task", "utterances", "skip %"):
+        t.add_column(col, justify="right")
+    for k, v in record["skip_by_context"].items():
+        t.add_row(k, str(record["data"]["by_context"].get(k, 0)), f"{100 * v:.1f}")
+    console.print(t)
+    console.print(f"final loss {record['final_loss']:.3f}, skip share {100 * (record['skip_share'] or 0):.1f} %; "
+                  f"wrote {out}/gates.safetensors, {out}/gates.json and {out}/train.json")
 
 
 def _train_lm(recipe, out: Path, device: str, source: Path) -> None:
@@ -550,6 +591,33 @@ def run_cmd(
                       ood_per_source=ood_per_source, numerics=numerics)
     console.print(report.read_text(encoding="utf-8"))
     console.print(f"wrote {report} and {report.with_suffix('.json')}")
+
+
+gates_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Trained context-aware gates (speechprune train, family: gates): static deployment.")
+app.add_typer(gates_app, name="gates")
+
+
+@gates_app.command("deploy")
+def gates_deploy_cmd(
+    model: str = typer.Argument(..., help="the base model the gates were trained on (bundled name or folder)"),
+    gates: Path = typer.Argument(..., help="a gates folder (gates.json, gates.safetensors)"),
+    language: str = typer.Option(..., help="the language whose gates to deploy"),
+    task: str = typer.Option("transcribe", help="transcribe | translate"),
+    out: Path = typer.Option(..., help="output folder: a pruned model that eval and export read"),
+    data: Optional[str] = typer.Option(None, help="context-aware gates: comma-separated training specs (dev only) "
+                                                  "whose clips of this language and task check that the gates do "
+                                                  "not depend on the audio"),
+    limit: int = typer.Option(32, min=1, help="clips of --data to check"),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Write the static pruned model of one (language, task): the blocks its gates skip physically removed."""
+    from .train.gates import deploy_trained_gates
+
+    rec = deploy_trained_gates(model, gates, language, task, out, data=_csv(data, "data"), limit=limit,
+                               overwrite=overwrite)
+    console.print(f"skipped {len(rec['skipped'])} blocks ({100 * rec['skip_share']:.1f} %): "
+                  f"{', '.join(rec['skipped'][:12])}{' ...' if len(rec['skipped']) > 12 else ''}; wrote {out}")
 
 
 analyze_app = typer.Typer(add_completion=False, no_args_is_help=True,

@@ -167,7 +167,7 @@ class FasterWhisper:
 
 def load_backend(model: str, backend: str = "torch", compute_type: str = "int8", threads: int = 0,
                  device: str = "cpu", exit_layer: int | None = None, name: str | None = None,
-                 numerics: str = "float32") -> Backend:
+                 numerics: str = "float32", gates: str | Path | None = None) -> Backend:
     """A backend for a bundled model name or a local folder: a Hugging Face Whisper or ``Wav2Vec2ForCTC`` folder
     (dense or pruned) or a CTC model folder (``speechprune train``; ``exit_layer`` reads it at that depth) for
     ``torch`` (the folder's family's backend, ``ModelFamily.backend``), a folder written
@@ -175,11 +175,19 @@ def load_backend(model: str, backend: str = "torch", compute_type: str = "int8",
     a bundled model, or a folder written by ``--format ct2``; ``openvino`` a bundled or dense Whisper converted
     once into the cache (``compute_type`` ``int8``: int8 weights, float32 where nncf is missing; or ``float32``). ``name``: what tables and benches call it (default:
     the backend's own name). ``numerics`` (torch): ``float32``, ``auto`` (each part in the dtype this CPU runs
-    fastest, accuracy checked: ``models.precision``) or a forced dtype; the backend's ``numerics`` says what ran."""
+    fastest, accuracy checked: ``models.precision``) or a forced dtype; the backend's ``numerics`` says what ran.
+    ``gates``: a folder of trained context-aware gates (``speechprune train`` with ``family: gates``) that the torch
+    backend of a Whisper model decodes with (``evaluate.gated_backend``)."""
     if numerics != "float32" and backend != "torch":
         raise ConfigError(f"--numerics picks the dtype of the torch backend; {backend} has its own (an ONNX export's "
                           "int8 weights, faster-whisper's compute type, OpenVINO's int8 weights)", model)
+    if gates is not None and (backend != "torch" or numerics != "float32" or exit_layer is not None):
+        raise ConfigError("--gates runs a Whisper model on the torch backend in float32", model)
     be = _load_backend(model, backend, compute_type, threads, device, exit_layer, numerics)
+    if gates is not None:
+        from .gated_backend import gated_backend
+
+        be = gated_backend(be, gates, model)
     if name is not None:
         be.name = name
     return be

@@ -102,6 +102,11 @@ def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOption
         owners = batch.owners
         enc = backend.encode(batch.features, batch.frames) if encoded is None else encoded
         out = backend.decode(enc, [u.language for u in owners], [u.task for u in owners], options)
+        gates = getattr(backend, "last_gates", None)  # a gated backend's [windows, M] 0/1 gates
+        window_gates: dict[str, list[list[int]]] = {}
+        if gates is not None:
+            for u, row in zip(owners, gates.round().int().tolist()):
+                window_gates.setdefault(u.id, []).append(row)
         texts: dict[str, list[str]] = {}
         tokens: dict[str, int] = {}
         langs: dict[str, str | None] = {}
@@ -124,6 +129,10 @@ def decode_prepared(backend: Backend, batch: FeatureBatch, options: DecodeOption
                 "n_windows": len(texts[u.id]),
                 "runaway": u.id in capped,  # a window decoded to the token limit without end-of-text
             }
+            if u.id in window_gates:  # the first window's gates (1 keep, 0 skip), the skip share over all windows
+                rows = window_gates[u.id]
+                records[u.id]["gates"] = "".join(map(str, rows[0]))
+                records[u.id]["skip_share"] = 1.0 - float(np.mean(rows))
     return [records[u.id] for u in batch.utts]
 
 
@@ -223,7 +232,24 @@ def score(records: list[dict]) -> dict:
     by_language_task = _score_by_language_task(ok)
     if by_language_task:
         metrics["by_language_task"] = by_language_task
+    gated = [r for r in ok if "gates" in r]
+    if gated:
+        metrics["gates"] = _gate_summary(gated)
     return metrics
+
+
+def _gate_summary(records: list[dict]) -> dict:
+    """A gated model's mean skip share and, per language and task, each gated module's keep share (in the
+    module order of the run's ``settings.gates.modules``): the data of the gate heatmaps."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(f"{r.get('language') or 'en'}/{r['task']}", []).append(r)
+    by = {}
+    for key, recs in sorted(groups.items()):
+        keep = np.array([[int(c) for c in r["gates"]] for r in recs], dtype=float)
+        by[key] = {"skip_share": float(np.mean([r["skip_share"] for r in recs])), "n": len(recs),
+                   "keep": keep.mean(axis=0).round(4).tolist()}
+    return {"skip_share": float(np.mean([r["skip_share"] for r in records])), "by_language_task": by}
 
 
 def evaluate(

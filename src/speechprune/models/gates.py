@@ -199,3 +199,94 @@ class GatePredictor(nn.Module):
         if tau is None:
             raise ConfigError("training gates need a temperature (gates.temperature(step, ...))")
         return gumbel_keep(logits, tau, generator)
+
+
+# ----- trained gates on disk (issue 20: ``speechprune train`` with ``family: gates`` writes them, eval reads them)
+
+GATES_WEIGHTS = "gates.safetensors"
+GATES_CONFIG = "gates.json"
+
+
+def context_inputs(predictor: GatePredictor, context: bool, languages: Sequence[str], tasks: Sequence[str],
+                   features: torch.Tensor) -> tuple[list[str], list[str], torch.Tensor]:
+    """What the predictor reads. With ``context`` the items' own language, task and features; without (the "no
+    context" baseline) every item reads the first known language and task and zero features after they are checked,
+    so the predictor's output is one learned constant: one gate vector for every input."""
+    languages, tasks = list(languages), list(tasks)
+    predictor._ids(languages, predictor.language_index, "language")  # unknown ones are refused either way
+    predictor._ids(tasks, predictor.task_index, "task")
+    if context:
+        return languages, tasks, features
+    cfg = predictor.config
+    n = len(languages)
+    return [cfg.languages[0]] * n, [cfg.tasks[0]] * n, features.new_zeros(n, cfg.n_features, 1)
+
+
+class TrainedGates:
+    """A trained predictor read from a gates folder: ``gates(languages, tasks, features)`` in eval mode (argmax)
+    under the folder's ``context`` rule; ``meta``: the rest of ``gates.json`` (base model, recipe)."""
+
+    def __init__(self, predictor: GatePredictor, context: bool, meta: dict):
+        self.predictor, self.context, self.meta = predictor.eval(), context, meta
+
+    @property
+    def config(self) -> GateConfig:
+        return self.predictor.config
+
+    @torch.no_grad()
+    def gates(self, languages: Sequence[str], tasks: Sequence[str], features: torch.Tensor) -> torch.Tensor:
+        return self.predictor.gates(*context_inputs(self.predictor, self.context, languages, tasks, features))
+
+    def digest(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256(self.config.model_dump_json().encode() + str(self.context).encode())
+        for k, v in sorted(self.predictor.state_dict().items()):
+            h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:20]
+
+
+def save_gates(folder, predictor: GatePredictor, context: bool, meta: dict) -> None:
+    """``folder/gates.safetensors`` (the predictor's tensors) and ``folder/gates.json`` (its ``GateConfig``, the
+    ``context`` flag and ``meta``), each written atomically."""
+    from pathlib import Path
+
+    from safetensors.torch import save
+
+    from ..io import atomic_write_bytes, atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in predictor.state_dict().items()}
+    atomic_write_bytes(folder / GATES_WEIGHTS, save(tensors))
+    atomic_write_json(folder / GATES_CONFIG, {**meta, "config": predictor.config.model_dump(mode="json"),
+                                              "context": bool(context)})
+
+
+def load_gates(folder) -> TrainedGates:
+    """The trained gates of ``folder`` (JSON and safetensors only: loading never runs code); a one-line
+    ``ConfigError`` naming the folder for anything missing or malformed."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ..io import read_json
+
+    folder = Path(folder)
+    if not (folder / GATES_CONFIG).is_file() or not (folder / GATES_WEIGHTS).is_file():
+        raise ConfigError(f"not a gates folder (no {GATES_CONFIG} and {GATES_WEIGHTS}; speechprune train with "
+                          "family: gates writes them)", folder)
+    meta = read_json(folder / GATES_CONFIG)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or \
+            not isinstance(meta.get("context"), bool):
+        raise ConfigError(f"{GATES_CONFIG} holds no gate config and context flag", folder)
+    try:
+        config = GateConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.pop("config").items()})
+    except ConfigError as e:
+        raise ConfigError(str(e), folder) from None
+    predictor = GatePredictor(config)
+    try:
+        predictor.load_state_dict(load_file(str(folder / GATES_WEIGHTS)))
+    except Exception as e:  # safetensors errors, missing or misshapen tensors
+        raise ConfigError(f"{GATES_WEIGHTS} does not fit {GATES_CONFIG} ({type(e).__name__})", folder) from None
+    return TrainedGates(predictor, meta.pop("context"), meta)

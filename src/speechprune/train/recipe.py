@@ -22,6 +22,20 @@ data: {text: english-text, form: written, add_train: ["asterisk:dev"]}
 steps: 3000
 batch_tokens: 4096
 ```
+
+Context-aware gates of a Whisper model (``family: gates``, ``GateTrainRecipe``; ``train/gates.py``; the target can
+come from ``speechprune train --sparsity``):
+
+```yaml
+family: gates
+model: whisper-base
+data: ["asterisk-es:dev", "asterisk-es-en:dev", "fillets-cs:dev"]
+sparsity: 0.3               # target skip share in (0, 1)
+context: true               # false: one learned gate vector for every input (the no-context baseline)
+freeze_model: true          # only the predictor trains
+steps: 400
+batch_size: 8
+```
 """
 
 from __future__ import annotations
@@ -204,11 +218,66 @@ class LMTrainRecipe(_Strict):
         return self
 
 
-def parse_train_recipe(obj: dict, source: str | Path | None = None) -> TrainRecipe | LMTrainRecipe:
-    """A CTC recipe, or an LM one (``family: lm``)."""
-    return validated(LMTrainRecipe if obj.get("family") == "lm" else TrainRecipe, obj, source)
+class GateTrainRecipe(_Strict):
+    """Context-aware gates of a Whisper model (``family: gates``; ``train/gates.py``, issue 20): the teacher-forced
+    cross-entropy of the gated model on the references (translate: the English reference after the translate prompt)
+    plus ``alpha * (|g - s| + (g - s)^2)`` toward the skip share ``sparsity``; straight-through Gumbel-softmax gates
+    whose temperature falls from ``tau_start`` to ``tau_end`` over ``anneal_steps``. ``freeze_model`` (default):
+    only the predictor trains. ``context: false``: the no-context baseline, one learned gate vector for all inputs
+    (``models.gates.context_inputs``)."""
+
+    name: str | None = None
+    family: Literal["gates"]
+    model: str  # a bundled name or a Whisper folder (multilingual for languages other than English)
+    data: list[str] = Field(min_length=1)  # training specs: bundled sets' dev splits or manifests
+    interleave: bool = True
+    max_utterances: int | None = Field(default=None, ge=1)
+    sparsity: float
+    alpha: float = Field(default=1.0, ge=0)
+    tau_start: float = Field(default=5.0, gt=0)
+    tau_end: float = Field(default=0.5, gt=0)
+    anneal_steps: int | None = Field(default=None, ge=1)  # default: steps
+    init_keep: float = Field(default=0.9, gt=0, lt=1)
+    hidden: int = Field(default=64, ge=1)
+    context: bool = True
+    freeze_model: bool = True
+    steps: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    model_lr: float = Field(default=1e-5, gt=0)  # the model's, when it is not frozen
+    grad_clip: float = Field(default=1.0, gt=0)
+    max_target_tokens: int = Field(default=128, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1)
+    seed: int = 0
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, s: float) -> float:
+        if not 0.0 < s < 1.0:
+            raise ValueError(f"sparsity target must be inside (0, 1), got {s}")
+        return s
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, specs: list[str]) -> list[str]:
+        check_training_specs(specs)
+        return specs
+
+    @model_validator(mode="after")
+    def _check(self) -> "GateTrainRecipe":
+        if self.tau_end > self.tau_start:
+            raise ValueError(f"tau_end {self.tau_end} is above tau_start {self.tau_start}: the temperature anneals down")
+        return self
 
 
-def load_train_recipe(path: str | Path) -> TrainRecipe | LMTrainRecipe:
+_FAMILIES = {"lm": LMTrainRecipe, "gates": GateTrainRecipe}
+
+
+def parse_train_recipe(obj: dict, source: str | Path | None = None) -> TrainRecipe | LMTrainRecipe | GateTrainRecipe:
+    """A CTC recipe, an LM one (``family: lm``) or a gate one (``family: gates``)."""
+    return validated(_FAMILIES.get(obj.get("family"), TrainRecipe), obj, source)
+
+
+def load_train_recipe(path: str | Path) -> TrainRecipe | LMTrainRecipe | GateTrainRecipe:
     """A YAML training recipe: a file, or the name of one in ``recipes/train``."""
     return parse_train_recipe(*read_recipe_yaml(path, BUNDLED_TRAIN_RECIPES))

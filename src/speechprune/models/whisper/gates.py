@@ -279,3 +279,12 @@ def deploy_static(model: nn.Module, keep) -> nn.Module:
             empty = empty[1:]
         adapter.remove_layers(pruned, stack, empty)
     return pruned
+
+
+def check_gates_fit(trained, model: nn.Module, gates, name: str) -> None:
+    """A one-line ``ConfigError`` when trained gates (``models.gates.TrainedGates``, from folder ``gates``) were
+    trained for a model with other blocks or mel bins than ``model`` (called ``name``)."""
+    modules = gate_modules(model)
+    if tuple(trained.config.modules) != modules or int(model.config.num_mel_bins) != trained.config.n_features:
+        raise ConfigError(f"gates {gates} do not fit model {name}: they gate {len(trained.config.modules)} blocks of "
+                          f"{trained.meta.get('model', 'another model')}, it has {len(modules)}")
