@@ -41,12 +41,21 @@ batch_size: 8
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..prune.recipe import read_recipe_yaml, validated
 from ..recovery.config import check_training_specs
+
+
+def _checked_specs(specs: list[str]) -> list[str]:
+    check_training_specs(specs)
+    return specs
+
+
+# training-data specs (bundled sets' dev splits, synthetic sets, manifests), checked at recipe load
+TrainingSpecs = Annotated[list[str], Field(min_length=1), AfterValidator(_checked_specs)]
 
 BUNDLED_TRAIN_RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "train"
 
@@ -105,7 +114,7 @@ class TrainRecipe(_Strict):
     name: str | None = None
     family: Literal["ctc"] = "ctc"
     model: ModelSpec
-    data: list[str] = Field(min_length=1)
+    data: TrainingSpecs
     interleave: bool = True
     max_utterances: int | None = Field(default=None, ge=1)
     valid_utterances: int = Field(default=32, ge=1)
@@ -121,12 +130,6 @@ class TrainRecipe(_Strict):
     checkpoint_every: int = Field(default=100, ge=1)
     save_steps: list[int] = Field(default_factory=list)  # also keep the model after these steps (OUT/step-N)
     seed: int = 0
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, specs: list[str]) -> list[str]:
-        check_training_specs(specs)
-        return specs
 
     @model_validator(mode="after")
     def _check(self) -> "TrainRecipe":
@@ -229,7 +232,7 @@ class GateTrainRecipe(_Strict):
     name: str | None = None
     family: Literal["gates"]
     model: str  # a bundled name or a Whisper folder (multilingual for languages other than English)
-    data: list[str] = Field(min_length=1)  # training specs: bundled sets' dev splits or manifests
+    data: TrainingSpecs  # bundled sets' dev splits or manifests
     interleave: bool = True
     max_utterances: int | None = Field(default=None, ge=1)
     sparsity: float
@@ -256,12 +259,6 @@ class GateTrainRecipe(_Strict):
         if not 0.0 < s < 1.0:
             raise ValueError(f"sparsity target must be inside (0, 1), got {s}")
         return s
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, specs: list[str]) -> list[str]:
-        check_training_specs(specs)
-        return specs
 
     @model_validator(mode="after")
     def _check(self) -> "GateTrainRecipe":
