@@ -152,6 +152,19 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: fl
     return resample(to_mono(data), file_rate, sample_rate)
 
 
+def readable_clips(items: list, max_seconds: float | None = None) -> tuple[list, list[np.ndarray]]:
+    """The items (anything with an ``audio`` path) whose audio reads, up to ``max_seconds``, and their 16 kHz
+    samples, in order; an unreadable clip is left out (its ``AudioError`` is not raised)."""
+    kept, audios = [], []
+    for item in items:
+        try:
+            audios.append(load_audio(item.audio, max_seconds=max_seconds))
+            kept.append(item)
+        except AudioError:
+            continue
+    return kept, audios
+
+
 def audio_duration(path: str | Path) -> float:
     """Length of ``path`` in seconds from its header (``soundfile.info``); errors as in :func:`load_audio`."""
     path = Path(path)

@@ -29,10 +29,10 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..data.audio import load_audio
+from ..data.audio import load_audio, readable_clips
 from ..data.datasets import training_utterances
 from ..data.features import WINDOW_SECONDS, FeatureFrontend
-from ..errors import AudioError, ConfigError
+from ..errors import ConfigError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from ..models.gates import (TrainedGates, context_inputs, load_gates, save_gates, skip_share, sparsity_loss,
                             temperature)
@@ -84,13 +84,7 @@ def gate_examples(utts, vocab: WhisperVocab, tokenizer, max_tokens: int, source=
 def collate(examples: list[GateExample], frontend: FeatureFrontend, eot: int, device) -> dict | None:
     """``features [B, n_mels, 3000]``, decoder ``ids`` and ``labels`` (-100 on prompt and padding) of the examples
     whose audio reads; None when none does."""
-    kept, audios = [], []
-    for e in examples:
-        try:
-            audios.append(load_audio(e.audio, max_seconds=WINDOW_SECONDS))
-            kept.append(e)
-        except AudioError:
-            continue
+    kept, audios = readable_clips(examples, WINDOW_SECONDS)
     if not kept:
         return None
     seqs = [list(e.prompt) + list(e.target) + [eot] for e in kept]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechprune.errors import AudioError, ConfigError
+from speechprune.errors import ConfigError
 from speechprune.io import tree_size_bytes
 from speechprune.models.decoding import Decoded, DecodeOptions, state_digest
 
@@ -233,20 +233,14 @@ class TorchWhisper:
         padding."""
         from tqdm import tqdm
 
-        from speechprune.data.audio import load_audio
+        from speechprune.data.audio import readable_clips
         from speechprune.data.features import WINDOW_SECONDS, FeatureFrontend, real_frames
 
         frontend = FeatureFrontend(self.n_mels)
         batches = []
         starts = range(0, len(utterances), batch_size)
         for i in tqdm(starts, desc="label", unit="batch", disable=not progress, dynamic_ncols=True):
-            utts, audios = [], []
-            for u in utterances[i : i + batch_size]:
-                try:
-                    audios.append(load_audio(u.audio, max_seconds=WINDOW_SECONDS))
-                    utts.append(u)
-                except AudioError:
-                    continue
+            utts, audios = readable_clips(utterances[i : i + batch_size], WINDOW_SECONDS)
             if not utts:
                 continue
             feats = frontend(audios)
