@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ModelError
+from ..errors import ModelError
 from ..evaluate.onnx_backend import FORMAT, MANIFEST, open_sessions
 from ..io import check_output_dir, staged_dir
 from ..models.ctc import CONFIG_FILE, load_ctc
 from ..numerics import quantization_rtol, reorder_rtol
-from .onnx import quantize_graphs, trace_to_onnx, versions
+from .onnx import check_opset, quantize_graphs, trace_to_onnx, versions
 
 GRAPH = "ctc"
 
@@ -41,8 +41,7 @@ def export_ctc_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: boo
                     per_channel: bool = True, overwrite: bool = False) -> dict:
     """Export the CTC model in ``model_dir`` to ``out_dir``; returns the manifest with the parity check."""
     source, out = Path(model_dir), Path(out_dir)
-    if not 14 <= opset <= 21:
-        raise ConfigError(f"ONNX opset {opset} is not supported (choose 14..21)")
+    check_opset(opset)
     check_output_dir(out, overwrite, source=source)
     model = load_ctc(source)
     cfg = model.config

@@ -53,6 +53,12 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def check_opset(opset: int) -> None:
+    """A one-line ``ConfigError`` for an ONNX opset the exports do not support."""
+    if not 14 <= opset <= 21:
+        raise ConfigError(f"ONNX opset {opset} is not supported (choose 14..21)")
+
+
 def trace_to_onnx(module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
                    dynamic_axes: dict[str, dict[int, str]], opset: int, ort_ops: bool = False) -> None:
     """TorchScript-exporter trace: the graphs have Python-level control flow only (present blocks), fixed at trace.
@@ -214,8 +220,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     from speechprune.models.whisper.load import load_whisper
 
     source, out = Path(model_dir), Path(out_dir)
-    if not 14 <= opset <= 21:
-        raise ConfigError(f"ONNX opset {opset} is not supported (choose 14..21)")
+    check_opset(opset)
     check_output_dir(out, overwrite, source=source)
     model, _ = load_whisper(source)
     if not (source / GENERATION_CONFIG).is_file() or not (source / "tokenizer.json").is_file():

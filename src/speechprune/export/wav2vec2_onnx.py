@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ModelError
+from ..errors import ModelError
 from ..evaluate.ctc_backend import run_wav2vec2_graph
 from ..models.wav2vec2.flops import flops_terms
 from ..evaluate.onnx_backend import FORMAT, MANIFEST, open_sessions
@@ -35,7 +35,7 @@ from ..models.wav2vec2.backend import Wav2Vec2Backend
 from ..models.wav2vec2.forward import forward_states, output_lengths, reads_batches, without_augmentation
 from ..models.wav2vec2.load import load_tokenizer, load_wav2vec2, read_frontend
 from ..numerics import quantization_rtol, reorder_rtol
-from .onnx import quantize_graphs, trace_to_onnx, versions
+from .onnx import check_opset, quantize_graphs, trace_to_onnx, versions
 
 GRAPH = "wav2vec2"
 # ctranslate2 4.8.5 has a Wav2Vec2 converter, but it does not fit what speechprune exports (checked on tiny models)
@@ -91,8 +91,7 @@ def export_wav2vec2_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize
                          per_channel: bool = True, overwrite: bool = False) -> dict:
     """Export the wav2vec2 model in ``model_dir`` to ``out_dir``; returns the manifest with the parity check."""
     source, out = Path(model_dir), Path(out_dir)
-    if not 14 <= opset <= 21:
-        raise ConfigError(f"ONNX opset {opset} is not supported (choose 14..21)")
+    check_opset(opset)
     check_output_dir(out, overwrite, source=source)
     model = load_wav2vec2(source)
     tokenizer = load_tokenizer(source, model.lm_head.out_features, model.config.pad_token_id)
