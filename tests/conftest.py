@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from tiny_models import tiny_whisper
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n``, the default in pyproject.toml) each worker gets its share of the cores, so two
+    workers on two cores do not each start two compute threads; subprocesses inherit the setting."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

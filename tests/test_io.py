@@ -41,3 +41,33 @@ def test_outputs_are_checked_before_work(tmp_path):
     with pytest.raises(ConfigError, match="is the model folder"):
         check_output_dir(full, overwrite=True, source=full)
     assert list(read_jsonl_tolerant(tmp_path / "missing.jsonl")) == []
+
+
+def test_a_locked_build_makes_the_second_builder_wait_and_find_the_first_result(tmp_path):
+    """Two builders of one cache folder (threads here; processes lock the same way): the second enters only after
+    the first left, so it sees the finished folder and builds nothing."""
+    import threading
+    import time
+
+    from speechprune.io import locked
+
+    target, built, order = tmp_path / "cache" / "entry", [], []
+
+    def builder(name):
+        with locked(target):
+            order.append(f"{name} in")
+            if not (target / "done").exists():
+                time.sleep(0.3)  # a slow build: the other builder must wait, not start its own
+                with staged_dir(target) as tmp:
+                    (tmp / "done").write_text(name)
+                built.append(name)
+            order.append(f"{name} out")
+
+    threads = [threading.Thread(target=builder, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and (target / "done").read_text() == built[0]
+    assert [o.split()[1] for o in order] == ["in", "out", "in", "out"]  # never both inside
+    assert (tmp_path / "cache" / ".entry.lock").is_file() and not target.with_suffix(".lock").exists()

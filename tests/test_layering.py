@@ -12,6 +12,7 @@ ROOT = Path(speechprune.__file__).parent
 LAYERS = [
     {"errors", "paths", "numerics"},
     {"io"},
+    {"scale"},
     {"data"},
     {"models"},
     {"importance", "recovery"},

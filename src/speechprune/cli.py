@@ -40,6 +40,23 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+EXECUTOR_HELP = "where the job list runs: local (this process) | ray (Ray workers; pip install 'speechprune[ray]')"
+RAY_ADDRESS_HELP = "a running Ray cluster (host:port or auto; default: start a local one with this machine's CPUs)"
+
+
+def _executor(kind: str, address: str | None, workers: int | None, threads: int | None):
+    """The ``scale.executor.Executor`` the options name (a Ray address that does not answer fails here, before any
+    work); a local run sets this process's threads."""
+    from .scale.executor import Executor, check_address
+
+    where = Executor(kind, address=address, workers=workers, threads=threads or 1)
+    if where.kind == "local":
+        _set_threads(threads)
+    elif address:
+        check_address(address)
+    return where
+
+
 NUMERICS_HELP = ("the torch backend's dtypes: auto (each part in what this CPU runs fastest, checked against float32; "
                  "bench records the choice and why) | float32 | bfloat16 (refused where this CPU runs it slowly)")
 
@@ -657,19 +674,23 @@ def analyze_sensitivity_cmd(
     max_new_tokens: int = typer.Option(64, min=1, help="token cap per hypothesis (a looping model stops there)"),
     calibration: int = typer.Option(32, min=1, help="dev utterances the activation / taylor criteria read"),
     batch_size: int = typer.Option(8, min=1),
-    worker: int = typer.Option(0, min=0, help="this process's share: every --workers-th point from --worker"),
+    worker: int = typer.Option(0, min=0, help="without Ray: this process's share, every --workers-th point from "
+                                              "--worker (several processes on one machine)"),
     workers: int = typer.Option(1, min=1),
-    threads: Optional[int] = typer.Option(None),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    ray_address: Optional[str] = typer.Option(None, help=RAY_ADDRESS_HELP),
+    ray_workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (default: the cluster's CPUs // threads)"),
+    threads: Optional[int] = typer.Option(None, help="compute threads (per Ray worker: default 1)"),
     device: str = typer.Option("cpu"),
 ) -> None:
     """WER on dev, size and FLOPs of the model with one component type pruned at a time, per sparsity and method."""
     from .analysis.sensitivity import run_sweep
 
-    _set_threads(threads)
+    where = _executor(executor, ray_address, ray_workers, threads)
     summary = run_sweep(model, data, out, split=split, components=_csv(components, "components"),
                         levels=_csv(levels, "levels", float), methods=_csv(methods, "methods"), limit=limit,
                         criterion=criterion, worker=worker, workers=workers, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, calibration=calibration, device=device)
+                        max_new_tokens=max_new_tokens, calibration=calibration, device=device, executor=where)
     t = Table(title=f"{model}: WER % on {data} {split} (first {limit}) with one component pruned")
     levels_seen = sorted({r["sparsity"] for per in summary["curves"].values() for rs in per.values() for r in rs})
     for col in ["method", "component"] + [f"{s:g}" for s in levels_seen]:

@@ -47,6 +47,7 @@ from typing import Iterable
 
 from ..errors import ConfigError
 from ..io import atomic_write_json, read_jsonl_tolerant
+from ..scale.executor import Executor, run_jobs
 
 POINTS = "points.jsonl"
 SWEEP = "sweep.json"
@@ -224,15 +225,16 @@ def cost_record(model) -> dict:
 def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", components: list[str] | None = None,
               levels: Iterable[float] = DEFAULT_LEVELS, methods: Iterable[str] = METHODS, limit: int | None = 24,
               criterion: str = "magnitude", worker: int = 0, workers: int = 1, batch_size: int = 8,
-              max_new_tokens: int = 64, calibration: int = 32, device: str = "cpu", progress: bool = True) -> dict:
-    """Run (or resume) this worker's share of a sweep; returns the summary of every point finished so far.
+              max_new_tokens: int = 64, calibration: int = 32, device: str = "cpu", progress: bool = True,
+              executor: Executor | None = None) -> dict:
+    """Run (or resume) a sweep (this worker's share of it: ``worker`` of ``workers``, the split for machines without
+    Ray); returns the summary of every point finished so far. ``executor`` says where the points run (default: this
+    process; ``Executor("ray")``: Ray workers); the records land in ``points.jsonl`` here, point by point, either way.
 
     ``max_new_tokens`` caps each hypothesis (asterisk prompts are a few words): a badly pruned model that loops
     would otherwise decode to the 224-token limit on every utterance; a capped loop still scores as errors.
     ``calibration``: dev utterances (from the start of the dev split) that the activation and Taylor criteria read.
     """
-    from tqdm import tqdm
-
     if split == "test":
         raise ConfigError("a sensitivity sweep selects what to prune: it reads dev (or all of a manifest), never test")
     levels, methods = [float(s) for s in levels], list(methods)
@@ -247,29 +249,46 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     dense = dense_backend(model_name, device)
     methods_of = sweepable(dense.model)
     wanted = check_request(list(methods_of), components, levels, methods, methods_of)
+    del dense
     claim_sweep_dir(out, settings)
     points = shard(sweep_points(wanted, levels, methods, methods_of), worker, workers)
     done = read_points(out)
     todo = [p for p in points if p.key not in done]
-    if todo:
-        inputs = sweep_inputs(dense, settings, batch_size, need_calibration=any(p.method == "structured" for p in todo),
-                              progress=progress)
-        dense_enc = None  # the dense encoder's outputs per batch, computed once for the decoder points
-        bar = tqdm(todo, desc=f"sensitivity w{worker}/{workers}", unit="point", disable=not progress, dynamic_ncols=True)
-        for p in bar:
-            bar.set_postfix_str(p.key)
-            model = copy.deepcopy(dense.model)
-            prune_point(model, p, criterion, inputs.batches)
-            reuse = p.stack == "decoder" and p.method != "dense"  # the encoder is the dense one: reuse its outputs
-            if reuse and dense_enc is None:
-                dense_enc = [None if b.features is None else dense.encode(b.features, b.frames)
-                             for b in inputs.features]
-            m = score_model(model, dense, inputs, dense_enc if reuse else None)
-            rec = {"key": p.key, "component": p.component, "method": p.method, "sparsity": p.sparsity,
-                   "criterion": criterion if p.method == "structured" else None, **m, **cost_record(model)}
-            append_locked(out / POINTS, rec)
-            del model
+    job = SweepJob(settings, batch_size, device, need_calibration=any(p.method == "structured" for p in todo),
+                   progress=progress and (executor is None or executor.kind == "local"))
+    run_jobs(job, todo, executor or Executor(), lambda p, rec: append_locked(out / POINTS, rec), progress=progress,
+             desc=f"sensitivity w{worker}/{workers}")
     return summarize(out)
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """The points of one sweep as a job list (``scale.executor``): each worker loads the dense model and the sweep's
+    inputs once, then prunes a copy and scores it per point."""
+
+    settings: dict
+    batch_size: int = 8
+    device: str = "cpu"
+    need_calibration: bool = True
+    progress: bool = False
+
+    def setup(self) -> dict:
+        dense = dense_backend(self.settings["model"], self.device)
+        inputs = sweep_inputs(dense, self.settings, self.batch_size, need_calibration=self.need_calibration,
+                              progress=self.progress)
+        return {"dense": dense, "inputs": inputs, "dense_enc": None}
+
+    def run(self, state: dict, p: Point) -> dict:
+        dense, inputs, criterion = state["dense"], state["inputs"], self.settings["criterion"]
+        model = copy.deepcopy(dense.model)
+        prune_point(model, p, criterion, inputs.batches)
+        reuse = p.stack == "decoder" and p.method != "dense"  # the encoder is the dense one: reuse its outputs
+        if reuse and state["dense_enc"] is None:  # the dense encoder's outputs per batch, once per worker
+            state["dense_enc"] = [None if b.features is None else dense.encode(b.features, b.frames)
+                                  for b in inputs.features]
+        m = score_model(model, dense, inputs, state["dense_enc"] if reuse else None)
+        return {"key": p.key, "component": p.component, "method": p.method, "sparsity": p.sparsity,
+                "criterion": criterion if p.method == "structured" else None, **m, **cost_record(model)}
 
 
 def dense_backend(model_name: str, device: str = "cpu"):

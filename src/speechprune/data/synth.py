@@ -49,7 +49,8 @@ from tqdm import tqdm
 from speechprune.data.audio import SAMPLE_RATE, load_audio, resample
 from speechprune.data.text_corpora import DEFAULT_SOURCES, sentences
 from speechprune.errors import ConfigError, SpeechpruneError
-from speechprune.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl_tolerant, repair_jsonl
+from speechprune.io import (append_jsonl, atomic_write_bytes, atomic_write_json, locked, read_jsonl_tolerant,
+                            repair_jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -281,22 +282,23 @@ def synthesize(
     texts = sentences(n_utterances, seed=seed, sources=sources)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, {"seed": seed, "sources": list(sources), "telephone": bool(telephone)})
-    manifest = out_dir / MANIFEST
-    repair_jsonl(manifest)
-    done = _done_indices(manifest)
-    jobs = [_Job(i, text, engines[i % len(engines)], seed, bool(telephone), os.fspath(out_dir))
-            for i, text in enumerate(texts) if i not in done]
-    skipped = 0
-    with tqdm(total=len(jobs), desc="synthesize", unit="utt", disable=not progress or not jobs) as bar:
-        for record in _results(jobs, workers):
-            if record is None:
-                skipped += 1
-            else:
-                append_jsonl(manifest, record)
-            bar.update()
-    if skipped:
-        log.warning("%d of %d utterances gave no audible speech and were left out", skipped, len(jobs))
-    if not manifest.exists():
-        manifest.touch()
+    with locked(out_dir):  # another process making the same set waits, then finds its clips done
+        _check_settings(out_dir, {"seed": seed, "sources": list(sources), "telephone": bool(telephone)})
+        manifest = out_dir / MANIFEST
+        repair_jsonl(manifest)
+        done = _done_indices(manifest)
+        jobs = [_Job(i, text, engines[i % len(engines)], seed, bool(telephone), os.fspath(out_dir))
+                for i, text in enumerate(texts) if i not in done]
+        skipped = 0
+        with tqdm(total=len(jobs), desc="synthesize", unit="utt", disable=not progress or not jobs) as bar:
+            for record in _results(jobs, workers):
+                if record is None:
+                    skipped += 1
+                else:
+                    append_jsonl(manifest, record)
+                bar.update()
+        if skipped:
+            log.warning("%d of %d utterances gave no audible speech and were left out", skipped, len(jobs))
+        if not manifest.exists():
+            manifest.touch()
     return manifest

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from speechprune.data.normalize import normalize_text
 from speechprune.errors import ConfigError
-from speechprune.io import read_json, staged_dir
+from speechprune.io import locked, read_json, staged_dir
 from speechprune.paths import cache_dir
 
 CORPUS = "english-text"
@@ -184,11 +184,12 @@ def corpus_dir(name: str = CORPUS, progress: bool = True) -> Path:
         raise ConfigError(f"unknown text corpus {name!r} (bundled: {', '.join(CORPORA)})")
     folder = cache_dir() / "text" / name
     fingerprint = _fingerprint(SOURCES)
-    if (folder / BUILD).is_file():
-        built = read_json(folder / BUILD)
-        if all(built.get(k) == v for k, v in fingerprint.items()):
-            return folder
-    build_corpus(folder, default_readers(), fingerprint, progress)
+    with locked(folder):  # a second process waits for the first's build instead of making its own
+        if (folder / BUILD).is_file():
+            built = read_json(folder / BUILD)
+            if all(built.get(k) == v for k, v in fingerprint.items()):
+                return folder
+        build_corpus(folder, default_readers(), fingerprint, progress)
     return folder
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..data.features import WaveformFrontend
 from ..errors import ConfigError, ModelError
-from ..io import atomic_write_json, staged_dir, tree_size_bytes
+from ..io import atomic_write_json, locked, staged_dir, tree_size_bytes
 from ..models.decoding import Decoded, DecodeOptions, DecodeStats
 from ..paths import cache_dir
 
@@ -362,8 +362,9 @@ def openvino_dir(model: str, precision: str | None = None) -> Path:
 
         key = f"{folder.name}-{files_digest(list(folder.glob('*.safetensors')) + [folder / 'config.json'])[:12]}"
     out = cache_dir() / "openvino" / f"{key}-{precision}"
-    if not _folder_ok(out, precision):
-        convert_openvino(folder, out, precision)
+    with locked(out):  # a second process waits for the first's conversion instead of making its own
+        if not _folder_ok(out, precision):
+            convert_openvino(folder, out, precision)
     return out
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from speechprune.errors import ModelError
+from speechprune.io import locked
 from speechprune.models.ct2 import sha256_file
 from speechprune.models.whisper.convert import AUX_FILES, convert_ct2_to_hf
 from speechprune.models.whisper.load import is_whisper_folder
@@ -198,6 +199,13 @@ def _publish_dir(final: Path, build: Callable[[Path], None], is_current: Callabl
     """Build ``final`` through a temporary sibling folder and one atomic rename; reuse it when current."""
     if final.is_dir() and is_current(final):
         return final
+    with locked(final):  # a second process waits for the first's build, then finds it current
+        if final.is_dir() and is_current(final):
+            return final
+        return _build_and_publish(final, build, is_current)
+
+
+def _build_and_publish(final: Path, build: Callable[[Path], None], is_current: Callable[[Path], bool]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(final)
     prefix = f".{final.name}.tmp-{os.getpid()}-"

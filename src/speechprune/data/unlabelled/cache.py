@@ -21,15 +21,13 @@ What is decided here, from the signal alone: a clip that cannot be decoded, is s
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -39,7 +37,8 @@ from speechprune.data.audio import SAMPLE_RATE, to_16k  # noqa: F401  (to_16k: u
 from speechprune.data.audio import decode_bytes as decode_soundfile  # noqa: F401  (the source readers' decoder)
 from speechprune.data.audio import pcm16_wav_bytes
 from speechprune.data.manifest import Utterance, read_manifest
-from speechprune.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl_tolerant, repair_jsonl
+from speechprune.io import (append_jsonl, atomic_write_bytes, atomic_write_json, locked, read_jsonl_tolerant,
+                            repair_jsonl)
 from speechprune.paths import cache_dir
 
 MIN_SECONDS = 0.5  # shorter clips are grunts, clicks and single syllables
@@ -121,17 +120,6 @@ def inputs_fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -176,7 +164,7 @@ def build_source(name: str, rules: int, inputs: Sequence[Path], clips: Callable[
     """
     folder = source_dir(name)
     stamp = {"format": FORMAT_VERSION, "rules": rules, "inputs": inputs_fingerprint(inputs)}
-    with _locked(folder):
+    with locked(folder):
         if _read_json(folder / COMPLETE) != stamp:
             _build(folder, name, stamp, clips, progress)
         manifest = folder / MANIFEST
