@@ -289,6 +289,8 @@ def train_cmd(
         _train_gates(parsed, out, device, source)
         return
     record = train_ctc(parsed, out, device=device, source=source)
+    if not record:  # a torchrun process other than rank 0: that one reports
+        return
     t = Table(title=f"held-out clips ({record['data']['valid']}), greedy, by exit layer")
     for col in ("exit layer", "WER %", "CER %"):
         t.add_column(col, justify="right")
@@ -317,6 +319,8 @@ def _train_lm(recipe, out: Path, device: str, source: Path) -> None:
     from .train.lm import train_lm
 
     record = train_lm(recipe, out, device=device, source=source)
+    if not record:  # a torchrun process other than rank 0: that one reports
+        return
     v = record["valid"] or {}
     console.print(f"dev perplexity {v.get('ppl', float('nan')):.2f} per token, {v.get('ppl_word', float('nan')):.2f} "
                   f"per word ({v.get('tokens', 0)} tokens); {record['params'] / 1e6:.2f} M params, "
@@ -496,6 +500,8 @@ def sparsify_cmd(
     from .prune.run_unstructured import run_sparsify
 
     rec = run_sparsify(model, r, out, device=device, values=values, overwrite=overwrite)
+    if not rec:  # a torchrun process other than rank 0: that one reports
+        return
     t = Table(title=f"{model} sparsified with {recipe.name}")
     for col in ("target", "reached", "params M", "nonzero M", "dense MB", "sparse MB", "layouts"):
         t.add_column(col, justify="right")
@@ -774,19 +780,22 @@ def analyze_ablation_cmd(
                                                        "initialization)"),
     batch_size: int = typer.Option(8, min=1),
     allow_test: bool = typer.Option(False, "--allow-test", help="allow --split test (final analysis only)"),
-    threads: Optional[int] = typer.Option(None),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    ray_address: Optional[str] = typer.Option(None, help=RAY_ADDRESS_HELP),
+    ray_workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (default: the cluster's CPUs // threads)"),
+    threads: Optional[int] = typer.Option(None, help="compute threads (per Ray worker: default 1)"),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Layer ablation: re-initialize, re-randomize or skip each layer; classify layers as critical or ambient."""
     from .analysis.jobs import ablation_job
 
-    _set_threads(threads)
+    where = _executor(executor, ray_address, ray_workers, threads)
     s = ablation_job(model, data, out, split=split, methods=tuple(_csv(methods, "methods")), seeds=seeds,
                      metric=metric, limit=limit,
                      wer_limit=wer_limit, wer_seeds=wer_seeds, modules=modules,
                      stacks=(stack,) if stack else None, proxy_threshold=proxy_threshold,
                      wer_threshold=wer_threshold, init_from=init_from, batch_size=batch_size, allow_test=allow_test,
-                     device=device)
+                     device=device, executor=where)
     for name in s["metrics"]:
         t = Table(title=f"{model}: {name} delta vs dense {s['dense'][name]:.4f} (A ambient, C critical)")
         t.add_column("target")

@@ -127,3 +127,25 @@ def test_the_sweep_command_refuses_bad_executors_in_one_line(tmp_path):
         r = cli("analyze", "sensitivity", "whisper-tiny.en", "asterisk", "--out", str(tmp_path / "o"), *args)
         assert r.returncode != 0 and what in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_ablation_on_ray_writes_the_serial_records(cluster, clips, tmp_path):
+    """A layer ablation (re-init to the family's initialization per seed, re-randomize, skip) of a tiny CTC model:
+    the same records (timings aside) from this process and from Ray workers that each rebuild model and scorers."""
+    from speechprune.analysis.jobs import ablation_job
+    from speechprune.models.ctc.family import FAMILY
+    from tiny_models import tiny_ctc
+
+    folder = FAMILY.save(tiny_ctc("whisper", "group", seed=1), None, tmp_path / "dense")
+    kw = dict(split="all", methods=("reinit", "rerandom", "skip"), seeds=2, metric="both", batch_size=2,
+              progress=False)
+
+    def records(out):
+        rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+        return sorted(json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) for r in rows)
+
+    serial = ablation_job(str(folder), str(clips), tmp_path / "serial", **kw)
+    remote = ablation_job(str(folder), str(clips), tmp_path / "ray", executor=cluster, **kw)
+    assert records(tmp_path / "ray") == records(tmp_path / "serial")
+    assert len(records(tmp_path / "serial")) > 2 * 3 * 3  # dense, then layers x methods x metrics (and seeds)
+    assert remote["table"] == serial["table"]

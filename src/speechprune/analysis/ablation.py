@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ConfigError
+from ..scale.executor import Executor, run_jobs
 from .ranks import spearman
 
 METHODS: tuple[str, ...] = ("reinit", "rerandom", "skip")
@@ -225,14 +226,15 @@ def config_targets(model, adapter, config: AblationConfig) -> list[Target]:
 
 def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: AblationConfig = AblationConfig(),
                  settings: dict | None = None, source=None, progress: bool = True,
-                 source_name: str = "stored initial weights") -> dict:
+                 source_name: str = "stored initial weights", executor: Executor | None = None,
+                 remote_job: Callable[[tuple], object] | None = None) -> dict:
     """Ablate every target of ``model`` with every method and seed, score each with ``metrics`` and write
     ``DIR/records.jsonl`` (appended as points finish), ``DIR/run.json`` (``settings``: a rerun must match them to
     resume) and ``DIR/summary.json``. ``source``: stored initial weights for ``reinit`` (default: the family's
     initialization, fresh per seed); the summary's ``reinit_source`` says which (``source_name`` for stored
-    weights). Returns the summary."""
-    from tqdm import tqdm
-
+    weights). ``executor`` says where the points run (default: here, on ``model``); for Ray, ``remote_job(done)``
+    gives the job that rebuilds the model, metrics and source in each worker (``jobs.AblationJob``). Returns the
+    summary."""
     from ..evaluate.runner import claim_run_dir
     from ..io import append_jsonl, atomic_write_json, read_jsonl_tolerant, repair_jsonl
     from ..models.adapters import adapter_for
@@ -256,45 +258,65 @@ def run_ablation(model, metrics: list[Metric], out_dir: str | Path, config: Abla
     def wanted(metric: Metric, seed: int) -> bool:
         return metric.seeds is None or seed < metric.seeds
 
-    def record(target: Target | None, method: str, seed: int, metric: Metric, value: float, seconds: float) -> None:
-        rec = {"target": DENSE if target is None else target.key, "method": method, "seed": seed,
-               "metric": metric.name, "value": value, "seconds": round(seconds, 3)}
-        if target is not None:
-            rec.update(stack=target.stack, layer=target.layer, component=target.component)
-        append_jsonl(path, rec)
-        done.add((rec["target"], method, seed, metric.name))
-
     for metric in metrics:  # the dense reference
         if (DENSE, DENSE, 0, metric.name) not in done:
             t0 = time.perf_counter()
-            record(None, DENSE, 0, metric, float(metric.fn(model, {})), time.perf_counter() - t0)
+            value = float(metric.fn(model, {}))
+            append_jsonl(path, {"target": DENSE, "method": DENSE, "seed": 0, "metric": metric.name, "value": value,
+                                "seconds": round(time.perf_counter() - t0, 3)})
     points = plan(targets, config, stored_source=source is not None)
-    todo = [(s, t, m) for s, t, m in points
+    todo = [(s, t.key, m) for s, t, m in points
             if any(wanted(x, s) and (t.key, m, s, x.name) not in done for x in metrics)]
-    fresh: tuple[int, object] | None = None
-    with tqdm(total=len(points), initial=len(points) - len(todo), desc="ablate", unit="point",
-              disable=not progress, dynamic_ncols=True) as bar:
-        for seed, target, method in todo:
-            src = source
-            if method == "reinit" and source is None:
-                if fresh is None or fresh[0] != seed:
-                    fresh = None  # free the previous seed's model first
-                    fresh = (seed, init_like(model, seed))
-                src = fresh[1]
-            with ablated(model, adapter, target, method, seed, src) as damaged:
-                for metric in metrics:
-                    if wanted(metric, seed) and (target.key, method, seed, metric.name) not in done:
-                        t0 = time.perf_counter()
-                        value = float(metric.fn(damaged, {target.stack: target.layer}))
-                        record(target, method, seed, metric, value, time.perf_counter() - t0)
-            bar.set_postfix_str(f"{target.key} {method} s{seed}")
-            bar.update(1)
+    finished = tuple(sorted(done))
+    job = remote_job(finished) if remote_job else AblationPoints(model, metrics, config, source, finished)
+    run_jobs(job, todo, executor or Executor(), lambda item, result: [append_jsonl(path, r) for r in result["records"]],
+             progress=progress, desc="ablate")
     records = list(read_jsonl_tolerant(path))
     summary = summarize(records, metrics, targets=[t.key for t in targets], methods=list(config.methods))
     if "reinit" in config.methods:
         summary["reinit_source"] = reinit_source_name(source_name if source is not None else None, config.seeds)
     atomic_write_json(out_dir / SUMMARY, summary)
     return summary
+
+
+@dataclass
+class AblationPoints:
+    """The points of one ablation as a job list (``scale.executor``): each ``(seed, target key, method)`` item
+    damages the model as the method says, scores every metric that item still lacks (``done``: the
+    ``(target, method, seed, metric)`` keys already recorded) and gives the records. Holds live objects, so it runs
+    here; ``jobs.AblationJob`` builds one in each Ray worker."""
+
+    model: object
+    metrics: list
+    config: "AblationConfig"
+    source: object = None
+    done: tuple = ()
+
+    def setup(self) -> dict:
+        from ..models.adapters import adapter_for
+
+        adapter = adapter_for(self.model)
+        return {"adapter": adapter, "fresh": None, "done": set(self.done),
+                "targets": {t.key: t for t in config_targets(self.model, adapter, self.config)}}
+
+    def run(self, state: dict, item) -> dict:
+        seed, key, method = item
+        target, src = state["targets"][key], self.source
+        if method == "reinit" and self.source is None:
+            if state["fresh"] is None or state["fresh"][0] != seed:
+                state["fresh"] = None  # free the previous seed's model first
+                state["fresh"] = (seed, init_like(self.model, seed))
+            src = state["fresh"][1]
+        records = []
+        with ablated(self.model, state["adapter"], target, method, seed, src) as damaged:
+            for metric in self.metrics:
+                if (metric.seeds is None or seed < metric.seeds) and (key, method, seed, metric.name) not in state["done"]:
+                    t0 = time.perf_counter()
+                    value = float(metric.fn(damaged, {target.stack: target.layer}))
+                    records.append({"target": key, "method": method, "seed": seed, "metric": metric.name,
+                                    "value": value, "seconds": round(time.perf_counter() - t0, 3),
+                                    "stack": target.stack, "layer": target.layer, "component": target.component})
+        return {"records": records}
 
 
 # ----------------------------------------------------------------------------------------------------------------

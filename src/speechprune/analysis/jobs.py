@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
-from .ablation import SUMMARY, AblationConfig, Metric, config_targets, heatmap_matrix, run_ablation
+from .ablation import (SUMMARY, AblationConfig, AblationPoints, Metric, config_targets, heatmap_matrix,
+                       run_ablation)
 
 INIT_PREFIX = "init:"  # "init:SEED" as BEFORE: the family's initialization of AFTER's architecture
 
@@ -39,52 +42,94 @@ def ablation_job(model: str, data: str, out: str | Path, split: str = "dev", met
                  wer_seeds: int = 1, modules: bool = False, stacks: tuple[str, ...] | None = None,
                  proxy_threshold: float = 0.10, wer_threshold: float = 0.01, init_from: str | None = None,
                  batch_size: int = 8, max_new_tokens: int | None = None, allow_test: bool = False, device: str = "cpu",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, executor=None) -> dict:
     """Ablate a model's layers (or blocks) on ``data``/``split`` and write ``OUT/records.jsonl``,
     ``OUT/summary.json`` and a heatmap per metric (``OUT/ablation_<metric>.png``); any family with a seam (Whisper,
     CTC), scored by its reference scorer (``analysis.scoring``). ``metric``: proxy | wer | both; WER runs on the
     first ``wer_limit`` (default: all) of the ``limit`` utterances and the first ``wer_seeds`` seeds. ``init_from``:
     a checkpoint whose weights ``reinit`` restores (default: the initial weights the model's folder keeps, e.g. a
     CTC model trained here, else the family's initialization per seed; the summary's ``reinit_source`` says which).
+    ``executor`` (``scale.executor.Executor``): where the points run; the records land in ``OUT`` here either way.
     The test split is refused
     unless ``allow_test``: choosing what to prune from test results would leak."""
-    from ..data.datasets import load_dataset
-    from ..models.adapters import adapter_for
-    from ..models.family import family_for_folder
-    from .scoring import Scorer
-
     if metric not in ("proxy", "wer", "both"):
         raise ConfigError(f"unknown metric {metric!r}; choose from proxy, wer, both")
     if split == "test" and not allow_test:
         raise ConfigError("ablation on the test split is refused: ablation results select what to prune; use dev "
                           "(or pass --allow-test for a final, reported analysis)")
     config = AblationConfig(methods=tuple(methods), seeds=seeds, modules=modules, stacks=stacks)
-    utts = load_dataset(data, split)[:limit] if limit else load_dataset(data, split)
-    folder = model_folder(model)
-    backend = family_for_folder(folder).backend(folder, device=device)
-    m = backend.model
-    config_targets(m, adapter_for(m), config)  # a bad request fails before the scorers prepare
-    metrics = []
-    if metric in ("proxy", "both"):
-        proxy = Scorer(backend, utts, batch_size, max_new_tokens, progress=progress)
-        metrics.append(Metric("proxy", proxy.proxy, relative=True, threshold=proxy_threshold))
-    if metric in ("wer", "both"):
-        wer_utts = utts[:wer_limit] if wer_limit else utts
-        scorer = proxy if metric == "both" and len(wer_utts) == len(utts) else Scorer(
-            backend, wer_utts, batch_size, max_new_tokens, progress=progress)
-        metrics.append(Metric("wer", scorer.wer, relative=False, threshold=wer_threshold,
-                              seeds=wer_seeds if metric == "both" else None))
-    if init_from:
-        source, source_name = load_model(init_from, device)[0], f"initial weights of {init_from}"
-    else:  # the folder's own W(0) where it keeps it (a CTC model trained here), else the family's initialization
-        source, source_name = family_for_folder(folder).initial_weights(folder, device), "kept initial weights"
+    spec = AblationJob(model, data, split, metric, limit, wer_limit, wer_seeds, proxy_threshold, wer_threshold,
+                       init_from, batch_size, max_new_tokens, device, config, progress=progress)
+    m, metrics, source, source_name = spec.prepare()
     settings = {"model": model, "data": data, "split": split, "limit": limit, "wer_limit": wer_limit,
                 "wer_seeds": wer_seeds, "proxy_threshold": proxy_threshold, "wer_threshold": wer_threshold,
                 "init_from": init_from, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    remote = executor is not None and executor.kind != "local"
     summary = run_ablation(m, metrics, out, config, settings=settings, source=source, progress=progress,
-                           source_name=source_name)
+                           source_name=source_name, executor=executor,
+                           remote_job=(lambda done: dataclasses.replace(spec, done=done, progress=False)) if remote
+                           else None)
     plot_ablation(summary, out)
     return summary
+
+
+@dataclass(frozen=True)
+class AblationJob:
+    """What an ablation needs, as settings (picklable): ``prepare`` opens the model and its scorers; as a job list
+    (``scale.executor``) each worker prepares once, then scores the points it is given."""
+
+    model: str
+    data: str
+    split: str
+    metric: str
+    limit: int | None
+    wer_limit: int | None
+    wer_seeds: int
+    proxy_threshold: float
+    wer_threshold: float
+    init_from: str | None
+    batch_size: int
+    max_new_tokens: int | None
+    device: str
+    config: AblationConfig
+    done: tuple = ()
+    progress: bool = False
+
+    def prepare(self):
+        """``(model, metrics, reinit source or None, its name)``."""
+        from ..data.datasets import load_dataset
+        from ..models.adapters import adapter_for
+        from ..models.family import family_for_folder
+        from .scoring import Scorer
+
+        utts = load_dataset(self.data, self.split)
+        utts = utts[: self.limit] if self.limit else utts
+        folder = model_folder(self.model)
+        backend = family_for_folder(folder).backend(folder, device=self.device)
+        m = backend.model
+        config_targets(m, adapter_for(m), self.config)  # a bad request fails before the scorers prepare
+        metrics = []
+        if self.metric in ("proxy", "both"):
+            proxy = Scorer(backend, utts, self.batch_size, self.max_new_tokens, progress=self.progress)
+            metrics.append(Metric("proxy", proxy.proxy, relative=True, threshold=self.proxy_threshold))
+        if self.metric in ("wer", "both"):
+            wer_utts = utts[: self.wer_limit] if self.wer_limit else utts
+            scorer = proxy if self.metric == "both" and len(wer_utts) == len(utts) else Scorer(
+                backend, wer_utts, self.batch_size, self.max_new_tokens, progress=self.progress)
+            metrics.append(Metric("wer", scorer.wer, relative=False, threshold=self.wer_threshold,
+                                  seeds=self.wer_seeds if self.metric == "both" else None))
+        if self.init_from:
+            return m, metrics, load_model(self.init_from, self.device)[0], f"initial weights of {self.init_from}"
+        # the folder's own W(0) where it keeps it (a CTC model trained here), else the family's initialization
+        return m, metrics, family_for_folder(folder).initial_weights(folder, self.device), "kept initial weights"
+
+    def setup(self) -> dict:
+        m, metrics, source, _ = self.prepare()
+        points = AblationPoints(m, metrics, self.config, source, self.done)
+        return {"points": points, "state": points.setup()}
+
+    def run(self, state: dict, item) -> dict:
+        return state["points"].run(state["state"], item)
 
 
 def ablation_heatmaps(summary: dict) -> list[tuple[str, dict]]:

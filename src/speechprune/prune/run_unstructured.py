@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_write_json
+from ..scale.distributed import is_main
 from ..models.sparse import crossover_sparsity, save_sparse
 from .imp import imp
 from .runner import Job
@@ -39,6 +40,8 @@ def run_sparsify(model_name: str, recipe: SparsifyRecipe, out: str | Path, devic
         batches = job.calibration_batches(recipe.calibration if recipe.needs_calibration else None, progress)
         result = sparsify(model, recipe, batches, progress=progress)
     seconds = time.perf_counter() - t0
+    if not is_main():  # under torchrun the other processes hold the same model; rank 0 writes
+        return {}
     dense_dir = job.family.save(model, job.source, out / "model", overwrite=overwrite)
     sparse = save_sparse(model, job.source, out / "sparse", values=values, overwrite=overwrite)
     dense_bytes = (dense_dir / "model.safetensors").stat().st_size

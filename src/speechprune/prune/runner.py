@@ -22,6 +22,7 @@ from ..models.family import ModelFamily, family_for_folder
 from ..models.registry import resolve_model
 from ..recovery.config import Recovery
 from ..recovery.distill import distill, recovery_batches
+from ..scale.distributed import is_main
 
 
 @dataclass
@@ -106,15 +107,18 @@ class Steps:
                                         after_step=after_step, checkpoint=checkpoint)
         entry.update(self.job.family.shape_record(model))  # after recovery: a length-adaptive one adds its buckets
         if self.save_every_step or step == self.total:
-            self.job.family.save(model, self.job.source, self.out / f"step-{step}", overwrite=True)
             entry["folder"] = str(self.out / f"step-{step}")
-        checkpoint.unlink(missing_ok=True)
         self.record["steps"].append(entry)
-        atomic_write_json(self.path, self.record)
+        if is_main():  # under torchrun the other processes hold the same model; one writes
+            if "folder" in entry:
+                self.job.family.save(model, self.job.source, self.out / f"step-{step}", overwrite=True)
+            checkpoint.unlink(missing_ok=True)
+            atomic_write_json(self.path, self.record)
         return entry
 
     def close(self) -> dict:
-        atomic_write_text(self.out / "model.txt", f"step-{self.total}\n")
+        if is_main():
+            atomic_write_text(self.out / "model.txt", f"step-{self.total}\n")
         return self.record
 
 

@@ -61,6 +61,11 @@ class Recovery(_Strict):
     # the largest tensor of a small Whisper (20 of tiny.en's 38 M weights) is left out of the update
     train_embeddings: bool = True
     seed: int = 0
+    # sub-batches of batch_size per optimizer step: the global batch (gradients accumulated over them); under
+    # torchrun with N processes each computes accumulate / N of them (scale/distributed.py), N must divide it
+    accumulate: int = Field(default=1, ge=1)
+    # how often the recovery state is saved (a rerun resumes from it); not part of what a checkpoint must match
+    checkpoint_seconds: float = Field(default=300.0, ge=0)
     # read each batch at its length bucket, not the 30 s window (see LengthAdaptive); None: the full window
     length_adaptive: LengthAdaptive | None = None
 
@@ -75,13 +80,19 @@ class Recovery(_Strict):
         return self
 
     @model_serializer(mode="wrap")
-    def _without_unset_length_adaptive(self, handler):
-        """Dumps without ``length_adaptive`` when it is unset, so the records and checkpoint fingerprints of every
-        other recovery stay those written before the option existed (resumed runs still match)."""
+    def _without_later_defaults(self, handler):
+        """Dumps without the options added since the first recipes when they hold their defaults
+        (``length_adaptive``, ``accumulate``, ``checkpoint_seconds``), so the records and checkpoint fingerprints of
+        every other recovery stay those written before the options existed (resumed runs still match)."""
         out = handler(self)
-        if self.length_adaptive is None and isinstance(out, dict):
-            out.pop("length_adaptive", None)
+        if isinstance(out, dict):
+            for key, default in LATER_DEFAULTS.items():
+                if out.get(key, default) == default:
+                    out.pop(key, None)
         return out
+
+
+LATER_DEFAULTS = {"length_adaptive": None, "accumulate": 1, "checkpoint_seconds": 300.0}
 
 
 def check_training_specs(specs: list[str]) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..models.family import family_for
+from ..scale.distributed import data_parallel
 from .config import Recovery
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def batch_order(n: int, seed: int, start: int = 0) -> Iterator[int]:
 def recovery_fingerprint(student: torch.nn.Module, batches: list[dict], cfg: Recovery) -> str:
     """What a recovery checkpoint must match to be resumed: the settings, the number of batches and their tensors'
     shapes, and the student's parameter names and shapes."""
-    h = hashlib.sha256(cfg.model_dump_json().encode())
+    h = hashlib.sha256(cfg.model_dump_json(exclude={"checkpoint_seconds"}).encode())
     h.update(json.dumps([[(k, list(v.shape)) for k, v in sorted(b.items())] for b in batches]).encode())
     h.update(json.dumps([(k, list(v.shape)) for k, v in student.state_dict().items()]).encode())
     return h.hexdigest()[:32]
@@ -216,7 +217,7 @@ def load_recovery_state(path: Path, student: torch.nn.Module, opt: torch.optim.O
 
 def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progress: bool = True,
             after_step: Callable[[], None] | None = None, checkpoint: str | Path | None = None,
-            checkpoint_seconds: float = 300.0) -> dict:
+            checkpoint_seconds: float | None = None) -> dict:
     """Fine-tune ``student`` in place for ``cfg.steps`` optimizer steps over ``batches`` (cycled, shuffled per
     epoch with ``cfg.seed``); ``batches`` must carry ``teacher_logits`` (and ``teacher_encoder`` when
     ``cfg.encoder_weight``: the student's encoder output is pulled towards the teacher's, a dense signal over every
@@ -226,10 +227,16 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     length-adaptive first (the family's ``set_length_buckets``): its forward then reads each batch at its bucket
     (``batches`` from ``recovery_batches`` under the same setting carry the clips' frames).
     ``after_step`` runs after every optimizer step (unstructured pruning re-applies its fixed masks there). With
-    ``checkpoint`` (a file path) the state is saved there every ``checkpoint_seconds`` and once at the end, and a
-    matching checkpoint found there at the start is resumed. Returns loss statistics."""
+    ``checkpoint`` (a file path) the state is saved there every ``checkpoint_seconds`` (default
+    ``cfg.checkpoint_seconds``) and once at the end, and a matching checkpoint found there at the start is resumed.
+    Each step reads ``cfg.accumulate`` batches (the global batch); under torchrun the processes split them and sum
+    their gradients (``scale.distributed``), and only rank 0 writes the checkpoint. Returns loss statistics and the
+    loss per step (``losses``)."""
     if cfg.steps == 0 or not batches:
         return {"steps": 0}
+    dp = data_parallel(str(next(student.parameters()).device))
+    dp.shares(cfg.accumulate)  # a world size that does not divide the global batch fails before any work
+    checkpoint_seconds = cfg.checkpoint_seconds if checkpoint_seconds is None else checkpoint_seconds
     family = family_for(student)
     if cfg.length_adaptive is not None:  # the student reads each batch at its bucket from now on, and is saved so
         family.set_length_buckets(student, cfg.length_adaptive.buckets)
@@ -257,26 +264,24 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
 
     student.train()
     t0 = last_save = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc="recover", unit="step", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(range(start, cfg.steps), desc="recover", unit="step", disable=not progress or not dp.main,
+               dynamic_ncols=True,
                initial=start, total=cfg.steps)
-    for step, i in zip(bar, batch_order(len(batches), cfg.seed, start)):
-        out = family.distill_outputs(student, batches[i], layers=bool(cfg.hidden_weight))
-        loss = cfg.ce_weight * out.task_loss
-        if out.teacher_logits is not None:  # an LM's text batches carry none: its next tokens are the labels
-            loss = loss + cfg.kl_weight * kl_loss(out.student_logits, out.teacher_logits, cfg.temperature)
-        if cfg.encoder_weight:
-            loss = loss + cfg.encoder_weight * hidden_state_loss(out.student_final, out.teacher_final)
-        if cfg.hidden_weight:
-            loss = loss + cfg.hidden_weight * layerwise_loss(out.student_layers, out.teacher_layers)
+    order = batch_order(len(batches), cfg.seed, start * cfg.accumulate)
+    for step in bar:
+        global_batch = [next(order) for _ in range(cfg.accumulate)]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # this process's share of the global batch; the gradients and the loss of all of it, on every process
+        total = dp.backward(params, cfg.accumulate,
+                            lambda j: recovery_loss(family, student, batches[global_batch[j]], cfg))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if after_step is not None:
             after_step()
         sched.step()
-        losses.append(float(loss.detach()))
-        if checkpoint is not None and (time.perf_counter() - last_save >= checkpoint_seconds or step + 1 == cfg.steps):
+        losses.append(total)
+        if checkpoint is not None and dp.main and (time.perf_counter() - last_save >= checkpoint_seconds
+                                                   or step + 1 == cfg.steps):
             save(step + 1)
             last_save = time.perf_counter()
     student.eval()
@@ -287,4 +292,18 @@ def distill(student: torch.nn.Module, batches: list[dict], cfg: Recovery, progre
     first = sum(losses[: max(1, len(losses) // 10)]) / max(1, len(losses) // 10)
     last = sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses) // 10)
     return {"steps": cfg.steps, "loss_first": first, "loss_last": last,
-            "seconds": elapsed + time.perf_counter() - t0, **({"resumed_at": start} if start else {})}
+            "seconds": elapsed + time.perf_counter() - t0, **({"resumed_at": start} if start else {}),
+            **({"processes": dp.world} if dp.world > 1 else {}), "losses": [float(f"{x:.7g}") for x in losses]}
+
+
+def recovery_loss(family, student: torch.nn.Module, batch: dict, cfg: Recovery) -> torch.Tensor:
+    """The distillation loss of ``student`` on one labelled batch (see ``distill``)."""
+    out = family.distill_outputs(student, batch, layers=bool(cfg.hidden_weight))
+    loss = cfg.ce_weight * out.task_loss
+    if out.teacher_logits is not None:  # an LM's text batches carry none: its next tokens are the labels
+        loss = loss + cfg.kl_weight * kl_loss(out.student_logits, out.teacher_logits, cfg.temperature)
+    if cfg.encoder_weight:
+        loss = loss + cfg.encoder_weight * hidden_state_loss(out.student_final, out.teacher_final)
+    if cfg.hidden_weight:
+        loss = loss + cfg.hidden_weight * layerwise_loss(out.student_layers, out.teacher_layers)
+    return loss

@@ -34,7 +34,8 @@ from ..models.ctc.adapter import CTCAdapter
 from ..models.ctc.batches import Example, collate, prepare_examples
 from ..models.ctc.network import ctc_loss
 from ..recovery.distill import batch_order, save_recovery_state
-from .recipe import TrainRecipe
+from ..scale.distributed import data_parallel
+from .recipe import TrainRecipe, recipe_json
 from .resume import resume
 
 def build_model(recipe: TrainRecipe, source: str | Path | None = None) -> CTCModel:
@@ -100,7 +101,7 @@ def score_exits(model: CTCModel, examples: list[Example], vocab: CharVocab, exit
 
 
 def _fingerprint(recipe: TrainRecipe, model: CTCModel, examples: list[Example]) -> str:
-    h = hashlib.sha256(recipe.model_dump_json().encode())
+    h = hashlib.sha256(recipe_json(recipe).encode())
     h.update(json.dumps([e.id for e in examples]).encode())
     h.update(json.dumps([(k, list(v.shape)) for k, v in model.state_dict().items()]).encode())
     return h.hexdigest()[:32]
@@ -134,23 +135,34 @@ def train_ctc(recipe: TrainRecipe, out: str | Path, device: str = "cpu", progres
     fingerprint = _fingerprint(recipe, model, examples)
     ckpt, start, losses = resume(out, model, opt, fingerprint)
     t0 = time.perf_counter()
-    order = batch_order(n_batches, recipe.seed, start)
+    dp = data_parallel(device)
+    dp.shares(recipe.accumulate)  # a world size that does not divide the global batch fails before any work
+    order = batch_order(n_batches, recipe.seed, start * recipe.accumulate)
     model.train()
-    bar = tqdm(range(start, recipe.steps), desc="train", disable=not progress, initial=start, total=recipe.steps)
+    bar = tqdm(range(start, recipe.steps), desc="train", disable=not progress or not dp.main, initial=start,
+               total=recipe.steps)
     for step in bar:
-        idx = next(order)
-        batch = collate(train[idx * recipe.batch_size : (idx + 1) * recipe.batch_size], device)
-        torch.manual_seed(recipe.seed * 1_000_003 + step)  # dropout and LayerDrop: a pure function of the step
+        idx = [next(order) for _ in range(recipe.accumulate)]
         for g in opt.param_groups:
             g["lr"] = _lr(recipe, step)
-        loss, parts = training_loss(model, batch, recipe)
+        parts: dict[str, float] = {}
+
+        def loss_of(j: int) -> torch.Tensor:
+            batch = collate(train[idx[j] * recipe.batch_size : (idx[j] + 1) * recipe.batch_size], device)
+            # dropout and LayerDrop: a pure function of the step and the batch's place in it, on any process
+            torch.manual_seed(recipe.seed * 1_000_003 + step * recipe.accumulate + j)
+            loss, p = training_loss(model, batch, recipe)
+            parts.update(p)
+            return loss
+
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.append(dp.backward(list(model.parameters()), recipe.accumulate, loss_of))
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         opt.step()
-        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         done = step + 1
+        if not dp.main:  # under torchrun one process evaluates and writes
+            continue
         if done % 10 == 0:
             append_jsonl(out / "log.jsonl", {"step": done, "loss": float(np.mean(losses[-10:])), **parts})
         if done % recipe.eval_every == 0 or done == recipe.steps:
@@ -161,6 +173,8 @@ def train_ctc(recipe: TrainRecipe, out: str | Path, device: str = "cpu", progres
         if done % recipe.checkpoint_every == 0 or done == recipe.steps:
             save_recovery_state(ckpt, model, opt, {"fingerprint": fingerprint, "step": done, "losses": losses})
     model.eval()
+    if not dp.main:
+        return {}
     save_ctc(model, out / "model", init_state=init_state, overwrite=True)
     evals = [r for r in read_jsonl_tolerant(out / "log.jsonl") if "valid" in r]
     record = {"recipe": recipe.model_dump(), "config": model.config.model_dump(),

@@ -32,7 +32,8 @@ from ..models.lm import (CharTokens, LMConfig, LMModel, WhisperTokens, folder_to
 from ..models.lm.batches import Sequences, collate, encode_lines, length_batches
 from ..models.lm.flops import mean_token_flops
 from ..recovery.distill import batch_order, save_recovery_state
-from .recipe import LMTrainRecipe
+from ..scale.distributed import data_parallel
+from .recipe import LMTrainRecipe, recipe_json
 from .resume import resume
 
 
@@ -115,7 +116,7 @@ def build_model(recipe: LMTrainRecipe, train: list[str], valid: list[str], sourc
 
 
 def _fingerprint(recipe: LMTrainRecipe, model: LMModel, seqs: Sequences) -> str:
-    h = hashlib.sha256(recipe.model_dump_json().encode())
+    h = hashlib.sha256(recipe_json(recipe).encode())
     h.update(json.dumps([len(seqs), int(seqs.lengths.sum())]).encode())
     h.update(hashlib.sha256(seqs.rows.tobytes()).digest())
     h.update(json.dumps([(k, list(v.shape)) for k, v in model.state_dict().items()]).encode())
@@ -145,22 +146,31 @@ def train_lm(recipe: LMTrainRecipe, out: str | Path, device: str = "cpu", progre
     fingerprint = _fingerprint(recipe, model, seqs)
     ckpt, start, losses = resume(out, model, opt, fingerprint)
     t0 = time.perf_counter()
-    order = batch_order(len(batches), recipe.seed, start)
+    dp = data_parallel(device)
+    dp.shares(recipe.accumulate)  # a world size that does not divide the global batch fails before any work
+    order = batch_order(len(batches), recipe.seed, start * recipe.accumulate)
     ppl = None
     model.train()
-    bar = tqdm(range(start, recipe.steps), desc="train lm", disable=not progress, initial=start, total=recipe.steps)
+    bar = tqdm(range(start, recipe.steps), desc="train lm", disable=not progress or not dp.main, initial=start,
+               total=recipe.steps)
     for step in bar:
-        batch = collate(seqs, batches[next(order)], 0, device)
-        torch.manual_seed(recipe.seed * 1_000_003 + step)  # dropout: a pure function of the step
+        idx = [next(order) for _ in range(recipe.accumulate)]
         for g in opt.param_groups:
             g["lr"] = lr_at(recipe, step)
-        loss = model(batch["ids"], batch["targets"]).loss
+
+        def loss_of(j: int) -> torch.Tensor:
+            batch = collate(seqs, batches[idx[j]], 0, device)
+            # dropout: a pure function of the step and the batch's place in it, on any process
+            torch.manual_seed(recipe.seed * 1_000_003 + step * recipe.accumulate + j)
+            return model(batch["ids"], batch["targets"]).loss
+
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.append(dp.backward(list(model.parameters()), recipe.accumulate, loss_of))
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         opt.step()
-        losses.append(loss.item())
         done = step + 1
+        if not dp.main:  # under torchrun one process evaluates and writes
+            continue
         if done % 10 == 0:
             append_jsonl(out / "log.jsonl", {"step": done, "loss": float(np.mean(losses[-10:])),
                                              "lr": lr_at(recipe, step)})
@@ -174,6 +184,8 @@ def train_lm(recipe: LMTrainRecipe, out: str | Path, device: str = "cpu", progre
         if done % recipe.checkpoint_every == 0 or done == recipe.steps:
             save_recovery_state(ckpt, model, opt, {"fingerprint": fingerprint, "step": done, "losses": losses})
     model.eval()
+    if not dp.main:
+        return {}
     save_lm(model, out / "model", tokenizer, overwrite=True)
     evals = [r for r in read_jsonl_tolerant(out / "log.jsonl") if "valid" in r]
     cfg = model.config

@@ -130,6 +130,7 @@ class TrainRecipe(_Strict):
     checkpoint_every: int = Field(default=100, ge=1)
     save_steps: list[int] = Field(default_factory=list)  # also keep the model after these steps (OUT/step-N)
     seed: int = 0
+    accumulate: int = Field(default=1, ge=1)  # batches per optimizer step; torchrun's N processes split them
 
     @model_validator(mode="after")
     def _check(self) -> "TrainRecipe":
@@ -213,6 +214,7 @@ class LMTrainRecipe(_Strict):
     checkpoint_every: int = Field(default=100, ge=1)
     save_steps: list[int] = Field(default_factory=list)
     seed: int = 0
+    accumulate: int = Field(default=1, ge=1)  # batches per optimizer step; torchrun's N processes split them
 
     @model_validator(mode="after")
     def _check(self) -> "LMTrainRecipe":
@@ -278,3 +280,9 @@ def parse_train_recipe(obj: dict, source: str | Path | None = None) -> TrainReci
 def load_train_recipe(path: str | Path) -> TrainRecipe | LMTrainRecipe | GateTrainRecipe:
     """A YAML training recipe: a file, or the name of one in ``recipes/train``."""
     return parse_train_recipe(*read_recipe_yaml(path, BUNDLED_TRAIN_RECIPES))
+
+
+def recipe_json(recipe: TrainRecipe | LMTrainRecipe) -> str:
+    """A training recipe as its checkpoint fingerprint reads it: without ``accumulate`` at its default, so the
+    checkpoints of trainings started before the option existed still resume."""
+    return recipe.model_dump_json(exclude={"accumulate"} if recipe.accumulate == 1 else None)
