@@ -23,20 +23,6 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
-# The longest test files (minutes each), handed to the xdist workers first so that none starts last and keeps one
-# worker busy alone at the end (``--dist loadfile`` hands files out in collection order).
-SLOW_FIRST = ("integration/test_pipeline_real.py", "scale/test_distributed.py", "scale/test_executor.py",
-              "integration/test_cli_real.py", "recovery/test_distill.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        path = item.nodeid.split("::", 1)[0]
-        return next((i for i, name in enumerate(SLOW_FIRST) if path.endswith(name)), len(SLOW_FIRST))
-
-    items.sort(key=rank)  # stable: the rest keep their order
-
-
 @pytest.fixture
 def tiny_model():
     return tiny_whisper()
