@@ -249,13 +249,13 @@ def run_sweep(model_name: str, data: str, out: str | Path, split: str = "dev", c
     dense = dense_backend(model_name, device)
     methods_of = sweepable(dense.model)
     wanted = check_request(list(methods_of), components, levels, methods, methods_of)
-    del dense
     claim_sweep_dir(out, settings)
     points = shard(sweep_points(wanted, levels, methods, methods_of), worker, workers)
     done = read_points(out)
     todo = [p for p in points if p.key not in done]
+    local = executor is None or executor.kind == "local"
     job = SweepJob(settings, batch_size, device, need_calibration=any(p.method == "structured" for p in todo),
-                   progress=progress and (executor is None or executor.kind == "local"))
+                   progress=progress and local, dense=dense if local else None)  # Ray workers load their own
     run_jobs(job, todo, executor or Executor(), lambda p, rec: append_locked(out / POINTS, rec), progress=progress,
              desc=f"sensitivity w{worker}/{workers}")
     return summarize(out)
@@ -271,9 +271,10 @@ class SweepJob:
     device: str = "cpu"
     need_calibration: bool = True
     progress: bool = False
+    dense: object = None  # the dense backend where the caller has it (a local run); else each worker loads it
 
     def setup(self) -> dict:
-        dense = dense_backend(self.settings["model"], self.device)
+        dense = self.dense if self.dense is not None else dense_backend(self.settings["model"], self.device)
         inputs = sweep_inputs(dense, self.settings, self.batch_size, need_calibration=self.need_calibration,
                               progress=self.progress)
         return {"dense": dense, "inputs": inputs, "dense_enc": None}

@@ -16,8 +16,8 @@ sub-modules (Whisper's encoder graph, the decoder called with precomputed encode
 see, and its gradient averaging assumes one equal share per rank. One explicit all-reduce after the backward passes
 is the same collective, and exact.
 
-Only rank 0 writes (checkpoints, model folders, records); the others wait at :meth:`DataParallel.barrier` where the
-output must exist before anyone goes on.
+Only rank 0 writes (checkpoints, model folders, records); the others only compute (the next all-reduce keeps them in
+step, and torchrun waits for every process).
 """
 
 from __future__ import annotations
@@ -76,12 +76,6 @@ class DataParallel:
             g.copy_(flat[offset: offset + g.numel()].view_as(g))
             offset += g.numel()
         return float(flat[-1])
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
 
 
 def data_parallel(device: str = "cpu") -> DataParallel:
