@@ -4,8 +4,9 @@ latency measured side by side with the dense model.
 Each point factorizes every attention (self and cross) and FFN projection of encoder and decoder, one shot from the
 dense model, to a parameter target: one energy threshold for all layers such that they keep ``params`` of their
 weights (``speechprune.prune.lowrank.plan_ranks``; a layer whose rank would not be smaller stays dense). Then it is
-saved (and reloaded: what is evaluated is what a user loads), evaluated, optionally recovered by distillation from
-the dense teacher and evaluated again, and timed in one interleaved run next to the dense model (batch 1, medians).
+saved (and reloaded: what is evaluated is what a user loads), evaluated on asterisk and on the out-of-domain suite
+(``english-ood``), optionally recovered by distillation from the dense teacher on diverse audio and evaluated
+again, and timed in one interleaved run next to the dense model (batch 1, medians).
 
 One JSON record per point is appended to ``OUT/lowrank.jsonl`` as it finishes (a rerun skips finished points and
 resumes a killed evaluation); ``OUT/lowrank.md`` is the table. Calibration (32 dev utterances: activation
@@ -29,7 +30,7 @@ import torch
 
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
-from speechprune.evaluate.runner import eval_settings, evaluate
+from speechprune.evaluate.runner import evaluate_with_ood, ood_fields
 from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from speechprune.models.checkpoint import save_pruned
 from speechprune.models.decoding import DecodeOptions
@@ -39,7 +40,7 @@ from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.prune.lowrank import factorize, input_grams
 from speechprune.prune.lowrank_recipe import parse_lowrank_recipe
 from speechprune.prune.lowrank_run import select_sites, step_plan
-from speechprune.recovery.config import Recovery
+from speechprune.recovery.config import DIVERSE_DATA, Recovery
 from speechprune.data.datasets import training_utterances
 from speechprune.models.whisper.family import FAMILY as WHISPER
 from speechprune.recovery.distill import distill, recovery_batches
@@ -52,9 +53,10 @@ POINTS: dict[str, dict] = {f"{method}-{tag}": {"method": method, "target": {"par
                            for tag, keep in SIZES.items() for method in ("activation", "svd")}
 
 
-def _eval(backend, utts, out: Path, name: str, split: str, limit: int | None) -> dict:
-    settings = eval_settings(name, "asterisk", split, backend.name, DecodeOptions(), limit)
-    return evaluate(backend, utts, out, DecodeOptions(), settings=settings, progress=False)
+def _eval(backend, utts, out: Path, name: str, split: str, limit: int | None, ood_per_source: int | None) -> dict:
+    """asterisk ``split`` and, beside it, the out-of-domain suite (``out/ood``)."""
+    return evaluate_with_ood(backend, utts, out, name, "asterisk", split, limit=limit, ood_per_source=ood_per_source,
+                             progress=False)
 
 
 def main() -> None:
@@ -64,7 +66,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["test", "dev"], help="evaluation split (dev for trials)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     ap.add_argument("--recovery-steps", type=int, default=60)
-    ap.add_argument("--recovery-data", nargs="+", default=["asterisk:dev", "synth-telephone:600"])
+    ap.add_argument("--recovery-data", nargs="+", default=list(DIVERSE_DATA),
+                    help="recovery audio, taken in turn (default: asterisk dev and synthetic voices)")
     ap.add_argument("--recovery-utterances", type=int, default=320)
     ap.add_argument("--recovery-lr", type=float, default=3e-4,
                     help="3e-4 made the 90 %% point worse (6.1 -> 13.4 %% test WER): try 1e-4 for gentle points")
@@ -73,6 +76,8 @@ def main() -> None:
     ap.add_argument("--bench-utterances", type=int, default=12)
     ap.add_argument("--bench-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ood-per-source", type=int, default=None,
+                    help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
     ap.add_argument("--only", nargs="*", default=None, help=f"point names (default: all of {', '.join(POINTS)})")
     args = ap.parse_args()
     unknown = [n for n in args.only or [] if n not in POINTS]
@@ -87,9 +92,11 @@ def main() -> None:
     src = resolve_model(args.model)
     dense = TorchWhisper.from_folder(src, name="dense")
     utts = load_dataset("asterisk", args.split)[: args.limit] if args.limit else load_dataset("asterisk", args.split)
-    dense_metrics = _eval(dense, utts, out / "dense" / "eval", "dense", args.split, args.limit)
+    ood = args.ood_per_source
+    dense_metrics = _eval(dense, utts, out / "dense" / "eval", "dense", args.split, args.limit, ood)
     rec_cfg = Recovery(data=args.recovery_data, steps=args.recovery_steps, batch_size=8, lr=args.recovery_lr,
-                       max_utterances=args.recovery_utterances, train=args.recovery_train)
+                       max_utterances=args.recovery_utterances, train=args.recovery_train,
+                       interleave=len(args.recovery_data) > 1)
     grams = rec_batches = None
 
     for name in names:
@@ -108,7 +115,7 @@ def main() -> None:
         factorize_s = time.perf_counter() - t0
         folder = save_pruned(model, src, out / name / "factorized", overwrite=True)
         final = TorchWhisper.from_folder(folder, name=name)
-        before = _eval(final, utts, out / name / "eval-factorized", name, args.split, args.limit)
+        before = _eval(final, utts, out / name / "eval-factorized", name, args.split, args.limit, ood)
         recovery = None
         after = {"wer": None}
         if args.recovery_steps:
@@ -117,7 +124,7 @@ def main() -> None:
             recovery = distill(model, rec_batches, rec_cfg, progress=False)
             folder = save_pruned(model, src, out / name / "recovered", overwrite=True)
             final = TorchWhisper.from_folder(folder, name=name)
-            after = _eval(final, utts, out / name / "eval-recovered", name, args.split, args.limit)
+            after = _eval(final, utts, out / name / "eval-recovered", name, args.split, args.limit, ood)
         bench = benchmark([dense, final], utts, DecodeOptions(),
                           BenchOptions(1, args.bench_repeats, args.bench_utterances), threads=args.threads,
                           progress=False)
@@ -130,6 +137,8 @@ def main() -> None:
             "output_error_mean": sum(errors.values()) / max(1, len(errors)),
             "dense": WHISPER.shape_record(dense.model), **WHISPER.shape_record(final.model),
             "wer_dense": dense_metrics["wer"], "wer_factorized": before["wer"], "wer_recovered": after["wer"],
+            **ood_fields(dense_metrics, "_dense"), **ood_fields(before, "_factorized"),
+            **ood_fields(after, "_recovered"), "ood_per_source": ood,
             "recovery": recovery, "recovery_config": rec_cfg.model_dump() if recovery else None,
             "factorize_seconds": factorize_s,
             "latency_ms_dense": bd["latency_ms_median"], "latency_ms": b["latency_ms_median"],

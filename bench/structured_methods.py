@@ -1,8 +1,9 @@
 """Structured pruning methods side by side on one model: what each removes, what it costs, what it buys.
 
 For every variant (a recipe, inline below): prune the dense model (one-shot or incremental), evaluate on the
-test split, recover by distillation from the dense teacher, evaluate again, then time the recovered model next to
-the dense one in one interleaved run. One JSON record per variant is appended to ``OUT/methods.jsonl`` as it
+test split and on the out-of-domain suite (``english-ood``), recover by distillation from the dense teacher on
+diverse audio (asterisk dev and synthetic voices, taken in turn), evaluate both again, then time the recovered model
+next to the dense one in one interleaved run. One JSON record per variant is appended to ``OUT/methods.jsonl`` as it
 finishes (a rerun skips finished variants and resumes a killed evaluation); ``OUT/methods.md`` is the table.
 
 Calibration batches (the dense model's own transcripts of dev prompts) and the teacher's recovery batches are
@@ -22,7 +23,7 @@ import torch
 
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
-from speechprune.evaluate.runner import eval_settings, evaluate, score
+from speechprune.evaluate.runner import evaluate_with_ood, ood_fields, score
 from speechprune.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from speechprune.models.adapters import adapter_for
 from speechprune.models.checkpoint import save_pruned
@@ -30,7 +31,7 @@ from speechprune.models.decoding import DecodeOptions
 from speechprune.models.registry import resolve_model
 from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.prune.recipe import load_recipe, parse_recipe
-from speechprune.recovery.config import Recovery
+from speechprune.recovery.config import DIVERSE_DATA, Recovery
 from speechprune.data.datasets import training_utterances
 from speechprune.models.whisper.family import FAMILY as WHISPER
 from speechprune.prune.structured import prune
@@ -59,9 +60,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _eval(backend, utts, out: Path, name: str) -> dict:
-    settings = eval_settings(name, "asterisk", "test", backend.name, DecodeOptions())
-    return evaluate(backend, utts, out, DecodeOptions(), settings=settings, progress=False)
+def _eval(backend, utts, out: Path, name: str, ood_per_source: int | None = None) -> dict:
+    """asterisk test and, beside it, the out-of-domain suite (``out/ood``)."""
+    return evaluate_with_ood(backend, utts, out, name, "asterisk", "test", ood_per_source=ood_per_source,
+                             progress=False)
 
 
 def main() -> None:
@@ -69,10 +71,13 @@ def main() -> None:
     ap.add_argument("--model", default="whisper-tiny.en")
     ap.add_argument("--out", type=Path, default=Path("runs/methods"))
     ap.add_argument("--recovery-steps", type=int, default=60)
-    ap.add_argument("--recovery-data", nargs="+", default=["asterisk:dev", "synth-telephone:600"])
+    ap.add_argument("--recovery-data", nargs="+", default=list(DIVERSE_DATA),
+                    help="recovery audio, taken in turn (default: asterisk dev and synthetic voices)")
     ap.add_argument("--recovery-utterances", type=int, default=320)
     ap.add_argument("--bench-utterances", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ood-per-source", type=int, default=None,
+                    help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
     ap.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
     args = ap.parse_args()
 
@@ -84,9 +89,10 @@ def main() -> None:
     src = resolve_model(args.model)
     dense = TorchWhisper.from_folder(src, name="dense")
     test = load_dataset("asterisk", "test")
-    dense_metrics = _eval(dense, test, out / "dense" / "eval", "dense")
+    ood = args.ood_per_source
+    dense_metrics = _eval(dense, test, out / "dense" / "eval", "dense", ood)
     rec_cfg = Recovery(data=args.recovery_data, steps=args.recovery_steps, batch_size=8, lr=3e-4,
-                       max_utterances=args.recovery_utterances)
+                       max_utterances=args.recovery_utterances, interleave=len(args.recovery_data) > 1)
     cal_batches = rec_batches = None
 
     for name in names:
@@ -109,12 +115,12 @@ def main() -> None:
         reports = prune(model, adapter_for(model), recipe, cal_batches, on_step=on_step, reference=dense.model)
         prune_s = time.perf_counter() - t0
         pruned_dir = save_pruned(model, src, out / name / "pruned", overwrite=True)
-        before = _eval(TorchWhisper.from_folder(pruned_dir, name=name), test, out / name / "eval-pruned", name)
+        before = _eval(TorchWhisper.from_folder(pruned_dir, name=name), test, out / name / "eval-pruned", name, ood)
         if args.recovery_steps:
             recovery.append(distill(model, rec_batches, per_step if steps > 1 else rec_cfg, progress=False))
             final_dir = save_pruned(model, src, out / name / "recovered", overwrite=True)
             final = TorchWhisper.from_folder(final_dir, name=name)
-            after = _eval(final, test, out / name / "eval-recovered", name)
+            after = _eval(final, test, out / name / "eval-recovered", name, ood)
         else:  # one-shot damage only
             final, after = TorchWhisper.from_folder(pruned_dir, name=name), {"wer": None}
         bench = benchmark([dense, final], test, DecodeOptions(), BenchOptions(1, 3, args.bench_utterances),
@@ -127,6 +133,8 @@ def main() -> None:
             "dense": WHISPER.shape_record(dense.model), **shape,
             "wer_dense": dense_metrics["wer"], "wer_pruned": before["wer"], "wer_recovered": after["wer"],
             "runaway_pruned": before["runaway"], "runaway_recovered": after.get("runaway"),
+            **ood_fields(dense_metrics, "_dense"), **ood_fields(before, "_pruned"), **ood_fields(after, "_recovered"),
+            "ood_per_source": ood, "recovery_config": rec_cfg.model_dump() if args.recovery_steps else None,
             "recovery": recovery, "prune_seconds": prune_s,
             "latency_ms_dense": bench["backends"]["dense"]["latency_ms_median"],
             "latency_ms": bench["backends"][name]["latency_ms_median"],
@@ -165,19 +173,28 @@ def _wer(r: dict, which: str) -> str:
     return f"{100 * wer:.2f}" + (f" ({loops['utterances']})" if loops else "")
 
 
+def _ood(r: dict, which: str) -> str:
+    """Out-of-domain WER %, pooled (mean of sources), or ``-`` for records from before it was scored."""
+    wer, macro = r.get(f"wer_ood_{which}"), r.get(f"macro_wer_ood_{which}")
+    return "-" if wer is None else f"{100 * wer:.2f}" + ("" if macro is None else f" ({100 * macro:.2f})")
+
+
 def to_markdown(rows: list[dict]) -> str:
     head = ("| variant | what | enc FLOPs cut | dec FLOPs/token cut | params M | WER pruned (runaway) "
-            "| WER recovered (runaway) | dense WER | latency ms (dense) | speed-up | enc ms (dense) "
-            "| dec ms/token (dense) |")
-    lines = [head, "|---|---|" + "---:|" * 10]
+            "| WER recovered (runaway) | dense WER | OOD WER pruned | OOD WER recovered | dense OOD WER "
+            "| latency ms (dense) | speed-up | enc ms (dense) | dec ms/token (dense) |")
+    lines = [head, "|---|---|" + "---:|" * 13]
     for r in rows:
         cut = lambda k: f"{100 * (1 - r[k] / r['dense'][k]):.0f} %"  # noqa: E731
         lines.append(
             f"| {r['name']} | {r['what']} | {cut('flops_encoder')} | {cut('flops_decoder_per_token')} "
             f"| {r['params'] / 1e6:.2f} | {_wer(r, 'pruned')} | {_wer(r, 'recovered')} "
-            f"| {100 * r['wer_dense']:.2f} | {r['latency_ms']:.0f} ({r['latency_ms_dense']:.0f}) | {r['speedup']:.2f}x "
+            f"| {100 * r['wer_dense']:.2f} | {_ood(r, 'pruned')} | {_ood(r, 'recovered')} | {_ood(r, 'dense')} "
+            f"| {r['latency_ms']:.0f} ({r['latency_ms_dense']:.0f}) | {r['speedup']:.2f}x "
             f"| {r['encoder_ms']:.0f} ({r['encoder_ms_dense']:.0f}) "
             f"| {r['decoder_ms_per_token']:.1f} ({r['decoder_ms_per_token_dense']:.1f}) |")
+    lines += ["", "OOD: english-ood, real English speakers and recordings that no recovery, calibration or sweep reads; "
+              "pooled WER % (mean of sources)."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,9 @@ masked-dense latency against sparsity, per method; IMP with and without rewindin
 
 Methods (one-shot, no retraining): magnitude per tensor and global, Taylor, Wanda (per output row), 2:4 by Wanda
 and by magnitude (fixed 50 %); IMP (``--imp``): iterative magnitude pruning in ``--imp-rounds`` rounds with
-``--recovery-steps`` distillation steps after each (asterisk dev, the dense model as teacher), rewinding survivors to
-the pretrained weights or not. Calibration (Taylor, Wanda) and training read the dev split only; the final table
+``--recovery-steps`` distillation steps after each (asterisk dev and synthetic voices in turn, the dense model as
+teacher), rewinding survivors to the pretrained weights or not. Every point is scored on asterisk and on the
+out-of-domain suite (``english-ood``). Calibration (Taylor, Wanda) and training read the dev split only; the final table
 evaluates the test split (``--split dev --limit N`` for quick runs: the scored dev utterances are then held out of
 calibration and training).
 
@@ -31,14 +32,14 @@ import torch
 
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset, training_utterances
-from speechprune.evaluate.runner import eval_settings, evaluate
+from speechprune.evaluate.runner import evaluate_with_ood, ood_fields
 from speechprune.models.sparse import crossover_sparsity, serialized_bytes, size_report, dense_bytes
 from speechprune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from speechprune.models.registry import resolve_model
 from speechprune.models.decoding import DecodeOptions
 from speechprune.models.whisper.backend import TorchWhisper
 from speechprune.prune.imp import imp
-from speechprune.recovery.config import Recovery
+from speechprune.recovery.config import DIVERSE_DATA, Recovery
 from speechprune.recovery.distill import recovery_batches
 from speechprune.prune.sparse_recipe import parse_sparsify_recipe
 from speechprune.prune.unstructured import sparsify
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("--recovery-utterances", type=int, default=200)
     ap.add_argument("--bench-utterances", type=int, default=8, help="latency: utterances timed (0: skip)")
     ap.add_argument("--no-storage", action="store_true", help="skip the file-size curve")
+    ap.add_argument("--ood-per-source", type=int, default=None,
+                    help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -119,13 +122,13 @@ def main() -> None:
     decode = DecodeOptions()
     held_out = {u.id for u in utts} if args.split == "dev" else set()  # never calibrate or train on what is scored
 
-    def dev_utterances(limit: int | None):
-        return [u for u in training_utterances(["asterisk:dev"]) if u.id not in held_out][:limit]
+    def dev_utterances(limit: int | None, data=("asterisk:dev",)):
+        return [u for u in training_utterances(list(data), interleave=len(data) > 1) if u.id not in held_out][:limit]
 
     def evaluate_model(model, name: str) -> dict:
         be = TorchWhisper(model, dense.tokenizer, dense.vocab, name=name)
-        settings = eval_settings(name, "asterisk", args.split, "torch", decode, args.limit)
-        return evaluate(be, utts, out / name / "eval", decode, settings=settings, progress=True), be
+        return evaluate_with_ood(be, utts, out / name / "eval", name, "asterisk", args.split, decode, args.limit,
+                                 ood_per_source=args.ood_per_source), be
 
     def record(name: str, method: str, target, model, result: dict, seconds: float) -> None:
         metrics, be = evaluate_model(model, name)
@@ -137,13 +140,15 @@ def main() -> None:
             load = b["other_cpu_load"]
         rec = {"name": name, "method": method, "target": target, "split": args.split, "limit": args.limit,
                "wer": metrics["wer"], "cer": metrics["cer"], "n_utterances": metrics["n_utterances"],
+               **ood_fields(metrics), "ood_per_source": args.ood_per_source,
                **{k: v for k, v in result.items() if k not in ("target",)},
                "disk": size_report(model), "seconds": seconds,
                "latency_ms": lat, "latency_ms_dense": lat_dense, "other_cpu_load": load,
                "latency_note": "masked-dense: dense kernels, no sparse speed-up; taken under shared-machine load"}
         append_jsonl(out / "points.jsonl", rec)
         done.add(name)
-        print(f"{name}: sparsity {100 * rec.get('sparsity', 0):.1f} %, WER {100 * rec['wer']:.2f} %, "
+        print(f"{name}: sparsity {100 * rec.get('sparsity', 0):.1f} %, WER {100 * rec['wer']:.2f} %, out of domain "
+              f"{'-' if rec.get('wer_ood') is None else format(100 * rec['wer_ood'], '.2f')} %, "
               f"sparse {rec['disk']['sparse_bytes'] / 1e6:.1f} MB vs dense {rec['disk']['dense_bytes'] / 1e6:.1f} MB",
               flush=True)
 
@@ -173,8 +178,8 @@ def main() -> None:
             record(name, method, s, model, result, time.perf_counter() - t0)
 
     if args.imp:
-        rec_cfg = Recovery(data=["asterisk:dev"], steps=args.recovery_steps, batch_size=8, lr=1e-4,
-                           max_utterances=args.recovery_utterances)
+        rec_cfg = Recovery(data=list(DIVERSE_DATA), interleave=True, steps=args.recovery_steps, batch_size=8,
+                           lr=1e-4, max_utterances=args.recovery_utterances)
         rec_batches = None
         for method, rewind in IMP_METHODS.items():
             for s in args.sparsities:
@@ -182,7 +187,8 @@ def main() -> None:
                 if name in done:
                     continue
                 if rec_batches is None and args.recovery_steps:
-                    rec_batches = recovery_batches(dense, rec_cfg, dev_utterances(rec_cfg.max_utterances))
+                    rec_batches = recovery_batches(dense, rec_cfg,
+                                                   dev_utterances(rec_cfg.max_utterances, rec_cfg.data))
                 recipe = parse_sparsify_recipe({"name": name, "sparsity": s, "imp": {
                     "rounds": args.imp_rounds, "rewind": rewind, "recovery": rec_cfg.model_dump()}})
                 model = copy.deepcopy(dense.model)

@@ -20,19 +20,10 @@ from .bench.latency import BenchOptions, benchmark
 from .data.datasets import load_dataset
 from .errors import ConfigError
 from .evaluate.backends import load_backend
-from .evaluate.runner import OOD_DIR, eval_settings, evaluate, evaluate_ood, wants_ood
+from .evaluate.runner import evaluate_with_ood
 from .io import atomic_write_json
 from .models.decoding import DecodeOptions
 from .report.summary import write_report
-
-
-def _eval(backend, utts, out: Path, model: str, data: str, split: str, options: DecodeOptions,
-          ood_per_source: int | None = None) -> dict:
-    """In-domain metrics of ``backend`` on ``utts``, with the out-of-domain suite's under ``"ood"``."""
-    metrics = evaluate(backend, utts, out, options, settings=eval_settings(model, data, split, backend.name, options))
-    if wants_ood(data):
-        metrics = {**metrics, "ood": evaluate_ood(backend, model, out / OOD_DIR, options, per_source=ood_per_source)}
-    return metrics
 
 
 def main_job(model: str, data: str, split: str, threads: int, bench_utterances: int, out: Path,
@@ -54,7 +45,8 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
     options = DecodeOptions()
     dense = load_backend(model, "torch", name="torch", numerics=numerics)
     backends, metrics = [dense], {}
-    metrics["torch"] = _eval(dense, utts, out / "eval" / "dense", model, data, split, options, ood_per_source)
+    metrics["torch"] = evaluate_with_ood(dense, utts, out / "eval" / "dense", model, data, split, options,
+                                         ood_per_source=ood_per_source)
     if recipe is not None:
         from .prune.recipe import load_recipe
         from .prune.run import run_prune
@@ -69,8 +61,9 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
             run_prune(model, r, out / "prune", device=prune_device)
         pruned = load_backend(str(final_model_dir(out / "prune")), "torch", name="torch-pruned", numerics=numerics)
         backends.append(pruned)
-        metrics["torch-pruned"] = _eval(pruned, utts, out / "eval" / "pruned", str(final_model_dir(out / "prune")),
-                                        data, split, options, ood_per_source)
+        metrics["torch-pruned"] = evaluate_with_ood(pruned, utts, out / "eval" / "pruned",
+                                                    str(final_model_dir(out / "prune")), data, split, options,
+                                                    ood_per_source=ood_per_source)
         if export:
             from .export.onnx import MANIFEST, export_onnx
 
@@ -79,8 +72,9 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
                 export_onnx(final_model_dir(out / "prune"), onnx_dir, quantize=True, overwrite=True)
             exported = load_backend(str(onnx_dir), "onnx", threads=threads, name="onnx-int8-pruned")
             backends.append(exported)
-            metrics[exported.name] = _eval(exported, utts, out / "eval" / "onnx-int8-pruned", str(onnx_dir), data,
-                                           split, options, ood_per_source)
+            metrics[exported.name] = evaluate_with_ood(exported, utts, out / "eval" / "onnx-int8-pruned",
+                                                       str(onnx_dir), data, split, options,
+                                                       ood_per_source=ood_per_source)
 
     bench_path = out / "bench" / "bench.json"
     settings = {"model": model, "data": data, "split": split, "recipe": str(recipe) if recipe else None,
@@ -90,7 +84,8 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
     record = json.loads(bench_path.read_text(encoding="utf-8")) if bench_path.exists() else {}
     if model in BUNDLED_MODELS:  # the peer: the original CTranslate2 files through faster-whisper, scored too
         peer = load_backend(model, "faster-whisper", compute_type="int8", threads=threads)
-        metrics[peer.name] = _eval(peer, utts, out / "eval" / peer.name, model, data, split, options, ood_per_source)
+        metrics[peer.name] = evaluate_with_ood(peer, utts, out / "eval" / peer.name, model, data, split, options,
+                                               ood_per_source=ood_per_source)
     if record.get("settings") != settings:  # none yet, or made with other settings: time again
         if model in BUNDLED_MODELS:
             backends.append(peer)

@@ -200,3 +200,22 @@ def test_a_long_ctc_transcript_is_not_a_runaway(clips, tmp_path):
     recs = [json.loads(l) for l in (tmp_path / "c" / "hypotheses.jsonl").read_text().splitlines()]
     assert any(r["n_tokens"] > few.max_new_tokens for r in recs)  # else the test shows nothing
     assert not any(r["runaway"] for r in recs) and m["runaway"]["utterances"] == 0
+
+
+def test_every_evaluation_gets_the_out_of_domain_suite_beside_it(tiny_model, clips, tmp_path):
+    from speechprune.data.sources import SOURCES
+    from speechprune.evaluate.runner import evaluate_with_ood, ood_fields
+
+    utts = read_manifest(clips)
+    m = evaluate_with_ood(backend(tiny_model), utts, tmp_path / "e", "toy", "asterisk", "test", OPTS,
+                          ood_per_source=1, progress=False)
+    assert m["n_utterances"] == len(utts)
+    assert m["ood"]["n_utterances"] == len(SOURCES) == len(m["ood"]["by_source"])  # one clip of each source
+    assert (tmp_path / "e" / "ood" / "metrics.json").is_file()
+    flat = ood_fields(m, "_pruned")
+    assert flat["wer_ood_pruned"] == m["ood"]["wer"] and flat["macro_wer_ood_pruned"] == m["ood"]["macro_wer"]
+    assert set(flat["wer_ood_by_source_pruned"]) == set(m["ood"]["by_source"])
+    # a source of the suite is itself out of domain: nothing beside it, and nothing to flatten
+    alone = evaluate_with_ood(backend(tiny_model), utts, tmp_path / "d", "toy", "drascula", None, OPTS,
+                              progress=False)
+    assert "ood" not in alone and ood_fields(alone) == {}

@@ -63,4 +63,22 @@ def test_lowrank_markdown_has_one_row_per_point():
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[:10] == ["svd-p60", "svd", "0.60", "30 of 64", "31.10 (37.76)", "27.10 (36.94)", "59.0 (65.6)",
                           "51.20", "9.00", "4.89"]
-    assert cells[11] == "0.83" and "dec ms/token" in md and "asterisk test" in md
+    assert cells[10:13] == ["-", "-", "-"]  # a record from before out-of-domain scoring
+    assert cells[14] == "0.83" and "dec ms/token" in md and "asterisk test" in md
+    ood = {"wer_ood_factorized": 0.9, "macro_wer_ood_factorized": 0.8, "wer_ood_recovered": 0.3,
+           "wer_ood_dense": 0.28, "macro_wer_ood_dense": 0.34}
+    row = next(line for line in lowrank_markdown([{**rec, **ood}]).splitlines() if line.startswith("| svd-p60"))
+    assert [c.strip() for c in row.split("|")[1:-1]][10:13] == ["90.00 (80.00)", "30.00", "28.00 (34.00)"]
+
+
+def test_out_of_domain_wer_gets_its_own_table_when_scored(tmp_path):
+    append_jsonl(tmp_path / "points.jsonl", {**_point("dense", None, 0.05), "sparsity": 0.0, "wer_ood": 0.28,
+                                             "macro_wer_ood": 0.34})
+    append_jsonl(tmp_path / "points.jsonl", {**_point("wanda", 0.5, 0.12), "wer_ood": 0.6, "macro_wer_ood": 0.7})
+    md = write_sparsity_report(tmp_path).read_text()
+    assert "| wanda | - | 12.00 | - | - | 5.00 |" in md  # in domain
+    assert "| wanda | - | 60.00 | - | - | 28.00 |" in md and "Out of domain" in md
+    assert "| 12.00 | 60.00 (70.00) |" in md  # every point: in and out of domain side by side
+    (tmp_path / "points.jsonl").unlink()
+    append_jsonl(tmp_path / "points.jsonl", _point("wanda", 0.5, 0.12))
+    assert "Out of domain" not in write_sparsity_report(tmp_path).read_text()

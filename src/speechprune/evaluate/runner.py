@@ -325,3 +325,29 @@ def evaluate_ood(backend: Backend, model: str, out_dir: str | Path, options: Dec
         utts = kept
     settings = eval_settings(model, OOD_DATA, None, backend.name, options, per_source)
     return evaluate(backend, utts, out_dir, options, batch_size=batch_size, settings=settings, progress=progress)
+
+
+def evaluate_with_ood(backend: Backend, utts: list, out_dir: str | Path, model: str, data: str, split: str | None,
+                      options: DecodeOptions = DecodeOptions(), limit: int | None = None,
+                      ood_per_source: int | None = None, progress: bool = True) -> dict:
+    """In-domain metrics of ``backend`` on ``utts`` (``data``/``split``, the first ``limit`` if set) into ``out_dir``,
+    with the out-of-domain suite's under ``"ood"`` (into ``out_dir/ood``) unless ``data`` is itself one of its
+    sources: the pair every evaluation of a pruned or trained model reports. Both resume like :func:`evaluate`."""
+    out_dir = Path(out_dir)
+    metrics = evaluate(backend, utts, out_dir, options, settings=eval_settings(model, data, split, backend.name,
+                                                                              options, limit), progress=progress)
+    if wants_ood(data):
+        metrics = {**metrics, "ood": evaluate_ood(backend, model, out_dir / OOD_DIR, options,
+                                                  per_source=ood_per_source, progress=progress)}
+    return metrics
+
+
+def ood_fields(metrics: dict, suffix: str = "") -> dict:
+    """The out-of-domain half of :func:`evaluate_with_ood`'s metrics as flat record fields (``wer_ood<suffix>``,
+    its mean of sources, loops, per-source WER); empty when there is none."""
+    ood = metrics.get("ood")
+    if not ood:
+        return {}
+    return {f"wer_ood{suffix}": ood["wer"], f"macro_wer_ood{suffix}": ood.get("macro_wer"),
+            f"runaway_ood{suffix}": ood["runaway"]["utterances"],
+            f"wer_ood_by_source{suffix}": {k: v["wer"] for k, v in (ood.get("by_source") or {}).items()}}

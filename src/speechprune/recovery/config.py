@@ -33,6 +33,12 @@ class LengthAdaptive(_Strict):
         return self
 
 
+# Recovery audio that is not one voice (issue 16): asterisk dev, then synthetic voices wideband and telephone band,
+# taken in turn (``interleave``); at a CPU budget it holds out of domain where asterisk alone does not
+# (docs/design.md, "What each ingredient buys"). The benches' default; recipes name their own.
+DIVERSE_DATA = ("asterisk:dev", "synth:300", "synth-telephone:300")
+
+
 class Recovery(_Strict):
     """Distillation fine-tuning from the dense teacher after pruning (and between incremental steps)."""
 

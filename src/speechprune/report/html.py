@@ -447,7 +447,8 @@ def _analysis_sections(col: Collection) -> list[str]:
 
 def _sparsity_sections(col: Collection) -> list[str]:
     """Unstructured results (WER table, every point, disk against dense) and low-rank results, tables and plots."""
-    from .sparsity import figures, lowrank_note, lowrank_rows, point_rows, storage_notes, storage_rows, wer_rows
+    from .sparsity import (figures, has_ood, lowrank_note, lowrank_rows, point_rows, storage_notes, storage_rows,
+                           wer_rows)
 
     parts = []
     for r in col.sparsity:
@@ -457,6 +458,9 @@ def _sparsity_sections(col: Collection) -> list[str]:
                      f"<p class='src'>{html.escape(r['source'])}</p>")
         parts += [_png(f) for f in figures(pts, storage).values()]
         parts.append(_table(*wer_rows(pts)))
+        if has_ood(pts):
+            parts.append("<h3>Out of domain: english-ood (speakers and recordings that no recovery, calibration or "
+                         "sweep reads), pooled WER %</h3>" + _table(*wer_rows(pts, key="wer_ood")))
         parts.append(_table(*point_rows(pts)))
         parts.append('<p class="note">Latency: masked-dense models run the same dense kernels as the dense model; '
                      "any difference is noise, not a speed-up.</p>")

@@ -46,8 +46,23 @@ def is_lowrank_point(rec) -> bool:
     return isinstance(rec, dict) and {"ranks", "wer_factorized", "latency_ratio", "params"} <= rec.keys()
 
 
-def wer_rows(points: list[dict], sparsities=SPARSITIES) -> Table:
-    """One row per method, WER % at each target sparsity (``-`` where not run), dense WER alongside."""
+def _ood(p: dict, suffix: str = "") -> str:
+    """Out-of-domain WER %, pooled (mean of sources), or ``-`` where a record has none."""
+    wer = p.get(f"wer_ood{suffix}")
+    if wer is None:
+        return "-"
+    macro = p.get(f"macro_wer_ood{suffix}")
+    return _pct(wer) + ("" if macro is None else f" ({_pct(macro)})")
+
+
+def has_ood(records: list[dict]) -> bool:
+    """Whether any record carries out-of-domain WER (records from before issue 16 do not)."""
+    return any(k.startswith("wer_ood") for r in records for k in r)
+
+
+def wer_rows(points: list[dict], sparsities=SPARSITIES, key: str = "wer") -> Table:
+    """One row per method, WER % at each target sparsity (``-`` where not run), dense WER alongside; ``key``
+    ``wer_ood`` gives the same table out of domain."""
     dense = next((p for p in points if p["method"] == "dense"), None)
     methods = list(dict.fromkeys(p["method"] for p in points if p["method"] != "dense"))
     by = {(p["method"], round(p["target"], 4)): p for p in points if p["method"] != "dense" and p["target"] is not None}
@@ -55,14 +70,14 @@ def wer_rows(points: list[dict], sparsities=SPARSITIES) -> Table:
     for m in methods:
         if all((m, round(s, 4)) not in by for s in sparsities):
             continue
-        cells = [_pct(by[(m, round(s, 4))]["wer"]) if (m, round(s, 4)) in by else "-" for s in sparsities]
-        rows.append([m, *cells, _pct(dense and dense["wer"])])
+        cells = [_pct(by[(m, round(s, 4))].get(key)) if (m, round(s, 4)) in by else "-" for s in sparsities]
+        rows.append([m, *cells, _pct(dense and dense.get(key))])
     return ["method", *(f"{100 * s:.0f} %" for s in sparsities), "dense"], rows
 
 
-def wer_table(points: list[dict], sparsities=SPARSITIES) -> str:
+def wer_table(points: list[dict], sparsities=SPARSITIES, key: str = "wer") -> str:
     """Markdown of :func:`wer_rows`."""
-    return markdown(wer_rows(points, sparsities))
+    return markdown(wer_rows(points, sparsities, key))
 
 
 def point_rows(points: list[dict]) -> Table:
@@ -72,12 +87,13 @@ def point_rows(points: list[dict]) -> Table:
         d = p.get("disk") or {}
         lat = p.get("latency_ms")
         rows.append([
-            p["method"], p.get("pattern") or _pct(p["target"], 0), _pct(p.get("sparsity"), 1), _pct(p["wer"]),
+            p["method"], p.get("pattern") or _pct(p["target"], 0), _pct(p.get("sparsity"), 1), _pct(p["wer"]), _ood(p),
             f"{p['nonzero_params'] / 1e6:.2f} / {p['params'] / 1e6:.2f}", f"{d.get('dense_bytes', 0) / 1e6:.1f}",
             f"{d.get('sparse_bytes', 0) / 1e6:.1f}", f"{d.get('sparse_fp16_bytes', 0) / 1e6:.1f}",
             ", ".join(f"{k} {v}" for k, v in (d.get("layouts") or {}).items() if v),
             "-" if lat is None else f"{lat:.0f} ({p['latency_ms_dense']:.0f})"])
-    return (["method", "target", "reached", "WER %", "nonzero M / params M", "dense MB", "sparse MB (fp32)",
+    return (["method", "target", "reached", "WER %", "out-of-domain WER % (mean of sources)", "nonzero M / params M",
+             "dense MB", "sparse MB (fp32)",
              "sparse MB (fp16)", "layouts", "latency ms, dense kernels (dense)"], rows)
 
 
@@ -128,18 +144,22 @@ def lowrank_rows(records: list[dict]) -> Table:
             f"{r['flops_encoder'] / 1e9:.2f} ({d['flops_encoder'] / 1e9:.2f})",
             f"{r['flops_decoder_per_token'] / 1e6:.1f} ({d['flops_decoder_per_token'] / 1e6:.1f})",
             _pct(r["wer_factorized"]), _pct(r.get("wer_recovered")), _pct(r.get("wer_dense")),
+            _ood(r, "_factorized"), _ood(r, "_recovered"), _ood(r, "_dense"),
             f"{_ms(r.get('latency_ms'))} ({_ms(r.get('latency_ms_dense'))})", f"{r['latency_ratio']:.2f}",
             f"{_ms(r.get('encoder_ms'))} ({_ms(r.get('encoder_ms_dense'))})",
             f"{_ms(r.get('decoder_ms_per_token'), 1)} ({_ms(r.get('decoder_ms_per_token_dense'), 1)})"])
     return (["point", "method", "layers kept share", "low-rank layers", "params M (dense)", "enc GFLOP (dense)",
-             "dec MFLOP/token (dense)", "WER one-shot", "WER recovered", "dense WER", "latency ms (dense)",
+             "dec MFLOP/token (dense)", "WER one-shot", "WER recovered", "dense WER", "OOD WER one-shot",
+             "OOD WER recovered", "dense OOD WER", "latency ms (dense)",
              "latency ratio", "enc ms (dense)", "dec ms/token (dense)"], rows)
 
 
 def lowrank_note(records: list[dict]) -> str:
     split = {(r.get("split"), r.get("limit")) for r in records}
     where = ", ".join(f"{s}{'' if n is None else f' (first {n})'}" for s, n in sorted(split, key=str))
-    return (f"WER on asterisk {where}; latency: batch 1, medians, interleaved with the dense model. The end-to-end "
+    return (f"WER on asterisk {where}; OOD: out of domain, english-ood (speakers and recordings that no recovery, "
+            "calibration or sweep reads), pooled (mean of sources); latency: batch 1, medians, interleaved with the "
+            "dense model. The end-to-end "
             "ratio also moves with the number of tokens decoded (a damaged model may loop to the token limit); "
             "encoder ms and decoder ms/token do not.")
 
@@ -246,7 +266,10 @@ def write_sparsity_report(results_dir: str | Path, title: str = "Unstructured pr
     parts = [f"# {title}", "", f"WER % on asterisk {split}"
              f"{'' if not points or points[0].get('limit') is None else ' (first ' + str(points[0]['limit']) + ' utterances)'}"
              " by method and sparsity of the attention and FFN weights (one-shot unless the method says IMP):", "",
-             wer_table(points), "Every point:", "", points_table(points),
+             wer_table(points), *(["Out of domain (english-ood: speakers and recordings that no recovery, calibration "
+                                   "or sweep reads), pooled WER %:", "", wer_table(points, key="wer_ood")]
+                                 if has_ood(points) else []),
+             "Every point:", "", points_table(points),
              "Latency: masked-dense models run the same dense kernels as the dense model; any difference is noise, "
              "not a speed-up.", ""]
     if storage:
