@@ -1,7 +1,8 @@
 """Pruned + exported Whisper against faster-whisper, on real speech, in one run: accuracy, latency, FLOP bound.
 
 Exports the pruned folder (and, for reference, the dense model) to ONNX Runtime int8 (with and without the
-restricted English output vocabulary) and to CTranslate2 int8; scores each on the test split (one shared front end);
+restricted English output vocabulary) and to CTranslate2 int8; scores each on the test split and on the
+out-of-domain suite (english-ood: speakers no recovery reads), one shared front end;
 then times them side by side, interleaved utterance by utterance, next to dense PyTorch and faster-whisper int8 on
 the original tiny.en files. Each backend's median time is also given as a multiple of its own FLOP lower bound:
 its FLOPs per utterance divided by this machine's measured GEMM peak (fp32 for float backends; for int8 ones the
@@ -23,7 +24,7 @@ import torch
 from speechprune.bench.latency import BenchOptions, benchmark
 from speechprune.data.datasets import load_dataset
 from speechprune.evaluate.backends import load_backend
-from speechprune.evaluate.runner import eval_settings, evaluate
+from speechprune.evaluate.runner import evaluate_with_ood, ood_fields
 from speechprune.io import atomic_write_json
 from speechprune.models.decoding import DecodeOptions
 from speechprune.models.registry import resolve_model
@@ -100,6 +101,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--utterances", type=int, default=20, help="utterances timed")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ood-per-source", type=int, default=None,
+                    help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out, threads = args.out, args.threads
@@ -136,10 +139,10 @@ def main() -> None:
     test = load_dataset("asterisk", "test")
     wer = {}
     for n, be in backends.items():
-        settings = eval_settings(n, "asterisk", "test", n, DecodeOptions())
-        m = evaluate(be, test, out / "eval" / n, DecodeOptions(), settings=settings)
-        wer[n] = {"wer": m["wer"], "cer": m["cer"], "n_utterances": m["n_utterances"]}
-        print(f"{n}: WER {100 * m['wer']:.2f} %", flush=True)
+        m = evaluate_with_ood(be, test, out / "eval" / n, n, "asterisk", "test", ood_per_source=args.ood_per_source)
+        wer[n] = {"wer": m["wer"], "cer": m["cer"], "n_utterances": m["n_utterances"], **ood_fields(m)}
+        print(f"{n}: WER {100 * m['wer']:.2f} % asterisk test, {100 * m['ood']['wer']:.2f} % out of domain "
+              f"(english-ood, pooled)", flush=True)
 
     peak = gemm_peak_flops(threads)
     record = benchmark(list(backends.values()), test, DecodeOptions(), BenchOptions(2, args.repeats, args.utterances),
@@ -154,12 +157,12 @@ def main() -> None:
                    "flops_per_utterance_median": r["flops_per_utterance_median"], "params": r["params"],
                    "disk_bytes": r["disk_bytes"], "speedup_vs_faster_whisper_int8": fw / r["latency_ms_median"],
                    "flop_bound_ms": bound_ms, "time_over_flop_bound": r["latency_ms_median"] / bound_ms}
-    result = {"pruned": str(args.pruned), "threads": threads, "gemm_peak_flops": peak, "rows": rows,
+    result = {"pruned": str(args.pruned), "threads": threads, "ood_per_source": args.ood_per_source, "gemm_peak_flops": peak, "rows": rows,
               "other_cpu_load": record["other_cpu_load"], "environment": record["environment"], "bench": record}
     atomic_write_json(out / "export_speed.json", result)
-    print(f"{'backend':24} {'WER %':>6} {'ms/utt':>7} {'enc ms':>7} {'ms/tok':>7} {'x fw':>6} {'x bound':>8}")
+    print(f"{'backend':24} {'WER %':>6} {'OOD %':>6} {'ms/utt':>7} {'enc ms':>7} {'ms/tok':>7} {'x fw':>6} {'x bound':>8}")
     for n, r in rows.items():
-        print(f"{n:24} {100 * r['wer']:6.2f} {r['latency_ms_median']:7.1f} {r['encoder_ms_median']:7.1f} "
+        print(f"{n:24} {100 * r['wer']:6.2f} {100 * r['wer_ood']:6.2f} {r['latency_ms_median']:7.1f} {r['encoder_ms_median']:7.1f} "
               f"{r['decoder_ms_per_token'] or 0:7.2f} {r['speedup_vs_faster_whisper_int8']:6.2f} "
               f"{r['time_over_flop_bound']:8.2f}")
     print(f"GEMM peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, int8 {peak['int8'] / 1e9:.0f} GOP/s; "

@@ -18,7 +18,8 @@ and FFN weight of the 4 layers; the tied embedding, most of a small LM's weights
 plus ``dense`` (the LM itself) and ``no-lm`` (tiny.en beam search without an LM). Fine-tuning is the same budget
 everywhere (``--ft-steps`` steps of ``--ft-batch`` lines of english-text train); calibration reads english-text dev.
 Perplexity is on english-text test (``--ppl-lines`` lines spread over it); fused WER on the first ``--wer-clips``
-asterisk test clips at one LM weight and bonus for every variant (tuned once for the dense LM on asterisk dev:
+asterisk test clips and, beside it, the first ``--ood-per-source`` clips of each out-of-domain source
+(``english-ood``), at one LM weight and bonus for every variant (tuned once for the dense LM on asterisk dev:
 ``--weight``/``--bonus``), with the LM's share of the decoding time. Results are appended to ``OUT/results.jsonl`` as
 each variant finishes; a rerun skips finished variants and resumes unfinished runs and evaluations.
 
@@ -138,10 +139,11 @@ def lm_ms_per_token(folder: Path, beams: int = 4, tokens: int = 48, repeats: int
 
 def fused_wer(lm_folder: Path | None, label: str, out: Path, args) -> dict:
     """tiny.en beam search (``--beam``) on the first ``--wer-clips`` asterisk test clips, fused with the LM in
-    ``lm_folder`` (None: no LM); WER, seconds per clip and the LM's share of them."""
+    ``lm_folder`` (None: no LM), and the first ``--ood-per-source`` clips of each out-of-domain source; WER of
+    each, seconds per asterisk clip and the LM's share of them."""
     from speechprune.data.datasets import load_dataset
     from speechprune.evaluate.backends import load_backend
-    from speechprune.evaluate.runner import eval_settings, evaluate
+    from speechprune.evaluate.runner import OOD_DIR, eval_settings, evaluate, evaluate_ood
     from speechprune.models.decoding import DecodeOptions
     from speechprune.models.fusion import load_fusion_lm
     from speechprune.models.registry import resolve_model
@@ -156,10 +158,14 @@ def fused_wer(lm_folder: Path | None, label: str, out: Path, args) -> dict:
     m = evaluate(be, utts, out / "eval" / label, options,
                  settings=eval_settings(RECOGNIZER, "asterisk", "test", "torch", options, n), progress=False)
     seconds = time.perf_counter() - t0
+    timing = {"seconds_per_clip": seconds / max(1, len(utts)),
+              "lm_share": None if fusion is None or seconds < 1e-9 else fusion.seconds / seconds,
+              "lm_steps": None if fusion is None else fusion.steps}  # asterisk only: before the suite below
+    ood = evaluate_ood(be, RECOGNIZER, out / "eval" / label / OOD_DIR, options, per_source=args.ood_per_source,
+                       progress=False)
     return {"wer": m["wer"], "n_utterances": m["n_utterances"], "runaway": m["runaway"]["utterances"],
-            "seconds_per_clip": seconds / max(1, len(utts)),
-            "lm_share": None if fusion is None or seconds < 1e-9 else fusion.seconds / seconds,
-            "lm_steps": None if fusion is None else fusion.steps}
+            "english_ood_wer": ood["wer"], "english_ood_macro_wer": ood.get("macro_wer"),
+            "english_ood_utterances": ood["n_utterances"], **timing}
 
 
 def main() -> None:
@@ -178,6 +184,7 @@ def main() -> None:
     ap.add_argument("--ft-batch", type=int, default=32, help="lines per fine-tuning batch")
     ap.add_argument("--ppl-lines", type=int, default=4000)
     ap.add_argument("--wer-clips", type=int, default=200)
+    ap.add_argument("--ood-per-source", type=int, default=20, help="english-ood clips per source scored")
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--weight", type=float, default=0.3, help="LM weight lambda for every variant")
     ap.add_argument("--bonus", type=float, default=0.5, help="length bonus beta per token for every variant")
@@ -216,7 +223,8 @@ def main() -> None:
         if not args.no_wer:
             row["asterisk_test"] = fused_wer(folder, name, args.out, args)
         row.update(minutes=(time.time() - t0) / 60, threads=args.threads, limit=args.limit,
-                   settings={k: getattr(args, k) for k in ("ft_steps", "ft_batch", "ppl_lines", "wer_clips", "beam",
+                   settings={k: getattr(args, k) for k in ("ft_steps", "ft_batch", "ppl_lines", "wer_clips",
+                                                            "ood_per_source", "beam",
                                                             "weight", "bonus")})
         append_jsonl(results, row)
         print(json.dumps({k: v for k, v in row.items() if k != "settings"}), flush=True)
