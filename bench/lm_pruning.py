@@ -25,6 +25,7 @@ each variant finishes; a rerun skips finished variants and resumes unfinished ru
 
     python bench/lm_pruning.py --lm runs/lm/whisper-bpe/model --out runs/lm-pruning [--variants a,b] [--threads 1]
     python bench/lm_pruning.py --lm LM --out /tmp/lmp --limit 8 --ft-steps 2   # a smoke test, not a result
+    python bench/lm_pruning.py --lm LM --out runs/lm-pruning --executor ray     # variants on Ray workers
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from speechprune.scale.executor import add_executor_arguments, executor_from_arguments, run_jobs
 
 RECOGNIZER = "whisper-tiny.en"
 SHARES = (0.25, 0.5, 0.75)
@@ -168,42 +172,21 @@ def fused_wer(lm_folder: Path | None, label: str, out: Path, args) -> dict:
             "english_ood_utterances": ood["n_utterances"], **timing}
 
 
-def main() -> None:
-    import torch
+@dataclass(frozen=True)
+class VariantJob:
+    """One variant per item (``scale.executor.Job``): prune or train it (resumable, in its own folder), then its
+    perplexity, LM step time and fused WER. Nothing is shared between variants, so setup has nothing to build."""
 
-    from speechprune.evaluate.perplexity import evaluate_perplexity
-    from speechprune.io import append_jsonl, read_jsonl_tolerant
-    from speechprune.models.family import family_for_folder
+    args: argparse.Namespace
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lm", type=Path, required=True, help="the dense LM folder (a Whisper-token LM)")
-    ap.add_argument("--out", type=Path, default=Path("runs/lm-pruning"))
-    ap.add_argument("--variants", default=None, help="comma-separated (default: all, in order)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps per recovery phase")
-    ap.add_argument("--ft-batch", type=int, default=32, help="lines per fine-tuning batch")
-    ap.add_argument("--ppl-lines", type=int, default=4000)
-    ap.add_argument("--wer-clips", type=int, default=200)
-    ap.add_argument("--ood-per-source", type=int, default=20, help="english-ood clips per source scored")
-    ap.add_argument("--beam", type=int, default=4)
-    ap.add_argument("--weight", type=float, default=0.3, help="LM weight lambda for every variant")
-    ap.add_argument("--bonus", type=float, default=0.5, help="length bonus beta per token for every variant")
-    ap.add_argument("--scratch-recipe", default="lm-whisper-bpe", help="the dense LM's training recipe")
-    ap.add_argument("--no-wer", action="store_true", help="perplexity and time only")
-    ap.add_argument("--limit", type=int, default=None, help="a smoke test: tiny data everywhere")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    if family_for_folder(args.lm).name != "lm":
-        raise SystemExit(f"{args.lm}: not a language model folder")
-    names = args.variants.split(",") if args.variants else variant_names()
-    unknown = sorted(set(names) - set(variant_names()))
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; choose from {variant_names()}")
-    results = args.out / "results.jsonl"
-    done = {r["variant"] for r in read_jsonl_tolerant(results)} if results.exists() else set()
-    for name in names:
-        if name in done:
-            continue
+    def setup(self) -> None:
+        return None
+
+    def run(self, state: None, name: str) -> dict:
+        from speechprune.evaluate.perplexity import evaluate_perplexity
+        from speechprune.models.family import family_for_folder
+
+        args = self.args
         t0 = time.time()
         row: dict = {"variant": name}
         if name == "no-lm":
@@ -224,10 +207,50 @@ def main() -> None:
             row["asterisk_test"] = fused_wer(folder, name, args.out, args)
         row.update(minutes=(time.time() - t0) / 60, threads=args.threads, limit=args.limit,
                    settings={k: getattr(args, k) for k in ("ft_steps", "ft_batch", "ppl_lines", "wer_clips",
-                                                            "ood_per_source", "beam",
-                                                            "weight", "bonus")})
-        append_jsonl(results, row)
+                                                            "ood_per_source", "beam", "weight", "bonus")})
+        return row
+
+
+def main() -> None:
+    import torch
+
+    from speechprune.io import append_jsonl, read_jsonl_tolerant
+    from speechprune.models.family import family_for_folder
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lm", type=Path, required=True, help="the dense LM folder (a Whisper-token LM)")
+    ap.add_argument("--out", type=Path, default=Path("runs/lm-pruning"))
+    ap.add_argument("--variants", default=None, help="comma-separated (default: all, in order)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps per recovery phase")
+    ap.add_argument("--ft-batch", type=int, default=32, help="lines per fine-tuning batch")
+    ap.add_argument("--ppl-lines", type=int, default=4000)
+    ap.add_argument("--wer-clips", type=int, default=200)
+    ap.add_argument("--ood-per-source", type=int, default=20, help="english-ood clips per source scored")
+    ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--weight", type=float, default=0.3, help="LM weight lambda for every variant")
+    ap.add_argument("--bonus", type=float, default=0.5, help="length bonus beta per token for every variant")
+    ap.add_argument("--scratch-recipe", default="lm-whisper-bpe", help="the dense LM's training recipe")
+    ap.add_argument("--no-wer", action="store_true", help="perplexity and time only")
+    ap.add_argument("--limit", type=int, default=None, help="a smoke test: tiny data everywhere")
+    add_executor_arguments(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if family_for_folder(args.lm).name != "lm":
+        raise SystemExit(f"{args.lm}: not a language model folder")
+    names = args.variants.split(",") if args.variants else variant_names()
+    unknown = sorted(set(names) - set(variant_names()))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {variant_names()}")
+    results = args.out / "results.jsonl"
+    done = {r["variant"] for r in read_jsonl_tolerant(results)} if results.exists() else set()
+    where = executor_from_arguments(args, args.threads)
+
+    def on_record(name: str, row: dict) -> None:
+        append_jsonl(results, {**row, "executor": where.record})
         print(json.dumps({k: v for k, v in row.items() if k != "settings"}), flush=True)
+
+    run_jobs(VariantJob(args), [n for n in names if n not in done], where, on_record, desc="variants")
 
 
 if __name__ == "__main__":

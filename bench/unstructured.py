@@ -19,6 +19,8 @@ for masked-dense models, which run dense kernels: it is reported, never claimed 
     # a smoke run
     python bench/unstructured.py --out runs/unstructured-smoke --split dev --limit 8 \
         --methods magnitude-layer wanda --sparsities 0.5 --bench-utterances 2
+    # the points on Ray workers (each loads the dense model once; this process writes points.jsonl)
+    python bench/unstructured.py --out runs/unstructured --executor ray [--ray-address HOST:PORT] [--threads 1]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +47,7 @@ from speechprune.recovery.distill import recovery_batches
 from speechprune.prune.sparse_recipe import parse_sparsify_recipe
 from speechprune.prune.unstructured import sparsify
 from speechprune.report.sparsity import crossover, write_sparsity_report
+from speechprune.scale.executor import add_executor_arguments, executor_from_arguments, run_jobs
 
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
 METHODS: dict[str, dict] = {
@@ -91,6 +95,79 @@ def storage_curve(dense_model, out: Path) -> dict:
     return record
 
 
+@dataclass(frozen=True)
+class PointsJob:
+    """One point per item, ``(name, method, sparsity)`` (``scale.executor.Job``): each worker loads the dense model
+    once and labels the calibration and recovery audio once, the first time a point needs them."""
+
+    model: str
+    out: Path
+    split: str
+    limit: int | None
+    imp_rounds: int
+    recovery: dict  # a Recovery's fields (IMP's retraining)
+    bench_utterances: int
+    threads: int
+    ood_per_source: int | None
+
+    def setup(self) -> dict:
+        utts = load_dataset("asterisk", self.split)
+        utts = utts[: self.limit] if self.limit else utts
+        return {"dense": TorchWhisper.from_folder(resolve_model(self.model), name="dense"), "utts": utts,
+                "bench_utts": load_dataset("asterisk", self.split)[: max(1, self.bench_utterances)],
+                # never calibrate or train on what is scored
+                "held_out": {u.id for u in utts} if self.split == "dev" else set(), "cal": None, "rec": None}
+
+    def _training(self, state: dict, limit: int | None, data=("asterisk:dev",)) -> list:
+        utts = training_utterances(list(data), interleave=len(data) > 1)
+        return [u for u in utts if u.id not in state["held_out"]][:limit]
+
+    def run(self, state: dict, item: tuple[str, str, float | None]) -> dict:
+        name, method, s = item
+        dense = state["dense"]
+        t0 = time.perf_counter()
+        if method == "dense":
+            from speechprune.prune.unstructured import prunable_sites, sparsity_record
+
+            model, result = dense.model, {"target": None, **sparsity_record(dense.model, prunable_sites(dense.model))}
+        elif method in IMP_METHODS:
+            rec_cfg = Recovery(**self.recovery)
+            if state["rec"] is None and rec_cfg.steps:
+                state["rec"] = recovery_batches(dense, rec_cfg, self._training(state, rec_cfg.max_utterances,
+                                                                               rec_cfg.data))
+            recipe = parse_sparsify_recipe({"name": name, "sparsity": s, "imp": {
+                "rounds": self.imp_rounds, "rewind": IMP_METHODS[method], "recovery": rec_cfg.model_dump()}})
+            model = copy.deepcopy(dense.model)
+            result = imp(model, recipe, state["rec"], progress=False)
+        else:
+            spec = METHODS[method]
+            recipe = parse_sparsify_recipe({"name": name, "calibration": CAL, **spec,
+                                            **({} if "pattern" in spec else {"sparsity": s})})
+            if recipe.needs_calibration and state["cal"] is None:
+                state["cal"] = dense.labelled_batches(self._training(state, CAL["utterances"]), CAL["batch_size"],
+                                                      progress=False)
+            model = copy.deepcopy(dense.model)
+            result = sparsify(model, recipe, state["cal"] if recipe.needs_calibration else None, progress=False)
+        seconds = time.perf_counter() - t0
+        be = TorchWhisper(model, dense.tokenizer, dense.vocab, name=name)
+        decode = DecodeOptions()
+        metrics = evaluate_with_ood(be, state["utts"], self.out / name / "eval", name, "asterisk", self.split, decode,
+                                    self.limit, ood_per_source=self.ood_per_source, progress=False)
+        lat = lat_dense = load = None
+        if self.bench_utterances:
+            b = benchmark([dense] if name == "dense" else [dense, be], state["bench_utts"], decode,
+                          BenchOptions(1, 2, self.bench_utterances), threads=self.threads, progress=False)
+            lat, lat_dense = b["backends"][name]["latency_ms_median"], b["backends"]["dense"]["latency_ms_median"]
+            load = b["other_cpu_load"]
+        return {"name": name, "method": method, "target": s, "split": self.split, "limit": self.limit,
+                "wer": metrics["wer"], "cer": metrics["cer"], "n_utterances": metrics["n_utterances"],
+                **ood_fields(metrics), "ood_per_source": self.ood_per_source,
+                **{k: v for k, v in result.items() if k not in ("target",)},
+                "disk": size_report(model), "seconds": seconds,
+                "latency_ms": lat, "latency_ms_dense": lat_dense, "other_cpu_load": load,
+                "latency_note": "masked-dense: dense kernels, no sparse speed-up; taken under shared-machine load"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="whisper-tiny.en")
@@ -107,97 +184,38 @@ def main() -> None:
     ap.add_argument("--no-storage", action="store_true", help="skip the file-size curve")
     ap.add_argument("--ood-per-source", type=int, default=None,
                     help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="compute threads (default: 2 here, 1 per Ray worker)")
+    add_executor_arguments(ap)
     args = ap.parse_args()
+    threads = args.threads or (1 if args.executor == "ray" else 2)
+    where = executor_from_arguments(args, threads)
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     done = {r["name"] for r in read_jsonl_tolerant(out / "points.jsonl")}
-    src = resolve_model(args.model)
-    dense = TorchWhisper.from_folder(src, name="dense")
-    utts = load_dataset("asterisk", args.split)
-    utts = utts[: args.limit] if args.limit else utts
-    bench_utts = load_dataset("asterisk", args.split)[: max(1, args.bench_utterances)]
-    decode = DecodeOptions()
-    held_out = {u.id for u in utts} if args.split == "dev" else set()  # never calibrate or train on what is scored
+    items = [("dense", "dense", None)]
+    for method in args.methods:
+        for s in [0.5] if "pattern" in METHODS[method] else args.sparsities:
+            items.append((f"{method}-{round(100 * s)}", method, s))
+    if args.imp:
+        items += [(f"{method}-{round(100 * s)}", method, s) for method in IMP_METHODS for s in args.sparsities]
+    rec_cfg = Recovery(data=list(DIVERSE_DATA), interleave=True, steps=args.recovery_steps, batch_size=8,
+                       lr=1e-4, max_utterances=args.recovery_utterances)
+    job = PointsJob(args.model, out, args.split, args.limit, args.imp_rounds, rec_cfg.model_dump(),
+                    args.bench_utterances, threads, args.ood_per_source)
 
-    def dev_utterances(limit: int | None, data=("asterisk:dev",)):
-        return [u for u in training_utterances(list(data), interleave=len(data) > 1) if u.id not in held_out][:limit]
-
-    def evaluate_model(model, name: str) -> dict:
-        be = TorchWhisper(model, dense.tokenizer, dense.vocab, name=name)
-        return evaluate_with_ood(be, utts, out / name / "eval", name, "asterisk", args.split, decode, args.limit,
-                                 ood_per_source=args.ood_per_source), be
-
-    def record(name: str, method: str, target, model, result: dict, seconds: float) -> None:
-        metrics, be = evaluate_model(model, name)
-        lat = lat_dense = load = None
-        if args.bench_utterances:
-            b = benchmark([dense] if name == "dense" else [dense, be], bench_utts, decode, BenchOptions(1, 2, args.bench_utterances),
-                          threads=args.threads, progress=False)
-            lat, lat_dense = b["backends"][name]["latency_ms_median"], b["backends"]["dense"]["latency_ms_median"]
-            load = b["other_cpu_load"]
-        rec = {"name": name, "method": method, "target": target, "split": args.split, "limit": args.limit,
-               "wer": metrics["wer"], "cer": metrics["cer"], "n_utterances": metrics["n_utterances"],
-               **ood_fields(metrics), "ood_per_source": args.ood_per_source,
-               **{k: v for k, v in result.items() if k not in ("target",)},
-               "disk": size_report(model), "seconds": seconds,
-               "latency_ms": lat, "latency_ms_dense": lat_dense, "other_cpu_load": load,
-               "latency_note": "masked-dense: dense kernels, no sparse speed-up; taken under shared-machine load"}
-        append_jsonl(out / "points.jsonl", rec)
-        done.add(name)
-        print(f"{name}: sparsity {100 * rec.get('sparsity', 0):.1f} %, WER {100 * rec['wer']:.2f} %, out of domain "
-              f"{'-' if rec.get('wer_ood') is None else format(100 * rec['wer_ood'], '.2f')} %, "
-              f"sparse {rec['disk']['sparse_bytes'] / 1e6:.1f} MB vs dense {rec['disk']['dense_bytes'] / 1e6:.1f} MB",
+    def on_record(item: tuple, rec: dict) -> None:
+        append_jsonl(out / "points.jsonl", {**rec, "executor": where.record})
+        done.add(rec["name"])
+        print(f"{rec['name']}: sparsity {100 * rec.get('sparsity', 0):.1f} %, WER {100 * rec['wer']:.2f} %, out of "
+              f"domain {'-' if rec.get('wer_ood') is None else format(100 * rec['wer_ood'], '.2f')} %, sparse "
+              f"{rec['disk']['sparse_bytes'] / 1e6:.1f} MB vs dense {rec['disk']['dense_bytes'] / 1e6:.1f} MB",
               flush=True)
 
-    if "dense" not in done:
-        t0 = time.perf_counter()
-        from speechprune.prune.unstructured import prunable_sites, sparsity_record
-
-        record("dense", "dense", None, dense.model, {"target": None, **sparsity_record(
-            dense.model, prunable_sites(dense.model))}, time.perf_counter() - t0)
-
-    cal_batches = None
-    for method in args.methods:
-        spec = METHODS[method]
-        targets = [0.5] if "pattern" in spec else args.sparsities
-        for s in targets:
-            name = f"{method}-{round(100 * s)}"
-            if name in done:
-                continue
-            recipe = parse_sparsify_recipe({"name": name, "calibration": CAL, **spec,
-                                            **({} if "pattern" in spec else {"sparsity": s})})
-            if recipe.needs_calibration and cal_batches is None:
-                cal_batches = dense.labelled_batches(dev_utterances(CAL["utterances"]),
-                                                     CAL["batch_size"], progress=True)
-            model = copy.deepcopy(dense.model)
-            t0 = time.perf_counter()
-            result = sparsify(model, recipe, cal_batches if recipe.needs_calibration else None, progress=True)
-            record(name, method, s, model, result, time.perf_counter() - t0)
-
-    if args.imp:
-        rec_cfg = Recovery(data=list(DIVERSE_DATA), interleave=True, steps=args.recovery_steps, batch_size=8,
-                           lr=1e-4, max_utterances=args.recovery_utterances)
-        rec_batches = None
-        for method, rewind in IMP_METHODS.items():
-            for s in args.sparsities:
-                name = f"{method}-{round(100 * s)}"
-                if name in done:
-                    continue
-                if rec_batches is None and args.recovery_steps:
-                    rec_batches = recovery_batches(dense, rec_cfg,
-                                                   dev_utterances(rec_cfg.max_utterances, rec_cfg.data))
-                recipe = parse_sparsify_recipe({"name": name, "sparsity": s, "imp": {
-                    "rounds": args.imp_rounds, "rewind": rewind, "recovery": rec_cfg.model_dump()}})
-                model = copy.deepcopy(dense.model)
-                t0 = time.perf_counter()
-                result = imp(model, recipe, rec_batches, progress=True)
-                record(name, method, s, model, result, time.perf_counter() - t0)
-
+    run_jobs(job, [i for i in items if i[0] not in done], where, on_record, desc="points")
     if not args.no_storage:
-        storage_curve(dense.model, out)
+        storage_curve(TorchWhisper.from_folder(resolve_model(args.model), name="dense").model, out)
     md = write_sparsity_report(out, f"Unstructured pruning of {args.model}")
     print(md.read_text())
 

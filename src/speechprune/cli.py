@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import SpeechpruneError
+from .scale.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, RAY_WORKERS_HELP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make speech models smaller and faster, and prove what it cost in accuracy.")
@@ -38,10 +39,6 @@ def _set_threads(threads: int | None) -> None:
         if threads < 1:
             raise SpeechpruneError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-
-
-EXECUTOR_HELP = "where the job list runs: local (this process) | ray (Ray workers; pip install 'speechprune[ray]')"
-RAY_ADDRESS_HELP = "a running Ray cluster (host:port or auto; default: start a local one with this machine's CPUs)"
 
 
 def _executor(kind: str, address: str | None, workers: int | None, threads: int | None):
@@ -685,7 +682,7 @@ def analyze_sensitivity_cmd(
     workers: int = typer.Option(1, min=1),
     executor: str = typer.Option("local", help=EXECUTOR_HELP),
     ray_address: Optional[str] = typer.Option(None, help=RAY_ADDRESS_HELP),
-    ray_workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (default: the cluster's CPUs // threads)"),
+    ray_workers: Optional[int] = typer.Option(None, min=1, help=RAY_WORKERS_HELP),
     threads: Optional[int] = typer.Option(None, help="compute threads (per Ray worker: default 1)"),
     device: str = typer.Option("cpu"),
 ) -> None:
@@ -782,7 +779,7 @@ def analyze_ablation_cmd(
     allow_test: bool = typer.Option(False, "--allow-test", help="allow --split test (final analysis only)"),
     executor: str = typer.Option("local", help=EXECUTOR_HELP),
     ray_address: Optional[str] = typer.Option(None, help=RAY_ADDRESS_HELP),
-    ray_workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (default: the cluster's CPUs // threads)"),
+    ray_workers: Optional[int] = typer.Option(None, min=1, help=RAY_WORKERS_HELP),
     threads: Optional[int] = typer.Option(None, help="compute threads (per Ray worker: default 1)"),
     device: str = typer.Option("cpu"),
 ) -> None:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from speechprune.errors import ConfigError
-from speechprune.scale.executor import Executor, check_address, run_jobs
+from speechprune.scale.executor import (Executor, add_executor_arguments, check_address, executor_from_arguments,
+                                        run_jobs)
 
 ray = pytest.importorskip("ray")
 
@@ -67,6 +68,24 @@ def test_bad_executor_settings_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=f"cluster at 127.0.0.1:{port} does not answer") as e:
         check_address(f"127.0.0.1:{port}", timeout=1.0)
     assert "\n" not in str(e.value)
+
+
+def test_the_bench_scripts_options_name_the_same_executor():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_executor_arguments(ap)
+    assert executor_from_arguments(ap.parse_args([]), 2) == Executor("local", threads=2)
+    ray = executor_from_arguments(ap.parse_args(["--executor", "ray", "--ray-workers", "3"]), 1)
+    assert ray == Executor("ray", workers=3, threads=1)
+    with pytest.raises(ConfigError, match="--ray-workers needs --executor ray"):
+        executor_from_arguments(ap.parse_args(["--ray-workers", "3"]), 1)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConfigError, match="does not answer"):  # before any work
+        executor_from_arguments(ap.parse_args(["--executor", "ray", "--ray-address", f"127.0.0.1:{port}"]), 1)
 
 
 def test_ray_gives_the_local_records_with_one_setup_per_pinned_worker(cluster):

@@ -63,6 +63,28 @@ class Executor:
         return {"kind": self.kind, "address": self.address, "workers": self.workers, "threads": self.threads}
 
 
+EXECUTOR_HELP = "where the job list runs: local (this process) | ray (Ray workers; pip install 'speechprune[ray]')"
+RAY_ADDRESS_HELP = "a running Ray cluster (host:port or auto; default: start a local one with this machine's CPUs)"
+RAY_WORKERS_HELP = "Ray workers (default: the cluster's CPUs // threads)"
+
+
+def add_executor_arguments(parser) -> None:
+    """``--executor``, ``--ray-address`` and ``--ray-workers`` on an ``argparse`` parser (the bench scripts' grids;
+    the CLI has the same options); ``--threads`` is the script's own."""
+    parser.add_argument("--executor", choices=EXECUTORS, default="local", help=EXECUTOR_HELP)
+    parser.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
+    parser.add_argument("--ray-workers", type=int, default=None, help=RAY_WORKERS_HELP)
+
+
+def executor_from_arguments(args, threads: int) -> Executor:
+    """The :class:`Executor` that :func:`add_executor_arguments`' options name, ``threads`` per worker; an address
+    that does not answer fails here, before any work."""
+    where = Executor(args.executor, address=args.ray_address, workers=args.ray_workers, threads=threads)
+    if where.address:
+        check_address(where.address)
+    return where
+
+
 def run_jobs(job: Job, items: Sequence[Any], executor: Executor, on_record: Callable[[Any, dict], None],
              progress: bool = False, desc: str = "jobs") -> int:
     """Run ``job`` on every item (setup once per worker) and call ``on_record(item, record)`` here as each one
