@@ -69,7 +69,7 @@ def main_job(model: str, data: str, split: str, threads: int, bench_utterances: 
 
             onnx_dir = out / "onnx-int8"
             if not (onnx_dir / MANIFEST).exists():
-                export_onnx(final_model_dir(out / "prune"), onnx_dir, quantize=True, overwrite=True)
+                export_onnx(final_model_dir(out / "prune"), onnx_dir, quantize="auto", overwrite=True)
             exported = load_backend(str(onnx_dir), "onnx", threads=threads, name="onnx-int8-pruned")
             backends.append(exported)
             metrics[exported.name] = evaluate_with_ood(exported, utts, out / "eval" / "onnx-int8-pruned",

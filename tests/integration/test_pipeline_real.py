@@ -51,6 +51,8 @@ def test_run_prunes_evaluates_benchmarks_and_reports(tmp_path):
     assert all(rows[n]["n_utterances_ood"] == len(SOURCES) and rows[n]["wer_ood"] is not None for n in rows)
     assert rows["faster-whisper-int8"]["wer"] is not None  # the peer is scored on the same clips
     assert rows["onnx-int8-pruned"]["gflops_encoder"] == rows["torch-pruned"]["gflops_encoder"]
+    parts = json.loads((out / "onnx-int8" / "speechprune_onnx.json").read_text())["quantization"]["parts"]
+    assert set(parts) == {"encoder", "decoder", "vocabulary"}  # each part's int8 choice measured on this CPU
     assert rows["torch-pruned"]["params_m"] < rows["torch"]["params_m"]
     assert "torch-pruned" in (out / "report.md").read_text()
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from speechprune.data.manifest import read_manifest
+from speechprune.errors import ConfigError
 from speechprune.models.adapters import adapter_for
 from speechprune.models.decoding import DecodeOptions
 from speechprune.models.whisper.backend import TorchWhisper
@@ -204,18 +205,17 @@ def test_an_interrupted_recovery_resumes_where_it_stopped(tiny_model, clips, tmp
     assert resumed.proj_out.weight is resumed.model.decoder.embed_tokens.weight  # loading kept the tie
 
 
-def test_a_checkpoint_of_another_recovery_is_not_resumed(tiny_model, clips, tmp_path):
+def test_a_checkpoint_of_another_recovery_is_refused_and_kept(tiny_model, clips, tmp_path):
     teacher = TorchWhisper(tiny_model, ToyTokenizer(), toy_vocab())
     batches = teacher.labelled_batches(read_manifest(clips), 2, OPTS, teacher_logits=True)
     ckpt = tmp_path / "rec.safetensors"
     distill(_pruned_student(tiny_model), batches, Recovery(steps=3, lr=1e-3), progress=False, checkpoint=ckpt)
-    other, fresh = Recovery(steps=3, lr=5e-4), _pruned_student(tiny_model)
-    distill(fresh, batches, other, progress=False)
-    student = _pruned_student(tiny_model)
-    stats = distill(student, batches, other, progress=False, checkpoint=ckpt)
-    assert "resumed_at" not in stats
-    assert all(torch.equal(v, w) for v, w in zip(fresh.state_dict().values(), student.state_dict().values()))
-    ckpt.write_bytes(b"torn")  # an unreadable checkpoint starts over too
+    kept = ckpt.read_bytes()
+    other = Recovery(steps=3, lr=5e-4)
+    with pytest.raises(ConfigError, match="rec.safetensors: is the checkpoint of another recovery") as e:
+        distill(_pruned_student(tiny_model), batches, other, progress=False, checkpoint=ckpt)
+    assert "\n" not in str(e.value) and ckpt.read_bytes() == kept  # nothing half-written over that run's work
+    ckpt.write_bytes(b"torn")  # an unreadable checkpoint starts over
     assert "resumed_at" not in distill(_pruned_student(tiny_model), batches, other, progress=False, checkpoint=ckpt)
 
 

@@ -128,8 +128,13 @@ def export_numerics(manifest: dict) -> dict:
     quant = manifest.get("quantization")
     if not quant:
         return {"all": {"dtype": "float32", "why": "not quantized"}}
-    return {"all": {"dtype": f"int{quant.get('weight_bits', 8)} weights, dynamic int8 activations",
-                    "why": (quant.get("chosen_for") or {}).get("why", "chosen at export")}}
+    int8 = f"int{quant.get('weight_bits', 8)} weights, dynamic int8 activations"
+    why = (quant.get("chosen_for") or {}).get("why", "chosen at export")
+    if "parts" in quant:  # quantize="auto": each part as the exporting CPU ran it best (times and errors kept)
+        return {name: {"dtype": int8 if p["dtype"] == "int8" else "float32",
+                       "why": p["why"] + (f"; {why}" if p["dtype"] == "int8" else ""), "ms": p["ms"]}
+                for name, p in quant["parts"].items()}
+    return {"all": {"dtype": int8, "why": why}}
 
 
 class OnnxWhisper:

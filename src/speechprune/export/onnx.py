@@ -125,33 +125,68 @@ class _NoPreprocessHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_graphs(folder: Path, per_channel: bool, graphs: tuple[str, ...] = GRAPHS,
-                    isa: dict[str, bool] | None = None) -> dict:
-    """Dynamic int8 quantization of ``graphs`` in ``folder``, in place, with 7-bit weights where the CPU (``isa``,
-    default this machine's) would saturate 8-bit ones; returns what was done and why."""
+def quantize_dynamic_graph(src: Path, dst: Path, per_channel: bool, reduce_range: bool,
+                           exclude: Sequence[str] = (), include: Sequence[str] | None = None) -> None:
+    """ONNX Runtime's dynamic int8 quantization of the graph ``src`` into ``dst``: every MatMul and Gather but the
+    nodes named in ``exclude`` (or only those in ``include``)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..bench.environment import cpu_isa, int8_saturates, isa_summary, mlas_kernels
-
-    isa = cpu_isa() if isa is None else isa
-    reduce_range = int8_saturates(isa)
     hint = _NoPreprocessHint()
     logging.getLogger().addFilter(hint)
     try:
-        for name in graphs:
-            src, dst = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel,
-                             reduce_range=reduce_range, op_types_to_quantize=list(QUANT_OP_TYPES))
-            os.replace(dst, src)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=reduce_range,
+                         op_types_to_quantize=list(QUANT_OP_TYPES), nodes_to_exclude=list(exclude),
+                         nodes_to_quantize=None if include is None else list(include))
     finally:
         logging.getLogger().removeFilter(hint)
+
+
+def quantize_graphs(folder: Path, per_channel: bool, graphs: tuple[str, ...] = GRAPHS,
+                    isa: dict[str, bool] | None = None, parts: dict | None = None) -> dict:
+    """Dynamic int8 quantization of ``graphs`` in ``folder``, in place, with 7-bit weights where the CPU (``isa``,
+    default this machine's) would saturate 8-bit ones; returns what was done and why. ``parts`` (Whisper's graphs,
+    from ``onnx_numerics.probe_parts``) keeps the parts it chose float32 in float32: the encoder graph, the decoder
+    graphs' body or their vocabulary projection."""
+    from ..bench.environment import cpu_isa, int8_saturates, isa_summary, mlas_kernels
+    from .onnx_numerics import vocabulary_nodes
+
+    isa = cpu_isa() if isa is None else isa
+    reduce_range = int8_saturates(isa)
+    for name in graphs:
+        src, dst = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
+        exclude: list[str] = []
+        include: list[str] | None = None
+        if parts is not None:
+            if name == "encoder":
+                if parts["encoder"]["dtype"] != "int8":
+                    continue
+            else:
+                body, proj = parts["decoder"]["dtype"], parts["vocabulary"]["dtype"]
+                if body != "int8" and proj != "int8":
+                    continue
+                if body != proj:
+                    vocab = vocabulary_nodes(src)
+                    exclude, include = (vocab, None) if proj != "int8" else ([], vocab)
+        quantize_dynamic_graph(src, dst, per_channel, reduce_range, exclude, include)
+        os.replace(dst, src)
     kernel = mlas_kernels(isa)["int8_gemm"]
     return {"method": "dynamic", "weight_type": "QInt8", "activation_type": "QUInt8", "per_channel": per_channel,
             "op_types": list(QUANT_OP_TYPES), "weight_bits": 7 if reduce_range else 8, "reduce_range": reduce_range,
             "chosen_for": {"cpu": isa_summary(isa), "int8_kernel": kernel,
                            "why": ("u8s8 sums pairs of products in int16 on this CPU and would saturate 8-bit "
                                    "weights" if reduce_range else "VNNI/AMX accumulate u8s8 in int32: full 8-bit "
-                                   "weights")}}
+                                   "weights")},
+            **({"parts": parts} if parts is not None else {})}
+
+
+def quantize_mode(quantize: bool | str) -> str | None:
+    """``None`` (float32), ``"int8"`` (every part) or ``"auto"`` (each part as this CPU runs it best) from an
+    export's ``quantize`` (``True`` is ``"int8"``); anything else is a one-line ``ConfigError``."""
+    mode = {False: None, True: "int8"}[quantize] if isinstance(quantize, bool) else quantize
+    if mode not in (None, "int8", "auto"):
+        raise ConfigError(f"ONNX export quantizes to int8 or auto (int8 where this CPU runs a part faster), "
+                          f"not {quantize!r}")
+    return mode
 
 
 def _read_json_or_none(path: Path) -> Any:
@@ -194,7 +229,7 @@ def check_against_torch(graphs, sessions: dict, prompt: list[int], n_mels: int, 
     }
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = False,
+def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool | str = False,
                 output_vocab: Sequence[int] | None = None, opset: int = 17, per_channel: bool = True,
                 overwrite: bool = False) -> dict:
     """Export a (dense or pruned) Whisper folder to ONNX Runtime graphs in ``out_dir``; returns the manifest
@@ -204,7 +239,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     (``"check_buckets"``).
 
     ``output_vocab`` restricts the output projection to those token ids (it must contain end-of-text);
-    ``quantize`` applies dynamic int8 quantization to every graph (``per_channel``: one scale per output column).
+    ``quantize`` applies dynamic int8 quantization to every graph (``True`` or ``"int8"``; ``per_channel``: one
+    scale per output column) or, ``"auto"``, to each part (encoder, decoder, vocabulary projection) that this CPU
+    runs faster in int8 within ``onnx_numerics.MAX_INT8_ERROR`` (measured here; the manifest records the times).
     An existing non-empty ``out_dir`` is refused unless ``overwrite``. float32 graphs that disagree with PyTorch
     raise ``ModelError``; int8 graphs only when far off (a broken quantization).
     """
@@ -220,6 +257,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
     from speechprune.models.whisper.load import load_whisper
 
     source, out = Path(model_dir), Path(out_dir)
+    mode = quantize_mode(quantize)
     check_opset(opset)
     check_output_dir(out, overwrite, source=source)
     model, _ = load_whisper(source)
@@ -236,15 +274,31 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
              "max_target_positions": int(cfg.max_target_positions), "vocab_size": int(cfg.vocab_size)}
 
     buckets = length_buckets(cfg)
+    prompt = vocab.prompt("en" if vocab.multilingual else None, "transcribe")
     with staged_dir(out) as tmp:
         names = _export_graphs(graphs, shape, tmp, opset, length_adaptive=buckets is not None)
-        quantization = quantize_graphs(tmp, per_channel) if quantize else None
+        quantization = None
+        if mode == "auto":
+            from ..bench.environment import cpu_isa, int8_saturates
+            from .onnx_numerics import probe_parts
+
+            reduce_range = int8_saturates(cpu_isa())
+            parts = probe_parts(
+                tmp, lambda src, dst, exclude, include=None: quantize_dynamic_graph(
+                    src, dst, per_channel, reduce_range, exclude, include),
+                graphs.io, prompt, shape["num_mel_bins"],
+                # a length-adaptive encoder is timed at its first bucket, where most clips fall
+                FRAMES_PER_POSITION * (buckets[0] if buckets else shape["max_source_positions"]))
+            quantization = quantize_graphs(tmp, per_channel, parts=parts)
+        elif mode == "int8":
+            quantization = quantize_graphs(tmp, per_channel)
+        quantized = quantization is not None and (
+            "parts" not in quantization or any(p["dtype"] == "int8" for p in quantization["parts"].values()))
         for name in (*PROCESSOR_FILES, GENERATION_CONFIG):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
         sessions = open_sessions(tmp, threads=None)
         with torch.inference_mode():
-            prompt = vocab.prompt("en" if vocab.multilingual else None, "transcribe")
             check = check_against_torch(graphs, sessions, prompt, shape["num_mel_bins"],
                                         2 * shape["max_source_positions"])
             # traced at the full window, so checked at every other bucket too (a baked-in length would fail there)
@@ -252,8 +306,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
                                                          FRAMES_PER_POSITION * b) for b in (buckets or ())[:-1]}
         for c in (check, *bucket_checks.values()):
             worst = max(c["encoder_max_abs_diff"], c["prefill_logits_max_abs_diff"], c["step_logits_max_abs_diff"])
-            if worst > CHECK_TOLERANCE[quantize] * c["logits_scale"]:
-                raise ModelError(f"exported {'int8' if quantize else 'float32'} ONNX graphs disagree with PyTorch "
+            if worst > CHECK_TOLERANCE[quantized] * c["logits_scale"]:
+                raise ModelError(f"exported {'int8' if quantized else 'float32'} ONNX graphs disagree with PyTorch "
                                  f"(max abs difference {worst:.3g})", source)
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -268,7 +322,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = 
             "n_mels": shape["num_mel_bins"],
             "params": sum(p.numel() for p in model.parameters()),
             "output_vocab": ids,
-            "quantized": quantize,
+            "quantized": quantized,
             "quantization": quantization,
             "opset": opset,
             "source": {"model_dir": str(source.resolve()), "versions": versions(),

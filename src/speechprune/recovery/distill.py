@@ -188,7 +188,9 @@ def save_recovery_state(path: Path, student: torch.nn.Module, opt: torch.optim.O
 def load_recovery_state(path: Path, student: torch.nn.Module, opt: torch.optim.Optimizer,
                         fingerprint: str) -> dict | None:
     """Restore a checkpoint written by ``save_recovery_state`` into ``student`` and ``opt``; its metadata, or None
-    (nothing restored, a warning logged) when there is none, it is unreadable, or it belongs to another recovery."""
+    (nothing restored, a warning logged) when there is none or it is unreadable. A checkpoint of another recovery
+    (another recipe's settings, data or model in the same folder) is a one-line ``ConfigError``, and nothing is
+    written: starting over would overwrite that run's work."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -202,9 +204,8 @@ def load_recovery_state(path: Path, student: torch.nn.Module, opt: torch.optim.O
         log.warning("recovery checkpoint %s unreadable (%s); starting the recovery over", path, e.__class__.__name__)
         return None
     if meta.get("fingerprint") != fingerprint:
-        log.warning("recovery checkpoint %s belongs to another recovery (settings, data or model differ); "
-                    "starting over", path)
-        return None
+        raise ConfigError("is the checkpoint of another recovery (its settings, data, teacher labels or model "
+                          "differ); remove it to start over, or choose another --out", path)
     student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict = {}
     for k, v in tensors.items():
