@@ -22,6 +22,7 @@ LAYERS = [
     {"train"},
     {"export"},
     {"analysis"},
+    {"federated"},
     {"report"},
     {"pipeline"},
     {"cli"},
