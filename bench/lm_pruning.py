@@ -221,7 +221,6 @@ def main() -> None:
     ap.add_argument("--lm", type=Path, required=True, help="the dense LM folder (a Whisper-token LM)")
     ap.add_argument("--out", type=Path, default=Path("runs/lm-pruning"))
     ap.add_argument("--variants", default=None, help="comma-separated (default: all, in order)")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps per recovery phase")
     ap.add_argument("--ft-batch", type=int, default=32, help="lines per fine-tuning batch")
     ap.add_argument("--ppl-lines", type=int, default=4000)
@@ -233,8 +232,10 @@ def main() -> None:
     ap.add_argument("--scratch-recipe", default="lm-whisper-bpe", help="the dense LM's training recipe")
     ap.add_argument("--no-wer", action="store_true", help="perplexity and time only")
     ap.add_argument("--limit", type=int, default=None, help="a smoke test: tiny data everywhere")
-    add_executor_arguments(ap)
+    add_executor_arguments(ap, local_threads=1)
     args = ap.parse_args()
+    where = executor_from_arguments(args)
+    args.threads = where.threads
     torch.set_num_threads(args.threads)
     if family_for_folder(args.lm).name != "lm":
         raise SystemExit(f"{args.lm}: not a language model folder")
@@ -244,7 +245,6 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; choose from {variant_names()}")
     results = args.out / "results.jsonl"
     done = {r["variant"] for r in read_jsonl_tolerant(results)} if results.exists() else set()
-    where = executor_from_arguments(args, args.threads)
 
     def on_record(name: str, row: dict) -> None:
         append_jsonl(results, {**row, "executor": where.record})

@@ -166,7 +166,6 @@ def main() -> None:
                     help="stacks recovery updates (default: every weight)")
     ap.add_argument("--bench-utterances", type=int, default=12)
     ap.add_argument("--bench-repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="compute threads (default: 2 here, 1 per Ray worker)")
     ap.add_argument("--ood-per-source", type=int, default=None,
                     help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
     ap.add_argument("--only", nargs="*", default=None, help=f"point names (default: all of {', '.join(POINTS)})")
@@ -176,8 +175,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown point {unknown[0]!r}; choose from {', '.join(POINTS)}")
 
-    threads = args.threads or (1 if args.executor == "ray" else 2)
-    where = executor_from_arguments(args, threads)
+    where = executor_from_arguments(args)
+    threads = where.threads
     torch.set_num_threads(threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from speechprune.data.datasets import training_utterances
 from speechprune.models.whisper.family import FAMILY as WHISPER
 from speechprune.prune.structured import prune
 from speechprune.recovery.distill import distill, recovery_batches
+from speechprune.report.sparsity import ood_cell
 from speechprune.scale.executor import add_executor_arguments, executor_from_arguments, run_jobs
 
 CAL = {"data": "asterisk", "split": "dev", "utterances": 32, "batch_size": 8}
@@ -158,7 +159,6 @@ def main() -> None:
                     help="recovery audio, taken in turn (default: asterisk dev and synthetic voices)")
     ap.add_argument("--recovery-utterances", type=int, default=320)
     ap.add_argument("--bench-utterances", type=int, default=12)
-    ap.add_argument("--threads", type=int, default=None, help="compute threads (default: 2 here, 1 per Ray worker)")
     ap.add_argument("--ood-per-source", type=int, default=None,
                     help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
     ap.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
@@ -168,8 +168,8 @@ def main() -> None:
     unknown = [n for n in args.only or [] if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    threads = args.threads or (1 if args.executor == "ray" else 2)
-    where = executor_from_arguments(args, threads)
+    where = executor_from_arguments(args)
+    threads = where.threads
 
     torch.set_num_threads(threads)
     out = args.out
@@ -216,12 +216,6 @@ def _wer(r: dict, which: str) -> str:
     return f"{100 * wer:.2f}" + (f" ({loops['utterances']})" if loops else "")
 
 
-def _ood(r: dict, which: str) -> str:
-    """Out-of-domain WER %, pooled (mean of sources), or ``-`` for records from before it was scored."""
-    wer, macro = r.get(f"wer_ood_{which}"), r.get(f"macro_wer_ood_{which}")
-    return "-" if wer is None else f"{100 * wer:.2f}" + ("" if macro is None else f" ({100 * macro:.2f})")
-
-
 def to_markdown(rows: list[dict]) -> str:
     head = ("| variant | what | enc FLOPs cut | dec FLOPs/token cut | params M | WER pruned (runaway) "
             "| WER recovered (runaway) | dense WER | OOD WER pruned | OOD WER recovered | dense OOD WER "
@@ -232,7 +226,8 @@ def to_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['name']} | {r['what']} | {cut('flops_encoder')} | {cut('flops_decoder_per_token')} "
             f"| {r['params'] / 1e6:.2f} | {_wer(r, 'pruned')} | {_wer(r, 'recovered')} "
-            f"| {100 * r['wer_dense']:.2f} | {_ood(r, 'pruned')} | {_ood(r, 'recovered')} | {_ood(r, 'dense')} "
+            f"| {100 * r['wer_dense']:.2f} | {ood_cell(r, '_pruned')} | {ood_cell(r, '_recovered')} "
+            f"| {ood_cell(r, '_dense')} "
             f"| {r['latency_ms']:.0f} ({r['latency_ms_dense']:.0f}) | {r['speedup']:.2f}x "
             f"| {r['encoder_ms']:.0f} ({r['encoder_ms_dense']:.0f}) "
             f"| {r['decoder_ms_per_token']:.1f} ({r['decoder_ms_per_token_dense']:.1f}) |")

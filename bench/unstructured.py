@@ -184,11 +184,10 @@ def main() -> None:
     ap.add_argument("--no-storage", action="store_true", help="skip the file-size curve")
     ap.add_argument("--ood-per-source", type=int, default=None,
                     help="score only the first N clips of each out-of-domain source (a quick look, not a result)")
-    ap.add_argument("--threads", type=int, default=None, help="compute threads (default: 2 here, 1 per Ray worker)")
     add_executor_arguments(ap)
     args = ap.parse_args()
-    threads = args.threads or (1 if args.executor == "ray" else 2)
-    where = executor_from_arguments(args, threads)
+    where = executor_from_arguments(args)
+    threads = where.threads
 
     torch.set_num_threads(threads)
     out = args.out

@@ -74,18 +74,19 @@ def test_the_bench_scripts_options_name_the_same_executor():
     import argparse
 
     ap = argparse.ArgumentParser()
-    add_executor_arguments(ap)
-    assert executor_from_arguments(ap.parse_args([]), 2) == Executor("local", threads=2)
-    ray = executor_from_arguments(ap.parse_args(["--executor", "ray", "--ray-workers", "3"]), 1)
-    assert ray == Executor("ray", workers=3, threads=1)
+    add_executor_arguments(ap, local_threads=2)
+    assert executor_from_arguments(ap.parse_args([])) == Executor("local", threads=2)
+    ray = executor_from_arguments(ap.parse_args(["--executor", "ray", "--ray-workers", "3"]))
+    assert ray == Executor("ray", workers=3, threads=1)  # one thread per Ray worker unless told
+    assert executor_from_arguments(ap.parse_args(["--executor", "ray", "--threads", "2"])).threads == 2
     with pytest.raises(ConfigError, match="--ray-workers needs --executor ray"):
-        executor_from_arguments(ap.parse_args(["--ray-workers", "3"]), 1)
+        executor_from_arguments(ap.parse_args(["--ray-workers", "3"]))
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
     with pytest.raises(ConfigError, match="does not answer"):  # before any work
-        executor_from_arguments(ap.parse_args(["--executor", "ray", "--ray-address", f"127.0.0.1:{port}"]), 1)
+        executor_from_arguments(ap.parse_args(["--executor", "ray", "--ray-address", f"127.0.0.1:{port}"]))
 
 
 def test_ray_gives_the_local_records_with_one_setup_per_pinned_worker(cluster):

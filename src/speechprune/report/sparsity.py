@@ -46,7 +46,7 @@ def is_lowrank_point(rec) -> bool:
     return isinstance(rec, dict) and {"ranks", "wer_factorized", "latency_ratio", "params"} <= rec.keys()
 
 
-def _ood(p: dict, suffix: str = "") -> str:
+def ood_cell(p: dict, suffix: str = "") -> str:
     """Out-of-domain WER %, pooled (mean of sources), or ``-`` where a record has none."""
     wer = p.get(f"wer_ood{suffix}")
     if wer is None:
@@ -87,7 +87,8 @@ def point_rows(points: list[dict]) -> Table:
         d = p.get("disk") or {}
         lat = p.get("latency_ms")
         rows.append([
-            p["method"], p.get("pattern") or _pct(p["target"], 0), _pct(p.get("sparsity"), 1), _pct(p["wer"]), _ood(p),
+            p["method"], p.get("pattern") or _pct(p["target"], 0), _pct(p.get("sparsity"), 1), _pct(p["wer"]),
+            ood_cell(p),
             f"{p['nonzero_params'] / 1e6:.2f} / {p['params'] / 1e6:.2f}", f"{d.get('dense_bytes', 0) / 1e6:.1f}",
             f"{d.get('sparse_bytes', 0) / 1e6:.1f}", f"{d.get('sparse_fp16_bytes', 0) / 1e6:.1f}",
             ", ".join(f"{k} {v}" for k, v in (d.get("layouts") or {}).items() if v),
@@ -144,7 +145,7 @@ def lowrank_rows(records: list[dict]) -> Table:
             f"{r['flops_encoder'] / 1e9:.2f} ({d['flops_encoder'] / 1e9:.2f})",
             f"{r['flops_decoder_per_token'] / 1e6:.1f} ({d['flops_decoder_per_token'] / 1e6:.1f})",
             _pct(r["wer_factorized"]), _pct(r.get("wer_recovered")), _pct(r.get("wer_dense")),
-            _ood(r, "_factorized"), _ood(r, "_recovered"), _ood(r, "_dense"),
+            ood_cell(r, "_factorized"), ood_cell(r, "_recovered"), ood_cell(r, "_dense"),
             f"{_ms(r.get('latency_ms'))} ({_ms(r.get('latency_ms_dense'))})", f"{r['latency_ratio']:.2f}",
             f"{_ms(r.get('encoder_ms'))} ({_ms(r.get('encoder_ms_dense'))})",
             f"{_ms(r.get('decoder_ms_per_token'), 1)} ({_ms(r.get('decoder_ms_per_token_dense'), 1)})"])

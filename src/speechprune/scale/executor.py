@@ -68,17 +68,22 @@ RAY_ADDRESS_HELP = "a running Ray cluster (host:port or auto; default: start a l
 RAY_WORKERS_HELP = "Ray workers (default: the cluster's CPUs // threads)"
 
 
-def add_executor_arguments(parser) -> None:
-    """``--executor``, ``--ray-address`` and ``--ray-workers`` on an ``argparse`` parser (the bench scripts' grids;
-    the CLI has the same options); ``--threads`` is the script's own."""
+def add_executor_arguments(parser, local_threads: int = 2) -> None:
+    """``--executor``, ``--ray-address``, ``--ray-workers`` and ``--threads`` on an ``argparse`` parser (the bench
+    scripts' grids; the CLI has the same options). ``--threads`` defaults to ``local_threads`` here, 1 per Ray
+    worker."""
     parser.add_argument("--executor", choices=EXECUTORS, default="local", help=EXECUTOR_HELP)
     parser.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
     parser.add_argument("--ray-workers", type=int, default=None, help=RAY_WORKERS_HELP)
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"compute threads (default: {local_threads} here, 1 per Ray worker)")
+    parser.set_defaults(local_threads=local_threads)
 
 
-def executor_from_arguments(args, threads: int) -> Executor:
-    """The :class:`Executor` that :func:`add_executor_arguments`' options name, ``threads`` per worker; an address
-    that does not answer fails here, before any work."""
+def executor_from_arguments(args) -> Executor:
+    """The :class:`Executor` that :func:`add_executor_arguments`' options name (its ``threads``: per worker, or
+    this process's); an address that does not answer fails here, before any work."""
+    threads = args.threads or (1 if args.executor == "ray" else args.local_threads)
     where = Executor(args.executor, address=args.ray_address, workers=args.ray_workers, threads=threads)
     if where.address:
         check_address(where.address)
