@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from speechprune.errors import ConfigError
-from speechprune.federated.dropout import (average, bytes_of, drop_plan, scatter, sub_model, unit_slices)
+from speechprune.federated.dropout import (aimed_layers, average, bytes_of, drop_plan, flat_rate, layer_ranking,
+                                          scatter, sub_model, unit_slices)
 from speechprune.models.adapters import adapter_for
 
 from tiny_models import build_tiny
@@ -29,7 +30,7 @@ def test_the_plan_drops_the_rate_of_the_chosen_layers_units_only(model):
     assert plan.keep and all(k.startswith(f"{where[0]}.{where[1]}.") for k in plan.keep)
     for g in groups:
         if g.key in plan.keep:
-            assert len(plan.keep[g.key]) == g.n_units - round(0.5 * g.n_units) and len(set(plan.keep[g.key])) == \
+            assert len(plan.keep[g.key]) == g.n_units - g.n_units // 2 and len(set(plan.keep[g.key])) == \
                 len(plan.keep[g.key])
     assert 0 < plan.dropped_share(groups) < 0.5
     assert drop_plan(groups, {where}, 0.5, 1) != plan  # another client or round draws other units
@@ -95,3 +96,35 @@ def test_averaging_weighs_each_element_over_the_clients_that_held_it(model):
             assert torch.equal(t[i], g[i])  # nobody trained it: the global value
         else:
             assert torch.allclose(t[i], torch.full_like(t[i], want))
+
+
+def _summary(deltas: dict[str, float]) -> dict:
+    """An ablation summary's shape (``analysis.ablation.summarize``) with one metric and method."""
+    return {"targets": list(deltas) + ["encoder.0.ffn"],
+            "table": {**{t: {"reinit": {"wer": {"delta": d}}} for t, d in deltas.items()},
+                      "encoder.0.ffn": {"reinit": {"wer": {"delta": 9.0}}}}}
+
+
+def test_the_ablation_ranking_aims_the_dropout_at_critical_ambient_or_all_layers(model):
+    adapter = adapter_for(model)
+    groups = adapter.unit_groups(model)
+    layers = sorted({(g.stack, g.layer) for g in groups})
+    deltas = {f"{s}.{i}": float(k) for k, (s, i) in enumerate(layers)}  # the last layer the most critical
+    ranking = layer_ranking(_summary(deltas), "wer", "reinit")
+    assert [r[0] for r in ranking] == layers[::-1]  # block targets (encoder.0.ffn) left out
+    assert aimed_layers(ranking, "critical", 1) == {layers[-1]} and aimed_layers(ranking, "ambient", 1) == {layers[0]}
+    assert aimed_layers(ranking, "flat", 1) == set(layers)
+    aimed = drop_plan(groups, aimed_layers(ranking, "critical", 1), 0.5, 0)
+    rate = flat_rate(groups, aimed)
+    flat = drop_plan(groups, aimed_layers(ranking, "flat", 1), rate, 0)
+    # the same share within half of the largest unit (whole units only)
+    from speechprune.federated.dropout import _unit_params
+
+    total = sum(_unit_params(g) * g.n_units for g in groups)
+    assert abs(flat.dropped_share(groups) - aimed.dropped_share(groups)) <= max(map(_unit_params, groups)) / total
+    with pytest.raises(ConfigError, match="aims at 9 layers"):
+        aimed_layers(ranking, "ambient", 9)
+    with pytest.raises(ConfigError, match="unknown dropout aim"):
+        aimed_layers(ranking, "middle", 1)
+    with pytest.raises(ConfigError, match="no whole-layer deltas"):
+        layer_ranking(_summary(deltas), "cer", "reinit")

@@ -4,7 +4,8 @@ scattered back into the global model's shapes, where only the units it kept (and
 
 Which units a client keeps is a :class:`DropPlan`: per unit group (``UnitGroup.key``), the sorted unit indices kept.
 :func:`drop_plan` draws one: ``rate`` of the units of every group in the chosen layers, at random per client and round
-(the seed). Everything is family-neutral: the adapter's unit groups say which slice of which parameter each unit
+(the seed). The layers come from the toolkit's layer ablation (:func:`layer_ranking` of its summary): the ``n`` most
+critical, the ``n`` most ambient, or all of them at the :func:`flat_rate` that drops as many parameters. Everything is family-neutral: the adapter's unit groups say which slice of which parameter each unit
 owns (``ParamSlice``), so the same code drops Whisper heads, Conformer FFN neurons or conv channels.
 """
 
@@ -44,19 +45,63 @@ def _unit_params(group: UnitGroup) -> int:
 
 
 def drop_plan(groups: list[UnitGroup], layers: set[tuple[str, int]], rate: float, seed: int) -> DropPlan:
-    """Drop ``rate`` of the units (rounded, at least one kept) of every group in ``layers`` ((stack, layer) pairs),
-    chosen at random with ``seed``."""
+    """Drop ``rate`` of the unit-owned parameters of every group in ``layers`` ((stack, layer) pairs), the units
+    chosen at random with ``seed``. Whole units are dropped: each group drops ``floor(rate * units)``, and the
+    remainder goes one unit at a time to the groups with the largest fractional parts while that brings the
+    parameters dropped closer to ``rate`` of theirs (so a small rate over many small groups is not rounded to
+    nothing); every group keeps at least one unit."""
     if not 0.0 <= rate < 1.0:
         raise ConfigError(f"a dropout rate is in [0, 1), got {rate}")
+    chosen = [g for g in groups if (g.stack, g.layer) in layers]
+    drop = {g.key: min(int(rate * g.n_units), g.n_units - 1) for g in chosen}
+    target = rate * sum(_unit_params(g) * g.n_units for g in chosen)
+    done = sum(_unit_params(g) * drop[g.key] for g in chosen)
+    for g in sorted(chosen, key=lambda g: -(rate * g.n_units - int(rate * g.n_units))):
+        size = _unit_params(g)
+        if rate * g.n_units > drop[g.key] and drop[g.key] < g.n_units - 1 and abs(target - done - size) < target - done:
+            drop[g.key] += 1
+            done += size
     rng = random.Random(seed)
     keep = {}
-    for g in groups:
-        if (g.stack, g.layer) not in layers:
-            continue
-        n_keep = max(1, g.n_units - round(rate * g.n_units))
-        if n_keep < g.n_units:
-            keep[g.key] = tuple(sorted(rng.sample(range(g.n_units), n_keep)))
+    for g in chosen:
+        if drop[g.key]:
+            keep[g.key] = tuple(sorted(rng.sample(range(g.n_units), g.n_units - drop[g.key])))
     return DropPlan(keep)
+
+
+AIMS = ("critical", "ambient", "flat")
+
+
+def layer_ranking(summary: dict, metric: str, method: str) -> list[tuple[tuple[str, int], float]]:
+    """Whole-layer targets of an ablation summary (``analysis.ablation.summarize``, ``summary.json``) with their
+    seed-mean delta under ``metric`` and ``method``, most critical first (ties in model order)."""
+    rows = []
+    for t in summary["targets"]:
+        stack, _, layer = t.partition(".")
+        cell = summary["table"].get(t, {}).get(method, {}).get(metric)
+        if not layer.isdigit() or cell is None or cell["delta"] is None:
+            continue  # a block target (encoder.2.ffn), or not scored
+        rows.append(((stack, int(layer)), float(cell["delta"])))
+    if not rows:
+        raise ConfigError(f"the ablation has no whole-layer deltas for metric {metric!r} and method {method!r}")
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def aimed_layers(ranking: list[tuple[tuple[str, int], float]], aim: str, n: int) -> set[tuple[str, int]]:
+    """The ``n`` most critical or the ``n`` most ambient layers of a :func:`layer_ranking`; ``flat``: every layer
+    (drop a matching rate everywhere, :func:`flat_rate`)."""
+    if aim not in AIMS:
+        raise ConfigError(f"unknown dropout aim {aim!r}; choose from {', '.join(AIMS)}")
+    if not 1 <= n <= len(ranking):
+        raise ConfigError(f"the dropout aims at {n} layers; the ablation ranks {len(ranking)}")
+    layers = [layer for layer, _ in ranking]
+    return set(layers if aim == "flat" else layers[:n] if aim == "critical" else layers[-n:])
+
+
+def flat_rate(groups: list[UnitGroup], aimed: DropPlan) -> float:
+    """The rate that, dropped in every layer, drops the share of unit-owned parameters that ``aimed`` drops in a
+    few: the flat baseline of the same size."""
+    return aimed.dropped_share(groups)
 
 
 def _names(model: nn.Module) -> dict[int, str]:
