@@ -164,3 +164,30 @@ def test_ablation_and_signature_folders_get_heatmaps_and_the_critical_ambient_ta
     assert "(value - dense) / dense &lt; 0.1 is ambient" in page
     assert "Weight-change signatures" in page and "Spearman with the signature" in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 2  # the ablation heatmap and a signature one
+
+
+def test_an_evaluation_shows_its_out_of_domain_twin_beside_it_and_gates_their_heatmap(tmp_path):
+    from speechprune.report.html import gate_matrix, ood_pairs
+
+    ev = tmp_path / "eval"
+    _write(ev / "metrics.json", {"wer": 0.0612, "cer": 0.02, "n_utterances": 282, "settings": {
+        "model": "m", "data": "asterisk", "split": "test"}})
+    _write(ev / "ood" / "metrics.json", {"wer": 0.3456, "macro_wer": 0.4321, "n_utterances": 352, "settings": {
+        "model": "m", "data": "english-ood"}})
+    _write(tmp_path / "alone" / "metrics.json", {"wer": 0.2, "n_utterances": 10, "settings": {"data": "drascula"}})
+    modules = ["encoder.0.self_attn", "encoder.0.ffn", "decoder.0.self_attn"]
+    gates = {"skip_share": 0.25, "by_language_task": {
+        "fr/translate": {"skip_share": 0.5, "n": 4, "keep": [1.0, 0.5, 0.0]},
+        "es/transcribe": {"skip_share": 0.0, "n": 3, "keep": [1.0, 1.0, 1.0]}}}
+    _write(tmp_path / "gated" / "metrics.json", {"wer": 0.3, "n_utterances": 7, "gates": gates, "settings": {
+        "model": "base", "data": "asterisk-fr", "gates": {"modules": modules}}})
+    col = collect([tmp_path])
+    pairs = {str(e["source"]): o for e, o in ood_pairs(col.evals)}
+    assert len(pairs) == 3 and pairs[str(ev / "metrics.json")]["metrics"]["wer"] == 0.3456  # the twin is not a row
+    assert pairs[str(tmp_path / "alone" / "metrics.json")] is None
+    assert gate_matrix(gates, modules) == (["es/transcribe", "fr/translate"], [[1.0, 1.0, 1.0], [1.0, 0.5, 0.0]])
+    page = write_html_report([tmp_path], tmp_path / "r.html").read_text()
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", page) if str(ev / "metrics.json") in r)
+    assert "6.12" in row and "34.56" in row and "43.21" in row  # in and out of domain in one row
+    gates_part = page[page.index("Gates: mean skip share 25.0 %"):]
+    assert "data:image/png" in gates_part  # the heatmap of keep shares per language/task

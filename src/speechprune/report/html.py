@@ -290,6 +290,69 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}h2{border-bo
 .src{color:#777;font-size:12px}.note{color:#555}img{max-width:100%}"""
 
 
+def ood_pairs(evals: list[dict]) -> list[tuple[dict, dict | None]]:
+    """Each in-domain evaluation with its out-of-domain twin (``<its folder>/ood/metrics.json``, written beside it
+    by ``eval``, ``run`` and the benches), or None; a twin is not listed on its own."""
+    by_source = {e["source"]: e for e in evals}
+
+    def twin(e: dict) -> str:
+        return str(Path(e["source"]).parent / "ood" / "metrics.json")
+
+    twins = {twin(e) for e in evals if twin(e) in by_source}
+    return [(e, by_source.get(twin(e))) for e in evals if e["source"] not in twins]
+
+
+def gate_matrix(gates: dict, modules: list[str]) -> tuple[list[str], list[list[float]]]:
+    """Rows (``language/task``) and each module's keep share per row from a gated evaluation's ``metrics["gates"]``
+    (``by_language_task[<lang>/<task>]["keep"]``, in ``modules`` order)."""
+    rows = sorted(gates.get("by_language_task", {}))
+    return rows, [[float(gates["by_language_task"][r]["keep"][i]) for i in range(len(modules))] for r in rows]
+
+
+def _gate_heatmap(metrics: dict) -> str:
+    """Which modules each language and task keeps (1: always computed, 0: always skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modules = list(((metrics.get("settings") or {}).get("gates") or {}).get("modules") or [])
+    rows, keep = gate_matrix(metrics["gates"], modules)
+    if not rows or not modules:
+        return '<p class="note">gated evaluation without per-context keep shares</p>'
+    fig, ax = plt.subplots(figsize=(min(14, 2 + 0.18 * len(modules)), 1 + 0.35 * len(rows)))
+    im = ax.imshow(keep, aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xticks(range(len(modules)), modules, rotation=90, fontsize=6)
+    ax.set_title("share of clips that compute each module, per language/task", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _eval_sections(col: Collection) -> list[str]:
+    """Every evaluation with its out-of-domain twin beside it (pooled and the mean of sources), and the gates'
+    heatmap of gated evaluations."""
+    if not col.evals:
+        return []
+    rows = []
+    for e, ood in ood_pairs(col.evals):
+        m, st = e["metrics"], e["metrics"].get("settings") or {}
+        o = (ood or {}).get("metrics") or {}
+        rows.append([e["source"], st.get("model"), st.get("data"), st.get("split"), st.get("backend"), _pct(m.get("wer")),
+                     _pct(o.get("wer")), _pct(o.get("macro_wer")), _pct(m.get("cer")), m.get("n_utterances"),
+                     m.get("n_failed"), (m.get("runaway") or {}).get("utterances")])
+    parts = ["<h2>Evaluations</h2>", _table(
+        ["source", "model", "data", "split", "backend", "WER %", "out-of-domain WER %", "OOD mean of sources %",
+         "CER %", "utterances", "failed", "runaway"], rows)]
+    for e in col.evals:
+        if isinstance(e["metrics"].get("gates"), dict):
+            g = e["metrics"]["gates"]
+            parts.append(f"<h3>Gates: mean skip share {100 * g.get('skip_share', 0):.1f} %</h3>"
+                         f"<p class='src'>{html.escape(e['source'])}</p>" + _gate_heatmap(e["metrics"]))
+    return parts
+
+
 def _machine_note(env: dict | None) -> str:
     """Which CPU, instruction sets and kernels made a timing (``bench.environment.machine_line``)."""
     from ..bench.environment import machine_line
@@ -339,16 +402,7 @@ def render(col: Collection, title: str = "speechprune report") -> str:
                               r.get("gflops_encoder"), r.get("params_m"), r.get("disk_mb")]
                              for r in m["rows"]]))
         parts.append(_machine_note(m.get("environment")))
-    if col.evals:
-        parts.append("<h2>Evaluations</h2>")
-        parts.append(_table(["source", "model", "data", "split", "backend", "WER %", "CER %", "utterances", "failed",
-                             "runaway"],
-                            [[e["source"], (e["metrics"].get("settings") or {}).get("model"),
-                              (e["metrics"].get("settings") or {}).get("data"), (e["metrics"].get("settings") or {}).get("split"),
-                              (e["metrics"].get("settings") or {}).get("backend"), _pct(e["metrics"].get("wer")),
-                              _pct(e["metrics"].get("cer")), e["metrics"].get("n_utterances"), e["metrics"].get("n_failed"),
-                              (e["metrics"].get("runaway") or {}).get("utterances")]
-                             for e in col.evals]))
+    parts += _eval_sections(col)
     for b in col.benches:
         r = b["record"]
         parts.append(f"<h2>Benchmark {html.escape(str(r.get('model', '')))}</h2><p class='src'>{html.escape(b['source'])}</p>")
