@@ -166,6 +166,8 @@ def quantize_graphs(folder: Path, per_channel: bool, graphs: tuple[str, ...] = G
                     continue
                 if body != proj:
                     vocab = vocabulary_nodes(src)
+                    if not vocab:  # an empty include list would quantize everything
+                        raise ModelError("cannot tell the vocabulary projection apart in this graph", src)
                     exclude, include = (vocab, None) if proj != "int8" else ([], vocab)
         quantize_dynamic_graph(src, dst, per_channel, reduce_range, exclude, include)
         os.replace(dst, src)
