@@ -118,10 +118,10 @@ def test_the_ablation_ranking_aims_the_dropout_at_critical_ambient_or_all_layers
     rate = flat_rate(groups, aimed)
     flat = drop_plan(groups, aimed_layers(ranking, "flat", 1), rate, 0)
     # the same share within half of the largest unit (whole units only)
-    from speechprune.federated.dropout import _unit_params
+    from speechprune.federated.dropout import unit_params
 
-    total = sum(_unit_params(g) * g.n_units for g in groups)
-    assert abs(flat.dropped_share(groups) - aimed.dropped_share(groups)) <= max(map(_unit_params, groups)) / total
+    total = sum(unit_params(g) * g.n_units for g in groups)
+    assert abs(flat.dropped_share(groups) - aimed.dropped_share(groups)) <= max(map(unit_params, groups)) / total
     with pytest.raises(ConfigError, match="aims at 9 layers"):
         aimed_layers(ranking, "ambient", 9)
     with pytest.raises(ConfigError, match="unknown dropout aim"):

@@ -5,8 +5,9 @@ scattered back into the global model's shapes, where only the units it kept (and
 Which units a client keeps is a :class:`DropPlan`: per unit group (``UnitGroup.key``), the sorted unit indices kept.
 :func:`drop_plan` draws one: ``rate`` of the units of every group in the chosen layers, at random per client and round
 (the seed). The layers come from the toolkit's layer ablation (:func:`layer_ranking` of its summary): the ``n`` most
-critical, the ``n`` most ambient, or all of them at the :func:`flat_rate` that drops as many parameters. Everything is family-neutral: the adapter's unit groups say which slice of which parameter each unit
-owns (``ParamSlice``), so the same code drops Whisper heads, Conformer FFN neurons or conv channels.
+critical, the ``n`` most ambient, or all of them at the :func:`flat_rate` that drops as many parameters. Everything
+is family-neutral: the adapter's unit groups say which slice of which parameter each unit owns (``ParamSlice``), so
+the same code drops Whisper heads, Conformer FFN neurons or conv channels.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ class DropPlan:
         """Share of the groups' unit-owned parameters the plan drops."""
         total = dropped = 0
         for g in groups:
-            per_unit = _unit_params(g)
+            per_unit = unit_params(g)
             total += per_unit * g.n_units
             if g.key in self.keep:
                 dropped += per_unit * (g.n_units - len(self.keep[g.key]))
         return dropped / total if total else 0.0
 
 
-def _unit_params(group: UnitGroup) -> int:
+def unit_params(group: UnitGroup) -> int:
     """Parameters one unit of ``group`` owns."""
     return sum(s.param.numel() // (s.param.shape[s.dim] // s.size) for s in group.params)
 
@@ -54,10 +55,10 @@ def drop_plan(groups: list[UnitGroup], layers: set[tuple[str, int]], rate: float
         raise ConfigError(f"a dropout rate is in [0, 1), got {rate}")
     chosen = [g for g in groups if (g.stack, g.layer) in layers]
     drop = {g.key: min(int(rate * g.n_units), g.n_units - 1) for g in chosen}
-    target = rate * sum(_unit_params(g) * g.n_units for g in chosen)
-    done = sum(_unit_params(g) * drop[g.key] for g in chosen)
+    target = rate * sum(unit_params(g) * g.n_units for g in chosen)
+    done = sum(unit_params(g) * drop[g.key] for g in chosen)
     for g in sorted(chosen, key=lambda g: -(rate * g.n_units - int(rate * g.n_units))):
-        size = _unit_params(g)
+        size = unit_params(g)
         if rate * g.n_units > drop[g.key] and drop[g.key] < g.n_units - 1 and abs(target - done - size) < target - done:
             drop[g.key] += 1
             done += size

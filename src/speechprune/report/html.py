@@ -339,8 +339,8 @@ def _eval_sections(col: Collection) -> list[str]:
     for e, ood in ood_pairs(col.evals):
         m, st = e["metrics"], e["metrics"].get("settings") or {}
         o = (ood or {}).get("metrics") or {}
-        rows.append([e["source"], st.get("model"), st.get("data"), st.get("split"), st.get("backend"), _pct(m.get("wer")),
-                     _pct(o.get("wer")), _pct(o.get("macro_wer")), _pct(m.get("cer")), m.get("n_utterances"),
+        rows.append([e["source"], st.get("model"), st.get("data"), st.get("split"), st.get("backend"),
+                     _pct(m.get("wer")), _pct(o.get("wer")), _pct(o.get("macro_wer")), _pct(m.get("cer")), m.get("n_utterances"),
                      m.get("n_failed"), (m.get("runaway") or {}).get("utterances")])
     parts = ["<h2>Evaluations</h2>", _table(
         ["source", "model", "data", "split", "backend", "WER %", "out-of-domain WER %", "OOD mean of sources %",
