@@ -22,7 +22,7 @@ from typing import Hashable
 
 import numpy as np
 
-from ..models.precision import MARGIN
+from ..models.precision import MARGIN, relative_error
 
 PARTS = ("encoder", "decoder", "vocabulary")
 # A proxy for "decodes the same", measured on one input: real tiny.en with 7-bit weights (AVX2 EPYC) moves 3.5 % in
@@ -67,10 +67,11 @@ def vocabulary_nodes(path: str | Path, output: str = "logits") -> list[str]:
     return []
 
 
-def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    """``max|got - want| / max|want|`` (the max-norm relative error of ``models.precision``)."""
-    want = np.asarray(want, dtype=np.float64)
-    return float(np.max(np.abs(np.asarray(got, dtype=np.float64) - want)) / max(float(np.max(np.abs(want))), 1e-12))
+def _error(got: np.ndarray, want: np.ndarray) -> float:
+    """``models.precision.relative_error`` (max-norm, relative) of ONNX Runtime outputs."""
+    import torch
+
+    return relative_error(torch.from_numpy(np.asarray(got)), torch.from_numpy(np.asarray(want)))
 
 
 def median_ms(session, feed: dict, seconds: float = PROBE_SECONDS) -> float:
@@ -113,7 +114,7 @@ def probe_parts(folder: Path, quantize, io, prompt: list[int], n_mels: int, n_fr
         feed = {"input_features": feats}
         (hidden,) = enc_f.run(None, feed)
         enc_ms = {"float32": median_ms(enc_f, feed), "int8": median_ms(enc_q, feed)}
-        enc_err = {"int8": relative_error(enc_q.run(None, feed)[0], hidden)}
+        enc_err = {"int8": _error(enc_q.run(None, feed)[0], hidden)}
         enc_choice, enc_why = choose_variant(enc_ms, enc_err, "float32")
 
         # a decoder step after a prefill of the prompt and two tokens, on the float32 encoder's states
@@ -142,7 +143,7 @@ def probe_parts(folder: Path, quantize, io, prompt: list[int], n_mels: int, n_fr
             s = session(path)
             dec_ms[key] = median_ms(s, step_feed)
             if key != ("float32", "float32"):
-                dec_err[key] = relative_error(s.run(None, step_feed)[0], ref)
+                dec_err[key] = _error(s.run(None, step_feed)[0], ref)
         (body, proj), dec_why = choose_variant(dec_ms, dec_err, ("float32", "float32"))
     finally:
         shutil.rmtree(probe, ignore_errors=True)
