@@ -87,6 +87,10 @@ def test_auto_export_records_each_parts_choice_and_stays_checked(float_export, t
         assert set(p["ms"]) >= ({"float32", "int8"} if name == "encoder" else {"decoder float32, vocabulary float32"})
     assert manifest["quantized"] == any(p["dtype"] == "int8" for p in parts.values())
     assert bool(_integer_nodes(tmp_path / "auto" / "encoder.onnx")) == (parts["encoder"]["dtype"] == "int8")
+    any_decoder = "int8" in (parts["decoder"]["dtype"], parts["vocabulary"]["dtype"])
+    for graph in ("decoder_step.onnx", "decoder_prefill.onnx"):  # the probe's step and the prefill, alike
+        assert bool(_integer_nodes(tmp_path / "auto" / graph)) == any_decoder, graph
+    assert not list((tmp_path / "auto").glob(".numerics-probe*"))
     from speechprune.evaluate.onnx_backend import export_numerics
 
     assert set(export_numerics(manifest)) == set(PARTS)  # a bench record says what each part runs in

@@ -291,7 +291,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: bool | 
                 graphs.io, prompt, shape["num_mel_bins"],
                 # a length-adaptive encoder is timed at its first bucket, where most clips fall
                 FRAMES_PER_POSITION * (buckets[0] if buckets else shape["max_source_positions"]))
-            quantization = quantize_graphs(tmp, per_channel, parts=parts)
+            # the probe left its chosen encoder and step graphs in place; the prefill graph follows the step's choice
+            quantization = quantize_graphs(tmp, per_channel, graphs=("decoder_prefill",), parts=parts)
         elif mode == "int8":
             quantization = quantize_graphs(tmp, per_channel)
         quantized = quantization is not None and (

@@ -15,6 +15,7 @@ projection's MatMul in a decoder graph (the node that ``nodes_to_exclude`` keeps
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -91,7 +92,8 @@ def probe_parts(folder: Path, quantize, io, prompt: list[int], n_mels: int, n_fr
     """Time and check every part of the float32 graphs in ``folder`` against int8 and return the choice per part:
     ``{"encoder": {...}, "decoder": {...}, "vocabulary": {...}}``, each with ``dtype``, the variants' ``ms`` and
     ``errors``, and ``why``. ``quantize(src, dst, exclude=[...], include=[...] | None)`` writes one int8 variant
-    (``export.onnx.quantize_dynamic_graph``). The probe files live in a subfolder that is removed."""
+    (``export.onnx.quantize_dynamic_graph``). The chosen encoder and decoder-step variants replace the float32 graphs
+    in ``folder`` (the prefill graph is left to ``quantize_graphs``); the other probe files are removed."""
     import shutil
 
     from ..evaluate.onnx_backend import session_options
@@ -145,6 +147,11 @@ def probe_parts(folder: Path, quantize, io, prompt: list[int], n_mels: int, n_fr
             if key != ("float32", "float32"):
                 dec_err[key] = _error(s.run(None, step_feed)[0], ref)
         (body, proj), dec_why = choose_variant(dec_ms, dec_err, ("float32", "float32"))
+        # the chosen variants are the graphs the export keeps: no second quantization of the same graph
+        if enc_choice == "int8":
+            os.replace(probe / "encoder.int8.onnx", folder / "encoder.onnx")
+        if (body, proj) != ("float32", "float32"):
+            os.replace(variants[(body, proj)], step_path)
     finally:
         shutil.rmtree(probe, ignore_errors=True)
 
