@@ -36,8 +36,9 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # torch==2.13.0 is pinned in pyproject.toml: the CPU wheel; an unpinned torch would pull a CUDA build.
 # the openvino extra: OpenVINO GenAI's Whisper pipeline, the second peer beside faster-whisper (docs/dependencies.md);
-# ray: job lists (sweeps, ablations) on a Ray cluster (--executor ray), tested here on a 2-CPU local one
-.venv/bin/python -m pip install -q -e ".[test,openvino,ray]"
+# ray: job lists (sweeps, ablations) on a Ray cluster (--executor ray), tested here on a 2-CPU local one;
+# federated: Flower's simulation engine (federated fine-tuning with federated dropout), tested with 2 clients
+.venv/bin/python -m pip install -q -e ".[test,openvino,ray,federated]"
 if [ -n "$apt_pid" ] && ! wait "$apt_pid"; then
   echo "install.sh: apt-get could not install: ${missing[*]}" >&2
   exit 1

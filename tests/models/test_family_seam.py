@@ -92,3 +92,22 @@ def test_families_that_keep_no_initial_weights_say_none(name, tmp_path):
     family = family_for(model)
     source = tiny_wav2vec2_folder(tmp_path / "src") if name == "wav2vec2" else None
     assert family.initial_weights(family.save(model, source, tmp_path / "m")) is None
+
+
+def test_whisper_reference_batches_teacher_force_the_tokenized_references(tmp_path, clips):
+    from models.conftest import write_tiny_whisper_folder
+    from speechprune.data.manifest import read_manifest
+    from speechprune.models.whisper.family import FAMILY
+
+    model, folder = write_tiny_whisper_folder(tmp_path)
+    labeller = FAMILY.labeller(model, folder)
+    batches = labeller.reference_batches(read_manifest(clips), 2)
+    assert [len(b["input_features"]) for b in batches] == [2, 2, 1]
+    b = batches[0]
+    # the labels after the prompt are the reference's tokens, then end of text; the inputs are them shifted by one
+    want = labeller.tokenizer.encode(" tone 0", add_special_tokens=False) + [labeller.vocab.eot]
+    assert [t for t in b["labels"][0].tolist() if t != -100] == want
+    pos = [j for j, t in enumerate(b["labels"][0].tolist()) if t != -100]
+    assert all(b["decoder_input_ids"][0, j + 1] == b["labels"][0, j] for j in pos[:-1])  # teacher forcing
+    with torch.no_grad():
+        assert torch.isfinite(model(**b).loss)

@@ -44,6 +44,13 @@ class Labeller(Protocol):
         do not carry them anyway (a length-adaptive student reads its batch at their bucket)."""
         ...
 
+    def reference_batches(self, utterances: list, batch_size: int) -> list[dict]:
+        """Batches of the model's forward arguments whose targets are the utterances' reference texts, for
+        supervised fine-tuning on a new domain (federated clients): ``model(**batch).loss`` is the family's task loss
+        on them. Clips the family cannot train on (unreadable, no text, outside the vocabulary, too long or short)
+        are skipped; none left is a one-line ``ManifestError``."""
+        ...
+
 
 class ReferenceScorer(Protocol):
     """A model scored on fixed utterances against their reference texts, for ablation and sensitivity analysis.

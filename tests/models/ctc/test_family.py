@@ -8,7 +8,9 @@ import torch
 
 from closeness import assert_reorder_close
 from speechprune.data.manifest import read_manifest
+from speechprune.errors import ManifestError
 from speechprune.models.ctc import greedy_ctc
+from speechprune.models.ctc.vocab import CharVocab
 from speechprune.models.ctc.adapter import CTCAdapter
 from speechprune.models.ctc.family import FAMILY
 from speechprune.models.ctc.flops import encoder_flops
@@ -158,3 +160,18 @@ def test_the_familys_backend_decodes_a_saved_model_and_a_pruned_copy_alike(tmp_p
     assert hyps[0] == hyps[1]  # a pruned copy decodes as its saved and reloaded folder does
     with pytest.raises(ConfigError, match="exit layer 9 is outside"):
         FAMILY.backend(tmp_path / "m", exit_layer=9)
+
+
+def test_reference_batches_carry_the_references_characters_and_a_loss(clips, tmp_path):
+    model = tiny_ctc("conformer", "group")
+    batches = FAMILY.labeller(model).reference_batches(read_manifest(clips), 2)
+    assert [len(b["lengths"]) for b in batches] == [2, 2, 1]
+    vocab = CharVocab(model.config.vocab)
+    b = batches[0]
+    # the references as the scoring normalizes them (Whisper's English normalizer spells "tone 1" "tone one")
+    assert b["targets"].tolist() == vocab.encode("tone 0") + vocab.encode("tone one")
+    with torch.no_grad():
+        assert torch.isfinite(model(**b).loss)
+    (tmp_path / "x.jsonl").write_text('{"audio": "%s", "text": "\\u97f3", "id": "x"}\n' % (clips.parent / "c0.wav"))
+    with pytest.raises(ManifestError, match="none of the clips"):  # outside the vocabulary: skipped, none left
+        FAMILY.labeller(model).reference_batches(read_manifest(tmp_path / "x.jsonl"), 2)

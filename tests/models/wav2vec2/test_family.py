@@ -240,3 +240,17 @@ def test_broken_folders_are_one_line_errors(folder, tmp_path):
     with pytest.raises(ModelError, match="pad_token_id 3") as info:
         FAMILY.backend(other_blank)
     _one_line(info, other_blank)
+
+
+def test_reference_batches_spell_the_references_in_the_tokenizers_characters(folder, clips):
+    model = FAMILY.load(folder)
+    batches = FAMILY.labeller(model, folder).reference_batches(read_manifest(clips), 2)
+    assert [len(b["input_values"]) for b in batches] == [2, 2, 1]
+    spell = {t: i for i, t in enumerate(WAV2VEC2_VOCAB)}
+    labels = [[t for t in row if t >= 0] for b in batches for row in b["labels"].tolist()]
+    # the references as the scoring normalizes them (Whisper's English normalizer spells "tone 1" "tone one")
+    assert labels == [[spell["|" if c == " " else c] for c in normalize_text(f"tone {i}")] for i in range(5)]
+    with torch.no_grad():
+        assert torch.isfinite(model(**batches[0]).loss)
+    with pytest.raises(ModelError, match="tokenizer"):
+        FAMILY.labeller(model).reference_batches(read_manifest(clips), 2)

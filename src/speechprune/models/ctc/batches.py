@@ -107,3 +107,15 @@ class CTCLabeller:
             batches.append(batch)
         model.train(was_training)
         return batches
+
+    def reference_batches(self, utterances: list[Utterance], batch_size: int) -> list[dict]:
+        """Batches of ``batch_size`` clips with their reference texts' characters as targets (unusable clips
+        skipped, as in training)."""
+        examples, _ = prepare_examples(utterances, self.vocab, self.model.config.n_mels,
+                                       self.model.stem.receptive_field)
+        if not examples:
+            raise ManifestError("none of the clips can be fine-tuned on by a CTC model (unreadable, no text, "
+                                "characters outside the vocabulary, over 30 s or too short)")
+        device = next(self.model.parameters()).device
+        return [{k: v.cpu() for k, v in collate(examples[i : i + batch_size], device).items()}
+                for i in range(0, len(examples), batch_size)]

@@ -84,10 +84,11 @@ class Wav2Vec2Labeller:
     """A (dense) ``Wav2Vec2ForCTC`` labelling audio for its pruned students: its greedy transcripts as targets and,
     for distillation, its logits and layer outputs at every position."""
 
-    def __init__(self, model, frontend: WaveformFrontend):
+    def __init__(self, model, frontend: WaveformFrontend, vocab: TokenizerVocab | None = None):
         self.model = model
         self.frontend = frontend
         self.blank = blank_of(model)
+        self.vocab = vocab  # the tokenizer's spelling, for reference targets
 
     def labelled_batches(self, utterances: list[Utterance], batch_size: int, teacher_logits: bool = False,
                          teacher_hidden: bool = False, progress: bool = False, frames: bool = False) -> list[dict]:
@@ -121,3 +122,14 @@ class Wav2Vec2Labeller:
             batches.append(batch)
         model.train(was_training)
         return batches
+
+    def reference_batches(self, utterances: list[Utterance], batch_size: int) -> list[dict]:
+        """Batches of ``batch_size`` clips with their reference texts spelled in the tokenizer's characters as
+        labels (unusable clips skipped)."""
+        if self.vocab is None:
+            raise ModelError("reference targets need the model's tokenizer: label from a folder that has one")
+        clips, _ = prepare_clips(utterances, self.vocab, receptive_field(self.model))
+        if not clips:
+            raise ManifestError("none of the clips can be fine-tuned on by a wav2vec2 model (unreadable, no text, "
+                                "characters outside the vocabulary, over 30 s or too short)")
+        return [collate(clips[i : i + batch_size], self.frontend) for i in range(0, len(clips), batch_size)]

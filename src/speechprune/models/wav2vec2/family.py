@@ -17,7 +17,7 @@ from ..family import DistillOutputs, PretrainedFolders
 from .batches import Wav2Vec2Labeller, batch_samples, blank_of
 from .flops import clip_flops
 from .forward import forward_states
-from .load import is_wav2vec2_folder, load_wav2vec2, read_frontend
+from .load import is_wav2vec2_folder, load_tokenizer, load_wav2vec2, read_frontend
 
 REFERENCE_SAMPLES = 30 * SAMPLE_RATE  # FLOPs are recorded for a 30 s clip, the window Whisper always pays
 
@@ -59,8 +59,15 @@ class Wav2Vec2Family(PretrainedFolders):
 
     def labeller(self, model, source: str | Path | None = None) -> Wav2Vec2Labeller:
         """``model`` labelling audio read through ``source``'s front end (``preprocessor_config.json``; the
-        feature extractor's defaults without a source)."""
-        return Wav2Vec2Labeller(model, read_frontend(source) if source is not None else WaveformFrontend())
+        feature extractor's defaults without a source), and spelling references in its tokenizer where it has one."""
+        if source is None:
+            return Wav2Vec2Labeller(model, WaveformFrontend())
+        from .vocab import TokenizerVocab
+
+        vocab = None
+        if (Path(source) / "vocab.json").is_file():  # the spelling of reference targets
+            vocab = TokenizerVocab(load_tokenizer(source, model.config.vocab_size, model.config.pad_token_id))
+        return Wav2Vec2Labeller(model, read_frontend(source), vocab)
 
     def reference_scorer(self, backend, utterances: list, batch_size: int = 8, max_new_tokens: int | None = None,
                          cache_layers: bool = True, progress: bool = False):

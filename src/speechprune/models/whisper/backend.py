@@ -278,3 +278,13 @@ class TorchWhisper:
                 batch["frames"] = torch.tensor([real_frames(len(a)) for a in audios], dtype=torch.long)
             batches.append(batch)
         return batches
+
+    def reference_batches(self, utterances, batch_size: int) -> list[dict]:
+        """Teacher-forcing batches whose labels are the utterances' reference texts (``labelled_batches`` without
+        pseudo labels): what a client fine-tunes on. Clips without text are skipped."""
+        from speechprune.errors import ManifestError
+
+        batches = self.labelled_batches([u for u in utterances if u.text.strip()], batch_size, pseudo_labels=False)
+        if not batches:
+            raise ManifestError("none of the clips can be fine-tuned on (unreadable, over 30 s or without text)")
+        return batches
