@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.units import Adapter
-from .dropout import DropPlan, bytes_of, drop_plan, sub_model, unit_slices
+from .dropout import DropPlan, average, bytes_of, drop_plan, sub_model, unit_slices
 
 FLWR_VERSION = "1.42.0"
 
@@ -40,7 +40,6 @@ class FederatedSettings(BaseModel):
 
     rounds: int = Field(default=2, ge=1)
     local_steps: int = Field(default=4, ge=1)  # optimizer steps per client and round
-    batch_size: int = Field(default=4, ge=1)
     lr: float = Field(default=1e-4, gt=0)
     grad_clip: float = Field(default=1.0, gt=0)
     # "none": plain FedAvg (every client gets the whole model); otherwise a share ``rate`` of the units of the
@@ -126,8 +125,6 @@ def dropout_strategy(model: nn.Module, adapter: Adapter, layers: set[tuple[str, 
     where units are dropped (empty: every client gets the whole model)."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
     from flwr.serverapp.strategy import FedAvg
-
-    from .dropout import average
 
     groups = adapter.unit_groups(model)
 
