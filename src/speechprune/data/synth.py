@@ -160,6 +160,18 @@ def _hibari(text: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
 _RENDER = {"espeak-ng": _espeak, "flite": _flite, "hibari": _hibari}
 
 
+def voice_of(utt_id: str) -> str:
+    """The voice (``engine-voice``, e.g. ``espeak-ng-en-029+f2``, ``flite-rms``) of a synthetic utterance id
+    (``{index}-{engine}-{voice}``, as written by this module): the speaker, for splits by speaker. Another id is a
+    ``ConfigError``."""
+    index, _, rest = utt_id.partition("-")
+    if index.isdigit():
+        for engine in ENGINES:
+            if rest.startswith(engine + "-") and len(rest) > len(engine) + 1:
+                return rest
+    raise ConfigError(f"{utt_id!r} is not a synthetic utterance id ({{index}}-{{engine}}-{{voice}})")
+
+
 # -- augmentation (pure) --------------------------------------------------------------------------
 
 def _mu_law(x: np.ndarray, mu: float = 255.0) -> np.ndarray:
