@@ -19,6 +19,9 @@ DEBS+=(dict-gcide libsword-utils sword-comm-tdavid)
 # Fish Fillets NG in cs, nl
 DEBS+=(asterisk-core-sounds-{es,fr,it,ru}-wav asterisk-core-sounds-{es,fr,it,ru} fillets-ng-data fillets-ng-data-cs
        fillets-ng-data-nl)
+# read Russian sentences (speechprune.data.festvox; a 179 MB package, ~240 MB installed; it pulls in festival, which
+# speechprune does not use: it reads the voice's recordings and texts)
+DEBS+=(festvox-ru)
 missing=()
 for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # the Debian packages download and unpack while pip fills the virtual environment (neither needs the other)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from speechprune.data import asterisk, fillets, load_dataset
+from speechprune.data import asterisk, festvox, fillets, load_dataset
 from speechprune.data.asterisk import asterisk_utterances, prompt_of, split_of
 from speechprune.data.datasets import MULTILINGUAL, parse_training_spec
 from speechprune.data.fillets import dialog_of, fillets_utterances, parse_dialogs
@@ -43,7 +43,7 @@ def real_fillets() -> None:
 
 @pytest.fixture(autouse=True)
 def _no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for env in (asterisk.SOUNDS_ENV, asterisk.TEXT_ENV, fillets.ROOT_ENV,
+    for env in (asterisk.SOUNDS_ENV, asterisk.TEXT_ENV, fillets.ROOT_ENV, festvox.ROOT_ENV,
                 *(f"{base}_{lang.upper()}" for base in (asterisk.SOUNDS_ENV, asterisk.TEXT_ENV) for lang in LANGS)):
         monkeypatch.delenv(env, raising=False)
 
@@ -151,13 +151,55 @@ def test_fillets_real_sets(real_fillets: None) -> None:
         assert all(split_of(d) == "test" for d in test)
 
 
+# --- festvox-ru: read Russian sentences ---------------------------------------------------------------------------
+
+def test_festvox_texts_lose_their_stress_marks_and_split_by_sentence(tmp_path: Path, monkeypatch) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "wav").mkdir()
+    lines = ['( ru_0001 "Она завела, прядь волнистых вол+ос за ухо." )', "",
+             '( ru_0002 "Со спок+ойным мужеством." )', '( ru_0003 "нет записи" )']
+    (tmp_path / "etc" / "txt.done.data").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for sid in ("ru_0001", "ru_0002"):
+        sf.write(tmp_path / "wav" / f"{sid}.wav", np.zeros(16000, dtype=np.float32), 16000)
+    monkeypatch.setenv(festvox.ROOT_ENV, str(tmp_path))
+    utts = load_dataset("festvox-ru", "all")
+    assert [(u.id, u.text, u.language, u.task, u.duration) for u in utts] == [
+        ("ru/festvox/ru_0001", "Она завела, прядь волнистых волос за ухо.", "ru", "transcribe", 1.0),
+        ("ru/festvox/ru_0002", "Со спокойным мужеством.", "ru", "transcribe", 1.0)]  # ru_0003 has no audio
+    for split in ("dev", "test"):
+        assert [u.id for u in festvox.festvox_utterances(split)] == \
+            [u.id for u in utts if split_of(u.id.rsplit("/", 1)[1]) == split]
+    (tmp_path / "etc" / "txt.done.data").write_text('( ru_0001 "a" )\nru_0002 "b"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"txt.done.data, line 2: not a"):
+        festvox.read_texts(tmp_path / "etc" / "txt.done.data")
+    monkeypatch.setenv(festvox.ROOT_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="install the Debian package festvox-ru"):
+        festvox.festvox_utterances("test")
+
+
+def test_festvox_real_set() -> None:
+    try:
+        festvox.root_dir()
+    except ConfigError as exc:
+        pytest.skip(f"Debian festvox-ru not installed: {exc}")
+    utts = festvox.festvox_utterances("all")
+    assert len(utts) == 620 and all(u.language == "ru" and "+" not in u.text for u in utts)
+    assert total_minutes(utts) == pytest.approx(99.5, abs=0.5)
+    test, dev = festvox.festvox_utterances("test"), festvox.festvox_utterances("dev")
+    assert len(test) + len(dev) == 620 and not {u.id for u in test} & {u.id for u in dev}
+    assert parse_training_spec("festvox-ru").split == "dev"
+
+
 # --- bundled names, training specs, errors ------------------------------------------------------------------
 
 def test_bundled_names_and_training_specs() -> None:
     assert list(MULTILINGUAL) == [
         "asterisk-es", "asterisk-fr", "asterisk-it", "asterisk-ru",
         "asterisk-es-en", "asterisk-fr-en", "asterisk-it-en", "asterisk-ru-en",
-        "fillets-cs", "fillets-nl", "fillets-cs-en", "fillets-nl-en",
+        "fillets-cs", "fillets-nl", "fillets-cs-en", "fillets-nl-en", "festvox-ru",
     ]
     assert MULTILINGUAL["asterisk-it-en"] == ("asterisk", "it", "translate")
     assert parse_training_spec("asterisk-es-en").split == "dev"

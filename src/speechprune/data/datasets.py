@@ -2,7 +2,8 @@
 
 Bundled names: the in-domain asterisk set (``asterisk``, ``asterisk-multiword``; dev/test/all splits), the
 multilingual sets (:data:`MULTILINGUAL`: ``asterisk-es`` transcribes Spanish prompts, ``asterisk-es-en`` translates
-them into English, and so on for fr, it, ru; ``fillets-cs``, ``fillets-nl`` and their ``-en`` pairs; dev/test/all
+them into English, and so on for fr, it, ru; ``fillets-cs``, ``fillets-nl`` and their ``-en`` pairs; ``festvox-ru``
+read Russian sentences, transcription only; dev/test/all
 splits, the same prompt in the same split in every language) and the out-of-domain English sets of
 :mod:`speechprune.data.sources` (one per source, and ``english-ood`` pooling them),
 which are evaluation only: used whole (split None, "all" or "test"), never calibration or training data.
@@ -14,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechprune.data import asterisk, fillets
+from speechprune.data import asterisk, festvox, fillets
 from speechprune.data.asterisk import SPLITS, asterisk_utterances
 from speechprune.data.manifest import Utterance, read_manifest
 from speechprune.data.sources import SET_NAMES as EVALUATION_ONLY
@@ -32,6 +33,8 @@ MULTILINGUAL: dict[str, tuple[str, str, str]] = {
     for task, suffix in (("transcribe", ""), ("translate", "-en"))
     for lang in languages
 }
+# read Russian sentences, one speaker (Debian festvox-ru, data/festvox.py): transcription only, no English text
+MULTILINGUAL["festvox-ru"] = ("festvox", "ru", "transcribe")
 _SPLIT_SETS = (*_BUNDLED_SUBSETS, *MULTILINGUAL)  # bundled sets read by split (dev for training, test for scores)
 BUNDLED_DATASETS: tuple[str, ...] = (*_BUNDLED_SUBSETS, *MULTILINGUAL, *EVALUATION_ONLY)
 _MULTILINGUAL_SHAPE = re.compile(r"(asterisk|fillets)-([A-Za-z]{2,3})(?:-([A-Za-z]{2,3}))?")
@@ -49,6 +52,8 @@ def _multilingual(name: str, split: str) -> list[Utterance]:
     family, language, task = MULTILINGUAL[name]
     if family == "asterisk":
         return asterisk_utterances(split, "all", language, task)
+    if family == "festvox":
+        return festvox.festvox_utterances(split)
     return fillets.fillets_utterances(language, split, task)
 
 
