@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     client_batches = [labeller.reference_batches(p, args.batch_size) for p in parts]
     backend = family.backend(folder)
 
-    ambient = _layers(summary, "ambient", args.layers, args.metric, args.method)
-    aimed_share = drop_plan(groups, ambient, args.rate, 0).dropped_share(groups)
+    ambient_plan = drop_plan(groups, _layers(summary, "ambient", args.layers, args.metric, args.method), args.rate, 0)
+    aimed_share = ambient_plan.dropped_share(groups)
     done = {r["variant"] for r in read_jsonl_tolerant(args.out / "results.jsonl")}
     for variant in variants:
         if variant in done:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             layers = _layers(summary, variant, args.layers, args.metric, args.method)
         elif variant == "flat":
             layers = {(g.stack, g.layer) for g in groups}
-            rate = flat_rate(groups, drop_plan(groups, ambient, args.rate, 0))
+            rate = flat_rate(groups, ambient_plan)
         if variant != "dense":
             settings = FederatedSettings(rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
                                          aim="none" if variant == "none" else variant, rate=rate)

@@ -139,9 +139,10 @@ def dropout_strategy(model: nn.Module, adapter: Adapter, layers: set[tuple[str, 
                 seed = client_seed(settings.seed, server_round, i)
                 plan = drop_plan(groups, layers, settings.rate, seed) if layers else DropPlan({})
                 sub = sub_model(model, adapter, plan).state_dict()
-                self._plans[node] = (plan, i)
-                traffic.rows.append({"round": server_round, "client": i, "node": node,
-                                     "dropped_share": plan.dropped_share(groups), "bytes_down": bytes_of(sub)})
+                row = {"round": server_round, "client": i, "node": node,
+                       "dropped_share": plan.dropped_share(groups), "bytes_down": bytes_of(sub)}
+                traffic.rows.append(row)
+                self._plans[node] = (plan, row)
                 content = RecordDict({"arrays": ArrayRecord(sub), "config": ConfigRecord(
                     {**dict(config), "server-round": server_round, "plan": _plan_to_text(plan), "seed": seed})})
                 messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
@@ -155,11 +156,10 @@ def dropout_strategy(model: nn.Module, adapter: Adapter, layers: set[tuple[str, 
             global_state = model.state_dict()
             updates = []
             for msg in valid:
-                plan, i = self._plans[msg.metadata.src_node_id]
+                plan, row = self._plans[msg.metadata.src_node_id]
                 state = msg.content["arrays"].to_torch_state_dict()
                 metrics = msg.content["metrics"]
                 updates.append((state, unit_slices(model, adapter, plan), float(metrics["num-examples"])))
-                row = next(r for r in traffic.rows if r["round"] == server_round and r["client"] == i)
                 row.update(partition=int(metrics["client"]), bytes_up=bytes_of(state),
                            loss=float(metrics["train-loss"]), examples=int(metrics["num-examples"]))
             new = average({k: v.detach() for k, v in global_state.items()}, updates)

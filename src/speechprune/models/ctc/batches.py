@@ -116,6 +116,4 @@ class CTCLabeller:
         if not examples:
             raise ManifestError("none of the clips can be fine-tuned on by a CTC model (unreadable, no text, "
                                 "characters outside the vocabulary, over 30 s or too short)")
-        device = next(self.model.parameters()).device
-        return [{k: v.cpu() for k, v in collate(examples[i : i + batch_size], device).items()}
-                for i in range(0, len(examples), batch_size)]
+        return [collate(examples[i : i + batch_size], "cpu") for i in range(0, len(examples), batch_size)]
